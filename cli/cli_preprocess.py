@@ -1,0 +1,49 @@
+"""Ingest a folder of images into a named dataset (python -m cli.cli_preprocess -i DIR -n NAME)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+from cli.common import add_common_flags, open_engine, run
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m cli.cli_preprocess",
+        description="Embed every image under a folder (recursively) and store it as a searchable dataset. "
+                    "Running it again on the same folder updates the dataset: only new and changed images are "
+                    "embedded, removed ones are dropped.")
+    parser.add_argument("--input_dir", "--input-dir", "-i", required=True, help="folder of images to ingest")
+    parser.add_argument("--name", "-n", required=True, help="dataset name (letters, digits, '_', '-', '.')")
+    parser.add_argument("--batch-size", "--batch_size", type=int, default=None,
+                        help="images per model batch (default: 32 on CPU, 256 on GPU)")
+    parser.add_argument("--workers", type=int, default=None,
+                        help="image decoding processes (default: half the cores on CPU, all cores with a GPU)")
+    parser.add_argument("--rebuild", action="store_true",
+                        help="embed everything again from scratch (also to switch model or folder)")
+    parser.add_argument("--follow-symlinks", action="store_true",
+                        help="follow symbolic links that stay inside the folder (default: not followed)")
+    parser.add_argument("--no-progress", action="store_true", help="do not show a progress bar")
+    parser.add_argument("--json", action="store_true", help="print the summary as JSON")
+    add_common_flags(parser)
+    return parser
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    from image_search.ingest import ingest_folder
+
+    engine = open_engine(args)
+    report = ingest_folder(engine, args.input_dir, args.name, model_name=args.model, batch_size=args.batch_size,
+                           workers=args.workers, rebuild=args.rebuild, follow_symlinks=args.follow_symlinks,
+                           progress=not args.no_progress)
+    if args.json:
+        print(json.dumps(report.to_dict(), indent=2))
+    else:
+        print("\n".join(report.lines()))
+    return 0
+
+
+if __name__ == "__main__":
+    run(main)

@@ -1,0 +1,43 @@
+"""What every command-line tool shares: common flags, and turning errors into one readable line."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Callable
+
+MODEL_HELP = ("embedding model: ARCH:PRETRAINED (e.g. ViT-B-32:laion2b_s34b_b79k, the default for new datasets; "
+              "weights download on first use), ARCH:/path/to/weights.pt, ARCH:random (speed tests only) or "
+              "test-tiny (tests). Searches use the dataset's own model unless this is given. "
+              "Default: $IMAGE_SEARCH_MODEL")
+
+
+def add_common_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--model", "-m", default=None, help=MODEL_HELP)
+    parser.add_argument("--device", default=None, choices=None,
+                        help="cpu, cuda or cuda:N (default: $IMAGE_SEARCH_DEVICE, else CUDA when available)")
+    parser.add_argument("--data-dir", default=None,
+                        help="where indexes (and the SQLite store) live (default: $IMAGE_SEARCH_HOME, else a "
+                             "per-user data folder)")
+
+
+def open_engine(args):
+    from image_search.config import load_settings
+    from image_search.engine import ImageSearch
+
+    return ImageSearch(load_settings(data_home=args.data_dir, model_name=args.model, device=args.device))
+
+
+def run(main: Callable[[], int]) -> None:
+    """Run a tool: user errors print one line and exit 2; Ctrl-C exits 130; anything else is a real bug."""
+    from image_search.errors import ImageSearchError
+
+    try:
+        code = main()
+    except ImageSearchError as error:
+        print(f"error: {error}", file=sys.stderr)
+        code = 2
+    except KeyboardInterrupt:
+        print("Interrupted; nothing was changed by the unfinished work.", file=sys.stderr)
+        code = 130
+    sys.exit(code)

@@ -1,0 +1,97 @@
+"""Settings, read once from the environment (and a .env file in the working directory).
+
+Every setting is documented in .env.example. Command-line flags override these values.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+from dotenv import find_dotenv, load_dotenv
+
+DEFAULT_MODEL = "ViT-B-32:laion2b_s34b_b79k"
+DEFAULT_NUM_RESULTS = 5
+DEFAULT_DB_NAME = "image_search"
+DEFAULT_DB_PORT = 5432
+
+_dotenv_loaded = False
+
+
+def load_environment() -> None:
+    """Load .env from the working directory (never overriding variables already set)."""
+    global _dotenv_loaded
+    if not _dotenv_loaded:
+        load_dotenv(find_dotenv(usecwd=True), override=False)
+        _dotenv_loaded = True
+
+
+def default_data_home() -> Path:
+    """A per-user data folder, never the current directory."""
+    if sys.platform == "win32":
+        base = Path(os.environ.get("LOCALAPPDATA") or Path.home() / "AppData" / "Local")
+    elif sys.platform == "darwin":
+        base = Path.home() / "Library" / "Application Support"
+    else:
+        base = Path(os.environ.get("XDG_DATA_HOME") or Path.home() / ".local" / "share")
+    return base / "image-search"
+
+
+@dataclass(frozen=True)
+class DatabaseSettings:
+    host: str
+    port: int
+    user: str | None
+    password: str | None
+    name: str
+
+    def describe(self) -> str:
+        return f"{self.host}:{self.port}"
+
+
+@dataclass(frozen=True)
+class Settings:
+    data_home: Path
+    model_name: str | None  # None: the default (ingest) or the dataset's own model (search)
+    device: str | None  # None: CUDA when available, else CPU
+    database: DatabaseSettings | None  # None: embedded SQLite in data_home
+
+    @property
+    def default_model(self) -> str:
+        return self.model_name or DEFAULT_MODEL
+
+
+def _int_env(name: str, default: int) -> int:
+    raw = os.environ.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        return int(raw)
+    except ValueError:
+        from .errors import InvalidInputError
+
+        raise InvalidInputError(f"{name}={raw!r} is not a whole number; fix it in the environment or .env.") from None
+
+
+def load_settings(*, data_home: str | os.PathLike | None = None, model_name: str | None = None,
+                  device: str | None = None) -> Settings:
+    load_environment()
+    home = Path(data_home or os.environ.get("IMAGE_SEARCH_HOME") or default_data_home()).expanduser()
+    database = None
+    host = os.environ.get("DB_HOST", "").strip()
+    if host:
+        database = DatabaseSettings(
+            host=host,
+            port=_int_env("DB_PORT", DEFAULT_DB_PORT),
+            user=os.environ.get("DB_USER") or None,
+            password=os.environ.get("DB_PASSWORD") or None,
+            name=os.environ.get("DB_NAME", "").strip() or DEFAULT_DB_NAME,
+        )
+    return Settings(
+        data_home=home.resolve(),
+        model_name=model_name or os.environ.get("IMAGE_SEARCH_MODEL", "").strip() or None,
+        device=device or os.environ.get("IMAGE_SEARCH_DEVICE", "").strip() or None,
+        database=database,
+    )

@@ -1,0 +1,121 @@
+"""The one entry point that the command-line tools and the server share.
+
+An ImageSearch holds the settings, the metadata store, the loaded models and the loaded indexes of one process.
+Models and indexes are loaded once and reused; an index is reloaded only when its dataset changes.
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+
+from . import index as faiss_index
+from .config import Settings, load_settings
+from .errors import IndexCorruptError, ImageSearchError
+from .locks import dataset_lock
+from .models import Embedder, load_model
+from .names import validate_dataset_name
+from .store import DatasetRecord, MetadataStore, open_store
+
+
+@dataclass
+class LoadedIndex:
+    record: DatasetRecord
+    index: object  # faiss.Index
+
+
+def repair_command(record: DatasetRecord) -> str:
+    return f"python -m cli.cli_preprocess -i '{record.root}' -n {record.name} --rebuild"
+
+
+class ImageSearch:
+    def __init__(self, settings: Settings | None = None, store: MetadataStore | None = None) -> None:
+        self.settings = settings or load_settings()
+        self.data_home: Path = self.settings.data_home
+        self._store = store
+        self._store_lock = threading.Lock()
+        self._indexes: dict[str, LoadedIndex] = {}
+        self._indexes_lock = threading.Lock()
+
+    # -- shared resources -------------------------------------------------------------------------------------
+    @property
+    def store(self) -> MetadataStore:
+        if self._store is None:
+            with self._store_lock:
+                if self._store is None:
+                    store = open_store(self.settings.database, self.data_home)
+                    store.ensure_schema()
+                    self._store = store
+        return self._store
+
+    def model(self, name: str) -> Embedder:
+        return load_model(name, self.settings.device)
+
+    def lock(self, name: str, action: str):
+        return dataset_lock(self.data_home, name, action=action)
+
+    def close(self) -> None:
+        if self._store is not None:
+            self._store.close()
+
+    # -- datasets ---------------------------------------------------------------------------------------------
+    def datasets(self) -> list[DatasetRecord]:
+        return self.store.list_datasets()
+
+    def dataset(self, name: str) -> DatasetRecord:
+        return self.store.require_dataset(validate_dataset_name(name))
+
+    def delete_dataset(self, name: str) -> DatasetRecord:
+        name = validate_dataset_name(name)
+        with self.lock(name, "delete"):
+            record = self.store.delete_dataset(name)
+            faiss_index.remove_dataset_folder(self.data_home, record.uid)
+        self.forget_index(name)
+        return record
+
+    # -- indexes ----------------------------------------------------------------------------------------------
+    def forget_index(self, name: str) -> None:
+        with self._indexes_lock:
+            self._indexes.pop(name, None)
+
+    def cached_index(self, name: str) -> LoadedIndex | None:
+        with self._indexes_lock:
+            return self._indexes.get(name)
+
+    def load_index(self, name: str) -> LoadedIndex:
+        """The dataset's committed index, checked against its metadata (cached until the dataset changes)."""
+        for _ in range(5):
+            record = self.dataset(name)
+            cached = self.cached_index(name)
+            if cached and cached.record.uid == record.uid and cached.record.generation == record.generation:
+                return cached
+            path = faiss_index.index_file(self.data_home, record.uid, record.generation)
+            try:
+                loaded_index = faiss_index.read_index(path)
+            except RuntimeError:
+                if not path.exists():
+                    current = self.dataset(name)
+                    if (current.uid, current.generation) != (record.uid, record.generation):
+                        continue  # an ingest just replaced this generation: read the new one
+                    raise IndexCorruptError(f"The index file of dataset '{name}' ({path}) is missing; repair it "
+                                            f"with: {repair_command(record)}") from None
+                raise IndexCorruptError(f"The index file of dataset '{name}' ({path}) cannot be read; repair it "
+                                        f"with: {repair_command(record)}") from None
+            verify_index(record, loaded_index, path)
+            loaded = LoadedIndex(record, loaded_index)
+            with self._indexes_lock:
+                self._indexes[name] = loaded
+            return loaded
+        raise ImageSearchError(f"Dataset '{name}' kept changing while it was being loaded; try again.")
+
+
+def verify_index(record: DatasetRecord, loaded_index, path: Path) -> None:
+    problems = []
+    if loaded_index.d != record.dim:
+        problems.append(f"index has {loaded_index.d}-d vectors, metadata says {record.dim}-d")
+    if loaded_index.ntotal != record.image_count:
+        problems.append(f"index holds {loaded_index.ntotal} vectors, metadata lists {record.image_count} images")
+    if problems:
+        raise IndexCorruptError(f"The index of dataset '{record.name}' does not match its metadata "
+                                f"({'; '.join(problems)}); repair it with: {repair_command(record)}")

@@ -1,0 +1,110 @@
+"""Reading image files: recognising them by content, decoding them safely and fast.
+
+Nothing here raises for a bad file: readers return a reason instead, so one broken file never stops an ingest.
+"""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+
+from PIL import Image, ImageFile, ImageOps
+
+# Seized drives hold every kind of broken file; Pillow's decompression-bomb guard stays on (its default limit),
+# and a bomb becomes a skipped file with a reason, not a crash.
+ImageFile.LOAD_TRUNCATED_IMAGES = False
+
+IMAGE_EXTENSIONS = frozenset({
+    ".jpg", ".jpeg", ".jpe", ".jfif", ".png", ".webp", ".bmp", ".dib", ".gif", ".tif", ".tiff",
+})
+
+_HEADER_BYTES = 16
+
+
+def sniff_format(header: bytes) -> str | None:
+    """The image format named by a file's first bytes, or None."""
+    if header.startswith(b"\xff\xd8\xff"):
+        return "JPEG"
+    if header.startswith(b"\x89PNG\r\n\x1a\n"):
+        return "PNG"
+    if header.startswith((b"GIF87a", b"GIF89a")):
+        return "GIF"
+    if header.startswith(b"BM") and len(header) >= 14:
+        return "BMP"
+    if header.startswith(b"RIFF") and header[8:12] == b"WEBP":
+        return "WEBP"
+    if header.startswith((b"II*\x00", b"MM\x00*")):
+        return "TIFF"
+    return None
+
+
+class NotAnImage(Exception):
+    """The file is not an image and does not claim to be one: ignored, not reported."""
+
+
+class UnreadableImage(Exception):
+    """The file is (or claims to be) an image but cannot be used; str() is the reason."""
+
+
+def _to_rgb(image: Image.Image) -> Image.Image:
+    """Any Pillow mode -> 8-bit RGB, the way a viewer would show it."""
+    if image.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
+        # 16/32-bit greyscale: scale the real range to 8 bits instead of clipping at 255.
+        import numpy as np
+
+        array = np.asarray(image, dtype=np.float64)
+        low, high = float(array.min()), float(array.max())
+        scaled = np.zeros_like(array) if high <= low else (array - low) * (255.0 / (high - low))
+        return Image.fromarray(scaled.astype(np.uint8), "L").convert("RGB")
+    has_alpha = image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info)
+    if has_alpha:
+        rgba = image.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return Image.alpha_composite(background, rgba).convert("RGB")
+    if image.mode != "RGB":
+        return image.convert("RGB")
+    return image
+
+
+def load_rgb(path: str, *, min_side: int | None = None) -> Image.Image:
+    """Decode an image file to an upright RGB image.
+
+    min_side: when given, JPEGs are decoded at a reduced scale (libjpeg DCT scaling) as long as both sides stay at
+    least this large; the caller resizes afterwards, so this only saves work.
+    Raises NotAnImage or UnreadableImage.
+    """
+    try:
+        with open(path, "rb") as handle:
+            header = handle.read(_HEADER_BYTES)
+            claimed = Path(path).suffix.lower() in IMAGE_EXTENSIONS
+            fmt = sniff_format(header)
+            if fmt is None:
+                if not claimed:
+                    raise NotAnImage(path)
+                if not header:
+                    raise UnreadableImage("empty file (0 bytes)")
+                raise UnreadableImage("not an image: its content is not JPEG, PNG, WebP, BMP, GIF or TIFF")
+            handle.seek(0)
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # Pillow's warnings (bomb-sized, EXIF quirks) are not errors here
+                image = Image.open(handle, formats=[fmt])
+                if min_side and fmt == "JPEG":
+                    image.draft("RGB", (min_side, min_side))
+                image.load()
+                image = ImageOps.exif_transpose(image)
+                image = _to_rgb(image)
+    except (NotAnImage, UnreadableImage):
+        raise
+    except Image.DecompressionBombError:
+        raise UnreadableImage("too many pixels (over Pillow's decompression-bomb limit)") from None
+    except PermissionError:
+        raise UnreadableImage("permission denied") from None
+    except FileNotFoundError:
+        raise UnreadableImage("file disappeared while reading") from None
+    except (OSError, SyntaxError, ValueError, EOFError, TypeError, IndexError, KeyError,
+            ZeroDivisionError, RuntimeError, MemoryError) as error:
+        message = str(error).strip() or type(error).__name__
+        raise UnreadableImage(f"cannot decode: {message[:200]}") from None
+    if image.width < 1 or image.height < 1:
+        raise UnreadableImage("image has no pixels")
+    return image
