@@ -1,0 +1,149 @@
+"""Shared fixtures.
+
+Every test that touches the metadata store runs twice: on SQLite and on a real PostgreSQL server (DB_HOST etc. from
+the environment, as .ci/run sets them). Without DB_HOST the PostgreSQL runs are skipped locally; in CI
+(CI=true) they fail instead, so an unreachable database can never pass silently.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import uuid
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SEED_EVAL = REPO.parent / "shared" / "datasets" / "seed-eval"
+TEST_MODEL = "test-tiny"
+
+# Fail fast instead of retrying downloads for a minute when a test names real pretrained weights.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+
+def postgres_settings(database: str):
+    from image_search.config import DatabaseSettings
+
+    return DatabaseSettings(host=os.environ["DB_HOST"], port=int(os.environ.get("DB_PORT", "5432")),
+                            user=os.environ.get("DB_USER") or None, password=os.environ.get("DB_PASSWORD") or None,
+                            name=database)
+
+
+@pytest.fixture(scope="session")
+def postgres_database():
+    """A throwaway PostgreSQL database for this test session, dropped at the end."""
+    if not os.environ.get("DB_HOST"):
+        if os.environ.get("CI"):
+            pytest.fail("CI needs PostgreSQL: DB_HOST is not set")
+        pytest.skip("PostgreSQL tests need DB_HOST (and DB_PORT/DB_USER/DB_PASSWORD); .ci/run sets them")
+    import psycopg2
+
+    name = f"image_search_test_{uuid.uuid4().hex[:10]}"
+    settings = postgres_settings(name)
+    try:
+        admin = psycopg2.connect(host=settings.host, port=settings.port, user=settings.user,
+                                 password=settings.password, dbname="postgres", connect_timeout=5)
+    except psycopg2.OperationalError as error:
+        if os.environ.get("CI"):
+            pytest.fail(f"PostgreSQL at {settings.host}:{settings.port} is unreachable in CI: {error}")
+        pytest.skip(f"PostgreSQL at {settings.host}:{settings.port} is unreachable: {error}")
+    admin.close()
+    yield settings  # the store itself creates the database on first use, which is part of what is tested
+    admin = psycopg2.connect(host=settings.host, port=settings.port, user=settings.user, password=settings.password,
+                             dbname="postgres")
+    admin.autocommit = True
+    with admin.cursor() as cursor:
+        cursor.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    admin.close()
+
+
+def _clear_postgres(settings) -> None:
+    from image_search.store import PostgresStore
+
+    store = PostgresStore(settings)
+    store.ensure_schema()
+    with store._cursor(write=True) as cursor:
+        cursor.execute("DELETE FROM images")
+        cursor.execute("DELETE FROM datasets")
+    store.close()
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def backend(request, tmp_path):
+    """(name, DatabaseSettings or None) with an empty store."""
+    if request.param == "sqlite":
+        return "sqlite", None
+    settings = request.getfixturevalue("postgres_database")
+    _clear_postgres(settings)
+    return "postgres", settings
+
+
+@pytest.fixture
+def data_home(tmp_path) -> Path:
+    home = tmp_path / "home"
+    home.mkdir()
+    return home
+
+
+@pytest.fixture
+def settings(backend, data_home):
+    from image_search.config import Settings
+
+    return Settings(data_home=data_home, model_name=TEST_MODEL, device="cpu", database=backend[1])
+
+
+@pytest.fixture
+def engine(settings):
+    from image_search.engine import ImageSearch
+
+    search_engine = ImageSearch(settings)
+    yield search_engine
+    search_engine.close()
+
+
+@pytest.fixture
+def cli_env(backend, data_home) -> dict:
+    """Environment for running the tools as subprocesses against the same store and data folder."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("DB_", "IMAGE_SEARCH_"))}
+    env.update(IMAGE_SEARCH_HOME=str(data_home), IMAGE_SEARCH_MODEL=TEST_MODEL, IMAGE_SEARCH_DEVICE="cpu",
+               PYTHONPATH=str(REPO), HF_HUB_OFFLINE="1")
+    settings = backend[1]
+    if settings is not None:
+        env.update(DB_HOST=settings.host, DB_PORT=str(settings.port), DB_USER=settings.user or "",
+                   DB_PASSWORD=settings.password or "", DB_NAME=settings.name)
+    return env
+
+
+def run_tool(module: str, *args, env: dict, cwd=None, timeout: float = 300) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", module, *map(str, args)], env=env, cwd=cwd or REPO,
+                          capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.fixture(scope="session")
+def photos(tmp_path_factory) -> Path:
+    """A folder of 12 distinct photo-like JPEGs (read-only for tests: copy before changing)."""
+    from evaluation.sample_images import write_photos
+
+    folder = tmp_path_factory.mktemp("photos")
+    write_photos(folder, 12, megapixels=0.1, seed=7)
+    return folder
+
+
+@pytest.fixture
+def mixed_folder(tmp_path, photos) -> Path:
+    """Good photos (one in a subfolder) mixed with broken files and a non-image."""
+    import shutil
+
+    folder = tmp_path / "mixed"
+    (folder / "sub dir").mkdir(parents=True)
+    for i, photo in enumerate(sorted(photos.iterdir())[:8]):
+        target = folder / "sub dir" if i == 0 else folder
+        shutil.copy(photo, target / photo.name)
+    (folder / "empty.jpg").write_bytes(b"")
+    (folder / "text.jpg").write_text("this is not a picture")
+    data = (photos / "photo_00009.jpg").read_bytes()
+    (folder / "truncated.jpg").write_bytes(data[: len(data) // 3])
+    (folder / "notes.txt").write_text("case notes")
+    return folder
