@@ -189,7 +189,7 @@ def _build_clip(spec: ModelSpec, device: str) -> ClipEmbedder:
     import open_clip
     import torch
 
-    if spec.name == TEST_TINY and TEST_TINY not in open_clip.list_models():
+    if spec.architecture == TEST_TINY and TEST_TINY not in open_clip.list_models():
         open_clip.add_model_config(_TINY_CONFIG_DIR)
     if spec.architecture not in open_clip.list_models():
         raise ModelError(f"Unknown CLIP architecture '{spec.architecture}' in model '{spec.name}'; "
