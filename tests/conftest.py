@@ -104,6 +104,17 @@ def engine(settings):
 
 
 @pytest.fixture
+def sqlite_engine(data_home):
+    """For tests about files rather than the store: one backend is enough."""
+    from image_search.config import Settings
+    from image_search.engine import ImageSearch
+
+    search_engine = ImageSearch(Settings(data_home=data_home, model_name=TEST_MODEL, device="cpu", database=None))
+    yield search_engine
+    search_engine.close()
+
+
+@pytest.fixture
 def cli_env(backend, data_home) -> dict:
     """Environment for running the tools as subprocesses against the same store and data folder."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("DB_", "IMAGE_SEARCH_"))}
