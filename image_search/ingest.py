@@ -21,7 +21,7 @@ import numpy as np
 from . import index as faiss_index
 from .config import DEFAULT_MODEL
 from .engine import ImageSearch
-from .errors import DatasetExistsError, InvalidInputError, ModelMismatchError
+from .errors import InvalidInputError, ModelMismatchError
 from .files import scan_folder
 from .models import parse_model_name
 from .names import validate_dataset_name
@@ -155,8 +155,7 @@ def check_input_folder(input_dir) -> str:
 
 def ingest_folder(engine: ImageSearch, input_dir, name: str, *, model_name: str | None = None,
                   batch_size: int | None = None, workers: int | None = None, rebuild: bool = False,
-                  follow_symlinks: bool = False, progress: bool = True,
-                  require_new: bool = False) -> IngestReport:
+                  follow_symlinks: bool = False, progress: bool = True) -> IngestReport:
     name = validate_dataset_name(name)
     root = check_input_folder(input_dir)
     if batch_size is not None and batch_size < 1:
@@ -167,9 +166,6 @@ def ingest_folder(engine: ImageSearch, input_dir, name: str, *, model_name: str 
     with engine.lock(name, "ingest"):
         recovered = recover_interrupted(engine, name)
         existing = engine.store.get_dataset(name)
-        if existing is not None and require_new:
-            raise DatasetExistsError(f"A dataset named '{name}' already exists; choose another name or delete it "
-                                     "first.")
         if existing is not None and not rebuild:
             if existing.root != root:
                 raise InvalidInputError(

@@ -177,8 +177,6 @@ def load_model(name: str, device: str | None = None) -> Embedder:
 
 
 def _build(spec: ModelSpec, device: str) -> Embedder:
-    import torch
-
     if spec.random_weights and spec.name != TEST_TINY:
         print(f"WARNING: model '{spec.name}' has RANDOM weights: its results are meaningless, use it only to "
               "measure speed.", file=sys.stderr)
