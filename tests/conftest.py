@@ -114,17 +114,21 @@ def sqlite_engine(data_home):
     search_engine.close()
 
 
-@pytest.fixture
-def cli_env(backend, data_home) -> dict:
-    """Environment for running the tools as subprocesses against the same store and data folder."""
+def tool_env(data_home: Path, database) -> dict:
+    """Environment for running the tools (or the server) as subprocesses against this data folder and store."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("DB_", "IMAGE_SEARCH_"))}
     env.update(IMAGE_SEARCH_HOME=str(data_home), IMAGE_SEARCH_MODEL=TEST_MODEL, IMAGE_SEARCH_DEVICE="cpu",
                PYTHONPATH=str(REPO), HF_HUB_OFFLINE="1")
-    settings = backend[1]
-    if settings is not None:
-        env.update(DB_HOST=settings.host, DB_PORT=str(settings.port), DB_USER=settings.user or "",
-                   DB_PASSWORD=settings.password or "", DB_NAME=settings.name)
+    if database is not None:
+        env.update(DB_HOST=database.host, DB_PORT=str(database.port), DB_USER=database.user or "",
+                   DB_PASSWORD=database.password or "", DB_NAME=database.name)
     return env
+
+
+@pytest.fixture
+def cli_env(backend, data_home) -> dict:
+    """Environment for running the tools as subprocesses against the same store and data folder."""
+    return tool_env(data_home, backend[1])
 
 
 def run_tool(module: str, *args, env: dict, cwd=None, timeout: float = 300) -> subprocess.CompletedProcess:

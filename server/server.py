@@ -1,0 +1,394 @@
+"""Flask-ML server for the RescueBox desktop app (python -m server.server [--host H] [--port P]).
+
+A thin layer over image_search: every task reads its inputs, calls the same core functions as the command-line
+tools and turns the answer into flask-ml's response models. One ImageSearch serves every request, so each model
+is loaded once and each dataset's index stays in memory until that dataset changes (in this process or another).
+
+Errors: an ImageSearchError is the user's to fix and becomes HTTP 400 with its one-sentence message, which the app
+shows as the job's failure; anything else is a bug and becomes a 500 whose message still reads as a sentence.
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import json
+import logging
+import queue
+import threading
+from typing import Callable, TypedDict
+
+from flask import Response, request
+from flask_ml.flask_ml_server import MLServer
+from flask_ml.flask_ml_server.errors import BadRequestError
+from flask_ml.flask_ml_server.models import (BatchFileResponse, DirectoryInput, EnumParameterDescriptor, EnumVal,
+                                             FileInput, FileResponse, FileType, InputSchema, InputType,
+                                             IntParameterDescriptor, MarkdownResponse, ParameterSchema,
+                                             ResponseBody, TaskSchema, TextInput, TextParameterDescriptor,
+                                             TextResponse)
+from werkzeug.serving import BaseWSGIServer, WSGIRequestHandler
+
+from cli.common import add_common_flags, open_engine, run
+from image_search import __version__
+from image_search.config import DEFAULT_NUM_RESULTS
+from image_search.engine import ImageSearch
+from image_search.errors import ImageSearchError, InvalidInputError
+from image_search.ingest import ingest_folder, printable
+from image_search.search import SearchResult, check_num_results, search_by_image, search_by_text
+from image_search.store import DatasetRecord
+
+log = logging.getLogger("image_search.server")
+
+DEFAULT_HOST = "127.0.0.1"
+DEFAULT_PORT = 5000
+REQUEST_THREADS = 8
+
+INGEST_TITLE = "Ingest Dataset into the model"
+TEXT_SEARCH_TITLE = "Search Images by Text Query"
+IMAGE_SEARCH_TITLE = "Search Images by Image File"
+LIST_TITLE = "List Datasets"
+DELETE_TITLE = "Delete a Dataset"
+
+NO_DATASETS = f"No datasets yet: run '{INGEST_TITLE}' on a folder of images first."
+
+INFO = f"""# Image Search
+
+Find images in large folders by describing them in words or by showing an example image. A folder is ingested
+once into a named dataset; searching it then takes well under a second, best matches first.
+
+## Tasks
+
+**{INGEST_TITLE}**: choose a folder of images and a dataset name (letters, digits, `_`, `-` or `.`).
+Every image under the folder, subfolders included, is embedded with a CLIP model. Files that cannot be read are
+skipped and listed in the summary; the images themselves are never changed, moved or copied. Ingesting the same
+folder under the same name again updates the dataset: only new and changed images are embedded, removed ones
+disappear from results. A name already used for another folder is refused: delete that dataset first.
+
+**{TEXT_SEARCH_TITLE}**: describe what you are looking for (for example *a red car parked at night*), pick a
+dataset and how many results you want. Each result shows the image, its path inside the dataset's folder and its
+similarity score.
+
+**{IMAGE_SEARCH_TITLE}**: choose an example image; the most similar images of the dataset come first.
+
+**{LIST_TITLE}**: every dataset with its number of images, model, folder and creation time.
+
+**{DELETE_TITLE}**: removes a dataset's index and records so that its name can be used again. The image files
+are not touched.
+"""
+
+
+# -- what the tasks receive (flask-ml checks these against the task schemas) ------------------------------------
+class IngestInputs(TypedDict):
+    input_dir: DirectoryInput
+
+
+class IngestParameters(TypedDict):
+    dataset_name: str
+
+
+class TextSearchInputs(TypedDict):
+    text_query: TextInput
+
+
+class ImageSearchInputs(TypedDict):
+    image_path: FileInput
+
+
+class SearchParameters(TypedDict):
+    dataset_name: str
+    num_results: int
+
+
+class NoInputs(TypedDict):
+    pass
+
+
+class NoParameters(TypedDict):
+    pass
+
+
+class DatasetParameters(TypedDict):
+    dataset_name: str
+
+
+# -- errors -----------------------------------------------------------------------------------------------------
+class UnexpectedError(Exception):
+    """A bug or environment failure. flask-ml answers it with 500 and repr(error) as the message the app shows,
+    so the repr is made the readable sentence itself."""
+
+    def __repr__(self) -> str:
+        return str(self)
+
+
+def task(action: str) -> Callable:
+    """Turn what a task raises into the answers flask-ml sends: ImageSearchError -> 400, anything else -> 500."""
+
+    def decorate(handler: Callable) -> Callable:
+        @functools.wraps(handler)
+        def run_task(inputs, parameters):
+            try:
+                return handler(inputs, parameters)
+            except ImageSearchError as error:
+                raise BadRequestError(str(error)) from None
+            except Exception as error:  # noqa: BLE001 - logged with its traceback by flask-ml
+                raise UnexpectedError(
+                    f"The server failed unexpectedly while {action} ({type(error).__name__}: {error}); the "
+                    "server's log has the details.") from error
+
+        return run_task
+
+    return decorate
+
+
+def number_of_results(value) -> int:
+    # flask-ml passes parameter values through untyped; an int parameter must arrive as a JSON number.
+    if isinstance(value, str):
+        raise InvalidInputError(f"The number of results {value!r} is not valid; use a positive whole number.")
+    return check_num_results(value)
+
+
+# -- task schemas -----------------------------------------------------------------------------------------------
+def dataset_parameter(engine: ImageSearch) -> ParameterSchema:
+    """The dataset drop-down, read from the store each time the app asks, so new datasets show up at once."""
+    try:
+        datasets = engine.datasets()
+        when_empty = NO_DATASETS
+    except ImageSearchError as error:  # the form still loads, and says why it cannot offer any dataset
+        datasets, when_empty = [], str(error)
+    newest = max(datasets, key=lambda d: (d.created_at, d.name), default=None)
+    return ParameterSchema(
+        key="dataset_name", label="Dataset",
+        value=EnumParameterDescriptor(
+            enum_vals=[EnumVal(key=d.name, label=f"{d.name} ({d.image_count} images)") for d in datasets],
+            default=newest.name if newest else "", message_when_empty=when_empty))
+
+
+def num_results_parameter() -> ParameterSchema:
+    return ParameterSchema(key="num_results", label="Number of results",
+                           value=IntParameterDescriptor(default=DEFAULT_NUM_RESULTS))
+
+
+def ingest_schema() -> TaskSchema:
+    return TaskSchema(
+        inputs=[InputSchema(key="input_dir", label="Folder of images to ingest", input_type=InputType.DIRECTORY)],
+        parameters=[ParameterSchema(key="dataset_name", label="New dataset name",
+                                    subtitle="letters, digits, '_', '-' or '.'",
+                                    value=TextParameterDescriptor(default=""))])
+
+
+# -- answers ----------------------------------------------------------------------------------------------------
+def unique_titles(titles: list[str]) -> list[str]:
+    """The app keys its image grid by title; two files can still print alike (undecodable bytes in names)."""
+    used: set[str] = set()
+    unique = []
+    for title in titles:
+        candidate, copy = title, 2
+        while candidate in used:
+            candidate, copy = f"{title} ({copy})", copy + 1
+        used.add(candidate)
+        unique.append(candidate)
+    return unique
+
+
+def image_grid(results: list[SearchResult]) -> ResponseBody:
+    titles = unique_titles([printable(result.title) for result in results])
+    return ResponseBody(root=BatchFileResponse(files=[
+        FileResponse(file_type=FileType.IMG, path=printable(result.path), title=title,
+                     subtitle=f"score {result.score:.4f}")
+        for result, title in zip(results, titles)]))
+
+
+def markdown_cell(text: str) -> str:
+    return text.replace("\\", "\\\\").replace("|", "\\|")
+
+
+def dataset_table(datasets: list[DatasetRecord]) -> str:
+    if not datasets:
+        return NO_DATASETS
+    rows = ["| Dataset | Images | Model | Folder | Created |", "|---|---:|---|---|---|"]
+    rows += [f"| {d.name} | {d.image_count} | {markdown_cell(d.model)} | {markdown_cell(printable(d.root))} | "
+             f"{d.created_at.replace('T', ' ')} |" for d in datasets]
+    return "\n".join(rows)
+
+
+# -- the server -------------------------------------------------------------------------------------------------
+INPUT_FIELD = {InputType.DIRECTORY: "path", InputType.FILE: "path", InputType.TEXT: "text"}
+
+
+def body_problem(body, inputs: dict[str, str], parameters: list[str]) -> str | None:
+    """What is wrong with a run_task body, as a sentence; None when it has the right shape.
+
+    flask-ml itself answers these mistakes with a Python repr (500) or a list of pydantic records.
+    """
+    shape = ('{"inputs": {' + ", ".join(f'"{key}": {{"{field}": ...}}' for key, field in inputs.items())
+             + '}, "parameters": {' + ", ".join(f'"{key}": ...' for key in parameters) + "}}")
+    if (not isinstance(body, dict) or set(body) != {"inputs", "parameters"}
+            or not isinstance(body["inputs"], dict) or not isinstance(body["parameters"], dict)
+            or set(body["inputs"]) != set(inputs) or set(body["parameters"]) != set(parameters)):
+        return f"This task takes a JSON body of the form {shape}."
+    for key, field in inputs.items():
+        value = body["inputs"][key]
+        if not isinstance(value, dict) or not isinstance(value.get(field), str):
+            return f'The input "{key}" must be {{"{field}": "..."}} with a text value.'
+    return None
+
+
+def create_server(engine: ImageSearch) -> MLServer:
+    server = MLServer(__name__)
+    server.add_app_metadata(name="Image Search", author="image-search", version=__version__, info=INFO)
+    expected_bodies: dict[str, tuple[dict[str, str], list[str]]] = {}
+
+    def add_task(rule: str, order: int, short_title: str, schema: Callable[[], TaskSchema], handler) -> None:
+        server.route(rule, task_schema_func=schema, short_title=short_title, order=order)(handler)
+        sample = schema()
+        expected_bodies[rule] = ({item.key: INPUT_FIELD[item.input_type] for item in sample.inputs},
+                                 [item.key for item in sample.parameters])
+
+    def search_schema(query: InputSchema) -> Callable[[], TaskSchema]:
+        return lambda: TaskSchema(inputs=[query], parameters=[dataset_parameter(engine), num_results_parameter()])
+
+    @task("ingesting the folder")
+    def ingest_dataset(inputs: IngestInputs, parameters: IngestParameters) -> ResponseBody:
+        folder, name = inputs["input_dir"].path, parameters["dataset_name"]
+        log.info("Ingesting %s as dataset %r", folder, name)
+        report = ingest_folder(engine, folder, name, progress=False)
+        summary = printable("\n".join(report.lines()))
+        log.info("%s", summary)
+        return ResponseBody(root=TextResponse(
+            value=summary, title=f"Dataset '{report.dataset}': {report.total} images ready to search"))
+
+    @task("searching by text")
+    def search_text(inputs: TextSearchInputs, parameters: SearchParameters) -> ResponseBody:
+        return image_grid(search_by_text(engine, parameters["dataset_name"], inputs["text_query"].text,
+                                         number_of_results(parameters["num_results"])))
+
+    @task("searching by image")
+    def search_image(inputs: ImageSearchInputs, parameters: SearchParameters) -> ResponseBody:
+        return image_grid(search_by_image(engine, parameters["dataset_name"], inputs["image_path"].path,
+                                          number_of_results(parameters["num_results"])))
+
+    @task("listing the datasets")
+    def list_datasets(inputs: NoInputs, parameters: NoParameters) -> ResponseBody:
+        return ResponseBody(root=MarkdownResponse(value=dataset_table(engine.datasets()), title="Datasets"))
+
+    @task("deleting the dataset")
+    def delete_dataset(inputs: NoInputs, parameters: DatasetParameters) -> ResponseBody:
+        record = engine.delete_dataset(parameters["dataset_name"])
+        log.info("Deleted dataset %r", record.name)
+        return ResponseBody(root=TextResponse(
+            value=f"Deleted dataset '{record.name}' ({record.image_count} images); the image files were not "
+                  "touched.", title=f"Deleted '{record.name}'"))
+
+    add_task("/dataset_processing", 0, INGEST_TITLE, ingest_schema, ingest_dataset)
+    add_task("/search_by_text", 1, TEXT_SEARCH_TITLE,
+             search_schema(InputSchema(key="text_query", label="Describe the image", input_type=InputType.TEXT)),
+             search_text)
+    add_task("/search_by_image", 2, IMAGE_SEARCH_TITLE,
+             search_schema(InputSchema(key="image_path", label="Example image", input_type=InputType.FILE)),
+             search_image)
+    add_task("/list_datasets", 3, LIST_TITLE, lambda: TaskSchema(inputs=[], parameters=[]), list_datasets)
+    add_task("/delete_dataset", 4, DELETE_TITLE,
+             lambda: TaskSchema(inputs=[], parameters=[dataset_parameter(engine)]), delete_dataset)
+
+    @server.app.before_request
+    def refuse_malformed_bodies():
+        expected = expected_bodies.get(request.path)
+        if request.method != "POST" or expected is None:
+            return None
+        problem = body_problem(request.get_json(silent=True), *expected)
+        if problem is None:
+            return None
+        log.warning("400: %s", problem)
+        return Response(json.dumps({"error": problem, "status": "VALIDATION_ERROR"}), status=400,
+                        mimetype="application/json")
+
+    return server
+
+
+class OneRequestPerConnection(WSGIRequestHandler):
+    # No keep-alive: an idle client connection would otherwise hold one of the pool's threads.
+    protocol_version = "HTTP/1.0"
+    timeout = 120  # per socket read or write, never the length of a task
+
+
+class PooledWSGIServer(BaseWSGIServer):
+    """Werkzeug's server answering requests on a fixed pool of threads.
+
+    A long ingest occupies one thread while searches go on in the others. Reusing threads also reuses the store's
+    per-thread database connections instead of opening one for every request.
+    """
+
+    multithread = True
+
+    def __init__(self, host: str, port: int, app, threads: int = REQUEST_THREADS) -> None:
+        super().__init__(host, port, app, handler=OneRequestPerConnection)
+        self._waiting: queue.SimpleQueue = queue.SimpleQueue()
+        for number in range(threads):
+            threading.Thread(target=self._answer_requests, name=f"request-{number}", daemon=True).start()
+
+    def process_request(self, request, client_address) -> None:
+        self._waiting.put((request, client_address))
+
+    def _answer_requests(self) -> None:
+        while True:
+            connection, client_address = self._waiting.get()
+            try:
+                self.finish_request(connection, client_address)
+            except Exception:  # noqa: BLE001 - socketserver's own policy: log it, keep serving
+                self.handle_error(connection, client_address)
+            finally:
+                self.shutdown_request(connection)
+
+
+def warm_up(engine: ImageSearch, datasets: list[DatasetRecord]) -> None:
+    """Load the existing datasets' models in the background, so that the first search is fast too.
+
+    Not the default model for new datasets: while a model loads, every other model lookup waits, and a first
+    download of pretrained weights can take minutes; an ingest is long enough to absorb its own model's load.
+    """
+    for model in sorted({d.model for d in datasets}):
+        try:
+            engine.model(model)
+        except ImageSearchError as error:  # a search with this model will report it to the user
+            log.warning("%s", error)
+
+
+def port_number(text: str) -> int:
+    try:
+        port = int(text)
+    except ValueError:
+        port = -1
+    if not 0 <= port <= 65535:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a port number (0-65535; 0 picks a free one)")
+    return port
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m server.server",
+        description="Serve image search to the RescueBox desktop app: register this server's address in the app.")
+    parser.add_argument("--host", default=DEFAULT_HOST,
+                        help=f"address to listen on (default {DEFAULT_HOST}: this machine only)")
+    parser.add_argument("--port", type=port_number, default=DEFAULT_PORT,
+                        help=f"port to listen on (default {DEFAULT_PORT}; 0 picks a free port)")
+    add_common_flags(parser)
+    return parser
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    engine = open_engine(args)
+    datasets = engine.datasets()  # an unreachable store stops the start with one readable line
+    http = PooledWSGIServer(args.host, args.port, create_server(engine).app)
+    threading.Thread(target=warm_up, args=(engine, datasets), name="warm-up", daemon=True).start()
+    print(f"image-search {__version__} serving RescueBox at http://{args.host}:{http.port} "
+          f"({len(datasets)} datasets; {engine.store.description}). In RescueBox, register IP {args.host} and port "
+          f"{http.port}. Stop with Ctrl-C.", flush=True)
+    http.serve_forever()
+    print("Server stopped.", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    run(main)
