@@ -162,17 +162,26 @@ def split_open_clip_transform(preprocess):
 
 
 _cache: dict[tuple[str, str], Embedder] = {}
+_loading_locks: dict[tuple[str, str], threading.Lock] = {}
 _cache_lock = threading.Lock()
 
 
 def load_model(name: str, device: str | None = None) -> Embedder:
-    """Load (once per process) the model with this name on this device."""
+    """Load (once per process) the model with this name on this device.
+
+    Each model has its own loading lock, so a slow first load (a weights download) never holds up requests that
+    use a model which is already loaded.
+    """
     spec = parse_model_name(name)
-    resolved = resolve_device(device)
-    key = (spec.name, resolved)
+    key = (spec.name, resolve_device(device))
+    cached = _cache.get(key)
+    if cached is not None:
+        return cached
     with _cache_lock:
+        loading = _loading_locks.setdefault(key, threading.Lock())
+    with loading:
         if key not in _cache:
-            _cache[key] = _build(spec, resolved)
+            _cache[key] = _build(spec, key[1])
         return _cache[key]
 
 
