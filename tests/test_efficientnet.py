@@ -15,6 +15,7 @@ import torch
 from PIL import Image
 
 from image_search.errors import UnsupportedQueryError
+from image_search.evaluation import evaluate_self_retrieval
 from image_search.ingest import ingest_folder
 from image_search.models import load_model, parse_model_name
 from image_search.reader import read_pixels
@@ -186,6 +187,20 @@ def test_recognises_real_photos_with_the_documented_normalisation(embedder):
                              torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1) * 255)
     # The weights were trained with (x - 127) / 128; they are more confident with it than with ImageNet's.
     assert ours.max(-1).values.mean() > imagenet.max(-1).values.mean()
+
+
+def test_ingest_and_search_find_the_original_of_edited_real_photos(engine, real_photos, tmp_path):
+    from evaluation.edits import write_edited_copies
+
+    report = ingest_folder(engine, real_photos, "real", model_name=MODEL, progress=False)
+    assert report.total == 8 and engine.dataset("real").model == MODEL and engine.dataset("real").dim == 1280
+    originals = [str(real_photos / name) for name in ("ship.jpeg", "city.jpeg")]
+    copies, _ = write_edited_copies(originals, str(real_photos), str(tmp_path / "copies"),
+                                    edits=("crop", "recompress", "grayscale"))
+    for copy in copies:
+        results = search_by_image(engine, "real", copy.path, 3)
+        assert results[0].path == copy.original, (copy.edit, [r.path for r in results])
+    assert evaluate_self_retrieval(engine, real_photos, "real").hits_at_1 == 1.0
 
 
 def test_text_search_is_refused_with_a_clear_message(engine, photos):
