@@ -7,9 +7,9 @@ import sys
 from typing import Callable
 
 MODEL_HELP = ("embedding model: ARCH:PRETRAINED (e.g. ViT-B-32:laion2b_s34b_b79k, the default for new datasets; "
-              "weights download on first use), ARCH:/path/to/weights.pt, ARCH:random (speed tests only) or "
-              "test-tiny (tests). Searches use the dataset's own model unless this is given. "
-              "Default: $IMAGE_SEARCH_MODEL")
+              "weights download on first use), ARCH:/path/to/weights.pt, ARCH:random (speed tests only), "
+              "efficientnet-lite0 (works offline, image queries only) or test-tiny (tests). Searches use the "
+              "dataset's own model unless this is given. Default: $IMAGE_SEARCH_MODEL")
 
 
 def add_common_flags(parser: argparse.ArgumentParser) -> None:

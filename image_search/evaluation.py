@@ -4,6 +4,8 @@ Self-retrieval (cli_evaluation): every image of a folder is a query against a da
 query is a hit at k when its own file is among the top k results.
 Category retrieval (evaluation.evaluate): a train/ folder is ingested and each val/ image is a query; a result is
 relevant when its category (file stem without a trailing _N) equals the query's.
+Near-duplicate retrieval (evaluation.benchmark_quality): edited copies of ingested originals are the queries; a
+query is a hit at k when the original it was made from is among the top k results.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ from __future__ import annotations
 import os
 import re
 from dataclasses import dataclass
+from typing import Sequence
 
 import numpy as np
 
@@ -18,7 +21,7 @@ from .embedding import embed_files
 from .engine import ImageSearch
 from .errors import InvalidInputError
 from .files import scan_folder
-from .ingest import check_input_folder, ingest_folder
+from .ingest import check_input_folder, ingest_folder, printable
 from .search import SearchResult, search_vectors
 
 _TRAILING_NUMBER = re.compile(r"_\d+$")
@@ -40,18 +43,35 @@ def average_precision(relevance: list[bool], total_relevant: int) -> float:
     return precision_sum / total_relevant
 
 
-def _embed_folder(engine: ImageSearch, folder: str, model_name: str, *, batch_size=None, workers=None,
-                  progress=False):
+def hits_at(ranks: Sequence[int | None], k: int) -> float:
+    """The fraction of queries whose target is among the top k; ranks count from 0, None is not found."""
+    return sum(r is not None and r < k for r in ranks) / len(ranks) if ranks else 0.0
+
+
+def mean_reciprocal_rank(ranks: Sequence[int | None]) -> float:
+    return sum(1.0 / (r + 1) for r in ranks if r is not None) / len(ranks) if ranks else 0.0
+
+
+def _embed_paths(engine: ImageSearch, paths: Sequence[str], model_name: str, *, batch_size=None, workers=None,
+                 progress=False) -> tuple[list[int], np.ndarray]:
+    """(positions of the readable paths, their vectors)."""
     embedder = engine.model(model_name)
-    paths = [entry.path for entry in scan_folder(folder).files]
-    kept, vectors = [], []
+    positions, vectors = [], [np.zeros((0, embedder.dim), dtype=np.float32)]
     for batch in embed_files(embedder, paths, batch_size=batch_size, workers=workers, progress=progress,
                              label="Querying"):
-        kept.extend(paths[p] for p in batch.positions)
+        positions.extend(batch.positions)
         vectors.append(batch.vectors)
-    if not kept:
+    return positions, np.concatenate(vectors)
+
+
+def _embed_folder(engine: ImageSearch, folder: str, model_name: str, *, batch_size=None, workers=None,
+                  progress=False):
+    paths = [entry.path for entry in scan_folder(folder).files]
+    positions, vectors = _embed_paths(engine, paths, model_name, batch_size=batch_size, workers=workers,
+                                      progress=progress)
+    if not positions:
         raise InvalidInputError(f"No usable query images were found in {folder}.")
-    return kept, np.concatenate(vectors)
+    return [paths[p] for p in positions], vectors
 
 
 @dataclass
@@ -82,9 +102,7 @@ def evaluate_self_retrieval(engine: ImageSearch, folder, name: str, *, model_nam
     count = len(ranks)
     return SelfRetrievalResult(
         dataset=name, queries=count,
-        hits_at_1=sum(r is not None and r < 1 for r in ranks) / count,
-        hits_at_5=sum(r is not None and r < 5 for r in ranks) / count,
-        recall_at_10=sum(r is not None and r < 10 for r in ranks) / count)
+        hits_at_1=hits_at(ranks, 1), hits_at_5=hits_at(ranks, 5), recall_at_10=hits_at(ranks, 10))
 
 
 def _rank_of(path: str, results: list[SearchResult]) -> int | None:
@@ -133,3 +151,73 @@ def evaluate_categories(engine: ImageSearch, dataset_dir, name: str, *, model_na
                           "top5": [os.path.basename(r.path) for r in row[:5]], "ap": aps[-1]})
     return CategoryRetrievalResult(len(paths), float(np.mean(p1)), float(np.mean(p5)), float(np.mean(aps)),
                                    per_query)
+
+
+@dataclass(frozen=True)
+class NearDuplicateQuery:
+    edit: str  # what was done to the original, e.g. "downscale"
+    path: str  # the edited copy
+    original: str  # the ingested file it was made from
+
+
+@dataclass
+class RankMetrics:
+    queries: int
+    hits_at_1: float
+    hits_at_5: float
+    mrr: float
+
+    @classmethod
+    def of(cls, ranks: Sequence[int | None]) -> "RankMetrics":
+        return cls(len(ranks), hits_at(ranks, 1), hits_at(ranks, 5), mean_reciprocal_rank(ranks))
+
+
+@dataclass
+class NearDuplicateResult:
+    dataset: str
+    per_edit: dict[str, RankMetrics]
+    overall: RankMetrics
+    depth: int  # results looked at per query: an original ranked lower counts as not found (reciprocal rank 0)
+    misses: list[dict]  # every query whose original did not come first
+
+    def lines(self) -> list[str]:
+        rows = [(edit, m) for edit, m in self.per_edit.items()] + [("overall", self.overall)]
+        width = max(len("edit"), *(len(edit) for edit, _ in rows))
+        lines = [f"Near-duplicate retrieval on dataset '{self.dataset}' (MRR over the top {self.depth})",
+                 f"{'edit':<{width}}  queries  Hits@1  Hits@5     MRR"]
+        lines += [f"{edit:<{width}}  {m.queries:>7}  {m.hits_at_1:.4f}  {m.hits_at_5:.4f}  {m.mrr:.4f}"
+                  for edit, m in rows]
+        return lines
+
+    def to_dict(self) -> dict:
+        return {"dataset": self.dataset, "depth": self.depth,
+                "per_edit": {edit: m.__dict__ for edit, m in self.per_edit.items()},
+                "overall": self.overall.__dict__, "misses": self.misses}
+
+
+def evaluate_near_duplicates(engine: ImageSearch, name: str, queries: Sequence[NearDuplicateQuery], *,
+                             depth: int = 100, batch_size=None, workers=None,
+                             progress=False) -> NearDuplicateResult:
+    """Query dataset NAME (already ingested from the originals) with every edited copy and rank the originals."""
+    if not queries:
+        raise InvalidInputError("There are no near-duplicate queries to run; give a folder of readable photos.")
+    record = engine.dataset(name)
+    depth = max(1, min(depth, record.image_count))
+    positions, vectors = _embed_paths(engine, [q.path for q in queries], record.model, batch_size=batch_size,
+                                      workers=workers, progress=progress)
+    results: list[list[SearchResult]] = [[] for _ in queries]  # an unreadable copy finds nothing
+    if positions:
+        for position, row in zip(positions, search_vectors(engine, name, vectors, depth)):
+            results[position] = row
+    ranks_by_edit: dict[str, list[int | None]] = {}
+    misses = []
+    for query, row in zip(queries, results):
+        rank = _rank_of(os.path.realpath(query.original), row)
+        ranks_by_edit.setdefault(query.edit, []).append(rank)
+        if rank != 0:
+            misses.append({"edit": query.edit, "query": printable(query.path), "original": printable(query.original),
+                           "rank": None if rank is None else rank + 1,
+                           "top": printable(row[0].path) if row else None})
+    per_edit = {edit: RankMetrics.of(ranks) for edit, ranks in ranks_by_edit.items()}
+    overall = RankMetrics.of([rank for ranks in ranks_by_edit.values() for rank in ranks])
+    return NearDuplicateResult(record.name, per_edit, overall, depth, misses)

