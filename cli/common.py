@@ -8,8 +8,9 @@ from typing import Callable
 
 MODEL_HELP = ("embedding model: ARCH:PRETRAINED (e.g. ViT-B-32:laion2b_s34b_b79k, the default for new datasets; "
               "weights download on first use), ARCH:/path/to/weights.pt, ARCH:random (speed tests only), "
-              "efficientnet-lite0 (works offline, image queries only) or test-tiny (tests). Searches use the "
-              "dataset's own model unless this is given. Default: $IMAGE_SEARCH_MODEL")
+              "efficientnet-lite0 (works offline, image queries only) or test-tiny (tests). New datasets use "
+              "$IMAGE_SEARCH_MODEL when this is not given; an existing dataset always uses its own model, and "
+              "naming another one is refused (ingest with --rebuild to switch)")
 
 
 def add_common_flags(parser: argparse.ArgumentParser) -> None:

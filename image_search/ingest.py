@@ -160,8 +160,9 @@ def ingest_folder(engine: ImageSearch, input_dir, name: str, *, model_name: str 
     root = check_input_folder(input_dir)
     if batch_size is not None and batch_size < 1:
         raise InvalidInputError(f"Batch size {batch_size} is not valid; use a positive number.")
-    explicit_model = parse_model_name(model_name).name if model_name else (
-        parse_model_name(engine.settings.model_name).name if engine.settings.model_name else None)
+    # Only a model named for this call constrains an existing dataset; the configured model (IMAGE_SEARCH_MODEL)
+    # is the default for new datasets, so one setting never locks a server out of datasets built otherwise.
+    explicit_model = parse_model_name(model_name).name if model_name else None
     started = time.perf_counter()
     with engine.lock(name, "ingest"):
         recovered = recover_interrupted(engine, name)
@@ -176,8 +177,10 @@ def ingest_folder(engine: ImageSearch, input_dir, name: str, *, model_name: str 
                     f"Dataset '{name}' was built with model {existing.model}, not {explicit_model}; use --rebuild "
                     "to re-embed it with the new model, or leave out --model.")
             model_id = existing.model
+        elif existing is not None:
+            model_id = explicit_model or existing.model
         else:
-            model_id = explicit_model or DEFAULT_MODEL
+            model_id = explicit_model or engine.settings.model_name or DEFAULT_MODEL
         embedder = engine.model(model_id)
         report = IngestReport(dataset=name, root=root, model=embedder.name, recovered=recovered)
 

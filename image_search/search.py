@@ -40,12 +40,12 @@ def check_num_results(value) -> int:
 
 
 def _model_for(engine: ImageSearch, loaded: LoadedIndex, model_name: str | None) -> Embedder:
-    requested = model_name or engine.settings.model_name
+    requested = model_name  # only a model named for this query; the configured default is for new datasets
     dataset_model = loaded.record.model
     if requested and parse_model_name(requested).name != dataset_model:
         raise ModelMismatchError(
             f"Dataset '{loaded.record.name}' was built with model {dataset_model}, so it cannot be searched with "
-            f"{parse_model_name(requested).name}; leave out --model (or IMAGE_SEARCH_MODEL) to use {dataset_model}.")
+            f"{parse_model_name(requested).name}; leave out --model to use {dataset_model}.")
     return engine.model(dataset_model)
 
 

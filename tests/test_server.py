@@ -295,6 +295,19 @@ def test_datasets_are_shared_with_the_command_line(server, case, store_env, phot
     assert files[0]["path"] == os.path.realpath(added)
 
 
+def test_text_search_on_an_image_only_dataset_says_why(server, store_env, photos, tmp_path):
+    """A dataset built (from the command line) with efficientnet-lite0 has no text side: a readable 400."""
+    folder = copy_photos(photos, tmp_path / "offline", 2)
+    result = run_tool("cli.cli_preprocess", "-i", folder, "-n", "offline", "--model", "efficientnet-lite0",
+                      "--no-progress", env=store_env)
+    assert result.returncode == 0, result.stderr
+    response = server.run("/search_by_text", text_query("a cat"), {"dataset_name": "offline", "num_results": 2})
+    assert_readable_400(response, "image-only model, so it cannot be searched by text")
+    by_image = server.run("/search_by_image", image_query(folder / "photo_00000.jpg"),
+                          {"dataset_name": "offline", "num_results": 1})
+    assert by_image.status_code == 200 and by_image.json()["files"][0]["path"] == str(folder / "photo_00000.jpg")
+
+
 def test_list_and_delete_tasks(server, photos, tmp_path):
     folder = copy_photos(photos, tmp_path / "doomed", 2)
     response = server.run("/dataset_processing", {"input_dir": {"path": str(folder)}}, {"dataset_name": "doomed"})
