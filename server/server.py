@@ -171,8 +171,8 @@ def num_results_parameter() -> ParameterSchema:
 def ingest_schema() -> TaskSchema:
     return TaskSchema(
         inputs=[InputSchema(key="input_dir", label="Folder of images to ingest", input_type=InputType.DIRECTORY)],
-        parameters=[ParameterSchema(key="dataset_name", label="New dataset name",
-                                    subtitle="letters, digits, '_', '-' or '.'",
+        parameters=[ParameterSchema(key="dataset_name", label="Dataset name",
+                                    subtitle="new, or an existing one to update it from the same folder",
                                     value=TextParameterDescriptor(default=""))])
 
 
