@@ -83,6 +83,11 @@ class ImageSearch:
         with self._indexes_lock:
             return self._indexes.get(name)
 
+    def index_for_search(self, name: str) -> LoadedIndex:
+        """The loaded index without asking the store whether it is still current: a search validates it with
+        the generation its path lookup returns anyway (image_search.search), saving a query per search."""
+        return self.cached_index(name) or self.load_index(name)
+
     def load_index(self, name: str) -> LoadedIndex:
         """The dataset's committed index, checked against its metadata (cached until the dataset changes)."""
         for _ in range(5):
@@ -103,6 +108,7 @@ class ImageSearch:
                 raise IndexCorruptError(f"The index file of dataset '{name}' ({path}) cannot be read; repair it "
                                         f"with: {repair_command(record)}") from None
             verify_index(record, loaded_index, path)
+            faiss_index.apply_search_settings(loaded_index, self.settings.index)
             loaded = LoadedIndex(record, loaded_index)
             with self._indexes_lock:
                 self._indexes[name] = loaded
