@@ -30,8 +30,12 @@ def repair_command(record: DatasetRecord) -> str:
 
 
 class ImageSearch:
-    def __init__(self, settings: Settings | None = None, store: MetadataStore | None = None) -> None:
+    def __init__(self, settings: Settings | None = None, store: MetadataStore | None = None, *,
+                 map_indexes: bool = False) -> None:
+        """map_indexes: map index files instead of reading them (image_search.index.read_index), for a process
+        that searches once and never ingests (the command-line search)."""
         self.settings = settings or load_settings()
+        self.map_indexes = map_indexes
         self.data_home: Path = self.settings.data_home
         self._store = store
         self._store_lock = threading.Lock()
@@ -97,7 +101,7 @@ class ImageSearch:
                 return cached
             path = faiss_index.index_file(self.data_home, record.uid, record.generation)
             try:
-                loaded_index = faiss_index.read_index(path)
+                loaded_index = faiss_index.read_index(path, mapped=self.map_indexes)
             except RuntimeError:
                 if not path.exists():
                     current = self.dataset(name)
