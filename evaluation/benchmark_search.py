@@ -58,12 +58,12 @@ _SCENES = ["at night", "in the rain", "on a sunny day", "indoors", "from above",
            "next to a window", "with snow", "at a party"]
 
 
-def text_queries(count: int, offset: int = 0) -> list[str]:
-    """Distinct queries of 3 to 12 words, so that no timing is a cache hit."""
+def text_queries(count: int, tag: str) -> list[str]:
+    """Distinct queries of 5 to 14 words; the tag keeps each timing's queries apart, so none is a cache hit."""
     queries = []
-    for i in range(offset, offset + count):
+    for i in range(count):
         subject, scene = _SUBJECTS[i % len(_SUBJECTS)], _SCENES[(i // len(_SUBJECTS)) % len(_SCENES)]
-        detail = f" photo {i}" if i % 3 else f", blurry photo number {i} taken with a phone"
+        detail = f" photo {tag} {i}" if i % 3 else f", blurry photo number {i} of {tag} taken with a phone"
         queries.append(f"{subject} {scene}{detail}")
     return queries
 
@@ -71,14 +71,6 @@ def text_queries(count: int, offset: int = 0) -> list[str]:
 def percentiles(seconds: list[float]) -> tuple[float, float]:
     values = np.asarray(seconds) * 1000.0
     return round(float(np.percentile(values, 50)), 3), round(float(np.percentile(values, 99)), 3)
-
-
-def rss_bytes() -> int | None:
-    try:
-        with open("/proc/self/statm") as handle:
-            return int(handle.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-    except (OSError, ValueError):
-        return None
 
 
 def recall_at_k(found: np.ndarray, exact: np.ndarray) -> float:
@@ -168,9 +160,7 @@ class SizeBenchmark:
 
         file_bytes, commit_s = self.commit(built, kind)
         self.engine.forget_index(self.name)
-        before = rss_bytes()
         loaded, load_s = timed(self.engine.load_index, self.name)
-        after = rss_bytes()
         _, found = faiss_index.search(loaded.index, self.queries, K)
         index_seconds, core_seconds = [], []
         for query in self.queries[:10]:  # warm caches and the store connection
@@ -186,7 +176,6 @@ class SizeBenchmark:
             "index_p50_ms": percentiles(index_seconds)[0],
             "build_s": round(build_s, 2),
             "bytes_per_vector": round(file_bytes / self.size, 1),
-            "loaded_rss_bytes_per_vector": round((after - before) / self.size, 1) if before and after else None,
             "load_s": round(load_s, 3),
             "store_s": round(commit_s, 2),
         }
@@ -200,11 +189,11 @@ class SizeBenchmark:
         rows = []
         if kind == faiss_index.HNSW:
             graph = faiss_index._graph(index)
-            original, values, field = graph.hnsw.efSearch, [32, 64, 128, 256, 512], "ef_search"
+            original, values, field = graph.hnsw.efSearch, [32, 64, 128, 256, 512, 1024], "ef_search"
             setter = lambda value: setattr(graph.hnsw, "efSearch", value)  # noqa: E731
         else:
             original, field = index.nprobe, "nprobe"
-            values = sorted({max(1, index.nlist // d) for d in (256, 128, 64, 32, 16)})
+            values = sorted({max(1, index.nlist // d) for d in (256, 128, 64, 32, 16, 8)} | {index.nprobe})
             setter = lambda value: setattr(index, "nprobe", value)  # noqa: E731
         try:
             for value in values:
@@ -224,11 +213,12 @@ class SizeBenchmark:
         import torch
 
         embedder = self.engine.model(self.model)  # loaded before timing: the server is warm too
-        for text in text_queries(3, offset=10_000):
+        for text in text_queries(3, f"warm-up {self.size}"):
             search_by_text(self.engine, self.name, text, K)
-        seconds = [timed(search_by_text, self.engine, self.name, text, K)[1] for text in text_queries(text_count)]
+        texts = text_queries(text_count, f"core {self.size}")
+        seconds = [timed(search_by_text, self.engine, self.name, text, K)[1] for text in texts]
         p50, p99 = percentiles(seconds)
-        repeated = [timed(search_by_text, self.engine, self.name, text_queries(1)[0], K)[1] for _ in range(20)]
+        repeated = [timed(search_by_text, self.engine, self.name, texts[0], K)[1] for _ in range(20)]
         pixels = torch.randint(0, 256, (1, 3, embedder.input_size, embedder.input_size), dtype=torch.uint8)
 
         def image_query():
@@ -317,14 +307,14 @@ def http_latencies(data_home: Path, names: list[str], count: int, log=print) -> 
         server.wait_ready()
         results = {}
         for name in names:
-            for text in text_queries(3, offset=20_000):  # first request loads the model and the index
+            for text in text_queries(3, f"http warm-up {name}"):  # the first request may load model and index
                 status, answer = server.search(name, text, timeout=600)
                 if status != 200:
                     raise RuntimeError(f"POST /search_by_text answered {status}: {str(answer)[:300]}")
             if "/synthetic/" not in json.dumps(answer):
                 raise RuntimeError(f"POST /search_by_text did not return the dataset's paths: {str(answer)[:300]}")
             seconds = []
-            for text in text_queries(count, offset=30_000):
+            for text in text_queries(count, f"http {name}"):
                 (status, _), elapsed = timed(server.search, name, text)
                 if status != 200:
                     raise RuntimeError(f"POST /search_by_text answered {status}")
@@ -344,7 +334,7 @@ def cli_search_seconds(data_home: Path, name: str, runs: int) -> dict:
     env.update(IMAGE_SEARCH_HOME=str(data_home), IMAGE_SEARCH_DEVICE="cpu", HF_HUB_OFFLINE="1",
                PYTHONPATH=str(REPO) + os.pathsep + env.get("PYTHONPATH", ""))
     seconds = []
-    for text in text_queries(runs, offset=40_000):
+    for text in text_queries(runs, "command line"):
         started = time.perf_counter()
         done = subprocess.run([sys.executable, "-m", "cli.cli_search", "-q", text, "-n", name, "-k", str(K)],
                               cwd=REPO, env=env, capture_output=True, text=True)
