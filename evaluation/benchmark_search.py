@@ -135,6 +135,8 @@ class SizeBenchmark:
         store, home = self.engine.store, self.engine.data_home
         started = time.perf_counter()
         if self.record is None:
+            if store.get_dataset(self.name) is not None:  # left by an earlier run with --keep
+                self.engine.delete_dataset(self.name)
             uid = f"bench{self.size}"
             faiss_index.remove_dataset_folder(home, uid)
             path = faiss_index.index_file(home, uid, 1)

@@ -183,6 +183,18 @@ def test_index_setting_through_the_command_line_tools(cli_env, photos):
     assert done.returncode == 2 and done.stderr.count("\n") == 1 and "IMAGE_SEARCH_INDEX='bogus'" in done.stderr
 
 
+@pytest.mark.parametrize("kind", ["auto", faiss_index.IVF, faiss_index.HNSW])
+def test_a_mapped_index_answers_like_a_read_one(settings, photos, kind):
+    engine = engine_with(settings, kind)
+    mapped = ImageSearch(settings, map_indexes=True)
+    try:
+        ingest_folder(engine, photos, "case1", progress=False)
+        assert search_by_text(mapped, "case1", "a photo", 5) == search_by_text(engine, "case1", "a photo", 5)
+    finally:
+        engine.close()
+        mapped.close()
+
+
 # -- the warm search path ----------------------------------------------------------------------------------------
 class QueryCounter:
     def __init__(self, store, monkeypatch):
