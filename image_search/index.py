@@ -28,9 +28,9 @@ HNSW = "hnsw"  # approximate: a navigable graph; fastest queries, slow to build,
 AUTO = "auto"
 KINDS = (FLAT, IVF, IVF_SQ8, HNSW)
 
-# Auto choice, from evaluation/benchmark_search.py (README, "Large collections"): an exact scan of 20,000
-# vectors takes ~1.7 ms for one query and grows linearly (8 ms at 50k, 70 ms at 1M on the 2-core machine), while
-# IVF stays at ~1 ms with recall@10 1.000 at 20k-50k and 0.998 at 100k. Going back to exact needs half as many
+# Auto choice, from evaluation/benchmark_search.py (README, "Large collections"): on the 2-core machine an exact
+# scan for one query took 1.7-6.6 ms at 20k vectors, 5.5-8 ms at 50k and 75 ms at 1M, while IVF stayed at 1-1.4 ms
+# up to 100k with recall@10 1.000 at 20k-50k and 0.998 at 100k (0.979 at 1M, 4 ms). Going back to exact needs half as many
 # (hysteresis), so a dataset near the line does not change kind on every ingest.
 APPROXIMATE_FROM = 20_000
 APPROXIMATE_KIND = IVF
