@@ -40,7 +40,7 @@ def main(argv=None) -> int:
         parser.error("the following arguments are required: --name/-n")
     from image_search.search import search_by_image, search_by_text
 
-    engine = open_engine(args)
+    engine = open_engine(args, map_indexes=True)  # one search: page in the lists it probes, not the whole index
     if args.query is not None:
         results = search_by_text(engine, args.name, args.query, args.num_results, model_name=args.model)
     else:

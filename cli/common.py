@@ -22,11 +22,12 @@ def add_common_flags(parser: argparse.ArgumentParser) -> None:
                              "per-user data folder)")
 
 
-def open_engine(args):
+def open_engine(args, *, map_indexes: bool = False):
     from image_search.config import load_settings
     from image_search.engine import ImageSearch
 
-    return ImageSearch(load_settings(data_home=args.data_dir, model_name=args.model, device=args.device))
+    return ImageSearch(load_settings(data_home=args.data_dir, model_name=args.model, device=args.device),
+                       map_indexes=map_indexes)
 
 
 def run(main: Callable[[], int]) -> None:

@@ -52,11 +52,21 @@ class DatabaseSettings:
 
 
 @dataclass(frozen=True)
+class IndexSettings:
+    """Which FAISS index an ingest builds ("auto": by size, see image_search.index) and how hard a search
+    looks (None: the nprobe / efSearch each index was built with)."""
+    kind: str = "auto"
+    nprobe: int | None = None
+    ef_search: int | None = None
+
+
+@dataclass(frozen=True)
 class Settings:
     data_home: Path
     model_name: str | None  # None: the default (ingest) or the dataset's own model (search)
     device: str | None  # None: CUDA when available, else CPU
     database: DatabaseSettings | None  # None: embedded SQLite in data_home
+    index: IndexSettings = IndexSettings()  # which FAISS index an ingest builds, how hard searches look
 
     @property
     def default_model(self) -> str:
@@ -73,6 +83,28 @@ def _int_env(name: str, default: int) -> int:
         from .errors import InvalidInputError
 
         raise InvalidInputError(f"{name}={raw!r} is not a whole number; fix it in the environment or .env.") from None
+
+
+def _positive_int_env(name: str) -> int | None:
+    value = _int_env(name, 0)
+    if value < 0 or (value == 0 and os.environ.get(name, "").strip()):
+        from .errors import InvalidInputError
+
+        raise InvalidInputError(f"{name}={value} is not valid; use a positive whole number (or leave it unset).")
+    return value or None
+
+
+def load_index_settings() -> IndexSettings:
+    from .index import AUTO, KINDS
+
+    kind = os.environ.get("IMAGE_SEARCH_INDEX", "").strip().lower() or AUTO
+    if kind not in (AUTO, *KINDS):
+        from .errors import InvalidInputError
+
+        raise InvalidInputError(f"IMAGE_SEARCH_INDEX={kind!r} is not an index kind; use one of "
+                                f"{', '.join((AUTO, *KINDS))}.")
+    return IndexSettings(kind=kind, nprobe=_positive_int_env("IMAGE_SEARCH_NPROBE"),
+                         ef_search=_positive_int_env("IMAGE_SEARCH_EF_SEARCH"))
 
 
 def load_settings(*, data_home: str | os.PathLike | None = None, model_name: str | None = None,
@@ -94,4 +126,5 @@ def load_settings(*, data_home: str | os.PathLike | None = None, model_name: str
         model_name=model_name or os.environ.get("IMAGE_SEARCH_MODEL", "").strip() or None,
         device=device or os.environ.get("IMAGE_SEARCH_DEVICE", "").strip() or None,
         database=database,
+        index=load_index_settings(),
     )

@@ -30,8 +30,12 @@ def repair_command(record: DatasetRecord) -> str:
 
 
 class ImageSearch:
-    def __init__(self, settings: Settings | None = None, store: MetadataStore | None = None) -> None:
+    def __init__(self, settings: Settings | None = None, store: MetadataStore | None = None, *,
+                 map_indexes: bool = False) -> None:
+        """map_indexes: map index files instead of reading them (image_search.index.read_index), for a process
+        that searches once and never ingests (the command-line search)."""
         self.settings = settings or load_settings()
+        self.map_indexes = map_indexes
         self.data_home: Path = self.settings.data_home
         self._store = store
         self._store_lock = threading.Lock()
@@ -83,6 +87,11 @@ class ImageSearch:
         with self._indexes_lock:
             return self._indexes.get(name)
 
+    def index_for_search(self, name: str) -> LoadedIndex:
+        """The loaded index without asking the store whether it is still current: a search validates it with
+        the generation its path lookup returns anyway (image_search.search), saving a query per search."""
+        return self.cached_index(name) or self.load_index(name)
+
     def load_index(self, name: str) -> LoadedIndex:
         """The dataset's committed index, checked against its metadata (cached until the dataset changes)."""
         for _ in range(5):
@@ -92,7 +101,7 @@ class ImageSearch:
                 return cached
             path = faiss_index.index_file(self.data_home, record.uid, record.generation)
             try:
-                loaded_index = faiss_index.read_index(path)
+                loaded_index = faiss_index.read_index(path, mapped=self.map_indexes)
             except RuntimeError:
                 if not path.exists():
                     current = self.dataset(name)
@@ -103,6 +112,7 @@ class ImageSearch:
                 raise IndexCorruptError(f"The index file of dataset '{name}' ({path}) cannot be read; repair it "
                                         f"with: {repair_command(record)}") from None
             verify_index(record, loaded_index, path)
+            faiss_index.apply_search_settings(loaded_index, self.settings.index)
             loaded = LoadedIndex(record, loaded_index)
             with self._indexes_lock:
                 self._indexes[name] = loaded

@@ -204,8 +204,7 @@ def ingest_folder(engine: ImageSearch, input_dir, name: str, *, model_name: str 
         report.reused = len(keep_ids)
 
         if incremental:
-            working_index = faiss_index.copy_index(engine.load_index(name).index)
-            faiss_index.remove_vectors(working_index, removed_ids)
+            working_index = faiss_index.copy_without(engine.load_index(name).index, removed_ids)
         else:
             working_index = faiss_index.new_index(embedder.dim)
         uid = existing.uid if existing else uuid.uuid4().hex
@@ -231,7 +230,10 @@ def ingest_folder(engine: ImageSearch, input_dir, name: str, *, model_name: str 
         report.removed = len(removed_ids)
         report.total = int(working_index.ntotal)
         report.created = existing is None
-        report.changed = bool(added or removed_ids or rebuild or existing is None)
+        # the kind that suits the new size (or the one IMAGE_SEARCH_INDEX asks for); converting counts as a change
+        fitted_index = faiss_index.fit_index(working_index, engine.settings.index)
+        report.changed = bool(added or removed_ids or rebuild or existing is None or fitted_index is not working_index)
+        working_index = fitted_index
 
         if report.total == 0 and (existing is None or rebuild):
             _journal_path(engine, name).unlink(missing_ok=True)
@@ -247,8 +249,9 @@ def ingest_folder(engine: ImageSearch, input_dir, name: str, *, model_name: str 
         _pause_point("before-index-write")
         faiss_index.write_index(working_index, faiss_index.index_file(engine.data_home, uid, new_generation))
         _pause_point("before-commit")
-        target = (NewDataset(name, uid, embedder.name, embedder.dim, root, faiss_index.FLAT)
-                  if existing is None else _updated(existing, embedder, root))
+        kind = faiss_index.kind_of(working_index)
+        target = (NewDataset(name, uid, embedder.name, embedder.dim, root, kind)
+                  if existing is None else _updated(existing, embedder, root, kind))
         engine.store.commit_generation(dataset=target, base_generation=base_generation,
                                        new_generation=new_generation, added=added, removed_ids=removed_ids,
                                        image_count=report.total, next_vector_id=next_id)
@@ -260,5 +263,5 @@ def ingest_folder(engine: ImageSearch, input_dir, name: str, *, model_name: str 
     return report
 
 
-def _updated(existing: DatasetRecord, embedder, root: str) -> DatasetRecord:
-    return replace(existing, model=embedder.name, dim=embedder.dim, root=root, index_kind=faiss_index.FLAT)
+def _updated(existing: DatasetRecord, embedder, root: str, kind: str) -> DatasetRecord:
+    return replace(existing, model=embedder.name, dim=embedder.dim, root=root, index_kind=kind)

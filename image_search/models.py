@@ -143,13 +143,86 @@ class ClipEmbedder(Embedder):
         return features.cpu().numpy().astype(np.float32, copy=False)
 
     def encode_texts(self, texts: Sequence[str]) -> np.ndarray:
+        texts = list(texts)
+        if self.device == "cpu" and len(texts) <= _FEW_TEXTS:
+            return _one_thread_runner().submit(self._encode_texts, texts).result()
+        return self._encode_texts(texts)
+
+    def _encode_texts(self, texts: list[str]) -> np.ndarray:
         import torch
 
         with torch.inference_mode():
             tokens = self.tokenizer(list(texts)).to(self.device)
-            features = self.model.encode_text(tokens)
+            features = self._encode_trimmed(tokens) if _trimmable(self.model) else self.model.encode_text(tokens)
             features = torch.nn.functional.normalize(features.float(), dim=-1)
         return features.cpu().numpy().astype(np.float32, copy=False)
+
+    def _encode_trimmed(self, tokens):
+        """open_clip's CLIP.encode_text over only the positions up to the last end-of-text token of the batch.
+
+        The text tower is causal: position i attends to positions <= i, and the output is read at the
+        end-of-text position, so the padding after it never changes the result. A short query ("red car at
+        night", ~6 tokens of 77) then costs a tenth of the full context.
+        """
+        import torch
+
+        model = self.model
+        if model.text_pool_type == "argmax":  # the end-of-text token has the largest id
+            pooled_at = tokens.argmax(dim=-1)
+        else:  # "eos"
+            pooled_at = (tokens == model.text_eos_id).int().argmax(dim=-1)
+        length = int(pooled_at.max()) + 1
+        tokens = tokens[:, :length]
+        cast_dtype = model.transformer.get_cast_dtype()
+        x = model.token_embedding(tokens).to(cast_dtype)
+        x = x + model.positional_embedding[:length].to(cast_dtype)
+        x = model.transformer(x, attn_mask=model.attn_mask[:length, :length])
+        x = model.ln_final(x)
+        x = x[torch.arange(x.shape[0], device=x.device), pooled_at]
+        if isinstance(model.text_projection, torch.nn.Linear):
+            return model.text_projection(x)
+        return x if model.text_projection is None else x @ model.text_projection
+
+
+# A query's few tokens make the text tower a chain of small matrix products that mostly stream the weights
+# (~150 MB for ViT-B-32): a second thread barely helps, and every operator's OpenMP team waits for its slowest
+# thread, which on a busy machine is a whole scheduling slice. Measured on the 2-core machine with an ingest
+# running: one query 28 ms on one thread, 770 ms on two. So a few texts are encoded on one worker thread whose
+# own thread count is 1; batches (evaluation) keep every core.
+_FEW_TEXTS = 4
+_runner = None
+_runner_lock = threading.Lock()
+
+
+def _one_thread_runner():
+    global _runner
+    with _runner_lock:
+        if _runner is None:
+            import torch
+            from concurrent.futures import ThreadPoolExecutor
+
+            process_threads = torch.get_num_threads()
+            runner = ThreadPoolExecutor(max_workers=1, thread_name_prefix="text-encoder",
+                                        initializer=torch.set_num_threads, initargs=(1,))
+            runner.submit(lambda: None).result()
+            # torch.set_num_threads also sets the default for threads that start later; restore that default,
+            # while the worker keeps its own setting (OpenMP thread counts are per thread once a thread ran)
+            torch.set_num_threads(process_threads)
+            _runner = runner
+        return _runner
+
+
+def _trimmable(model) -> bool:
+    """Whether ClipEmbedder._encode_trimmed computes exactly this model's encode_text: open_clip's own CLIP text
+    path (not a subclass's, not CustomTextCLIP's Hugging Face towers) with a causal mask and end-of-text pooling."""
+    from open_clip.model import CLIP
+
+    if type(model).encode_text is not CLIP.encode_text:
+        return False
+    mask = getattr(model, "attn_mask", None)
+    pool = getattr(model, "text_pool_type", None)
+    return (mask is not None and pool in ("argmax", "eos")
+            and (pool == "argmax" or getattr(model, "text_eos_id", None) is not None))
 
 
 def split_open_clip_transform(preprocess):

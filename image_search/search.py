@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import os
+import threading
+from collections import OrderedDict
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
@@ -15,6 +18,7 @@ from .images import NotAnImage, UnreadableImage
 from .ingest import printable
 from .models import Embedder, parse_model_name
 from .reader import read_pixels
+from .store import DatasetRecord
 
 
 @dataclass(frozen=True)
@@ -39,14 +43,50 @@ def check_num_results(value) -> int:
     return number
 
 
-def _model_for(engine: ImageSearch, loaded: LoadedIndex, model_name: str | None) -> Embedder:
+def _checked_model(engine: ImageSearch, record: DatasetRecord, model_name: str | None) -> str:
+    """The dataset's model, after refusing a query that asks for another one."""
     requested = model_name  # only a model named for this query; the configured default is for new datasets
-    dataset_model = loaded.record.model
-    if requested and parse_model_name(requested).name != dataset_model:
+    if requested and parse_model_name(requested).name != record.model:
         raise ModelMismatchError(
-            f"Dataset '{loaded.record.name}' was built with model {dataset_model}, so it cannot be searched with "
-            f"{parse_model_name(requested).name}; leave out --model to use {dataset_model}.")
-    return engine.model(dataset_model)
+            f"Dataset '{record.name}' was built with model {record.model}, so it cannot be searched with "
+            f"{parse_model_name(requested).name}; leave out --model to use {record.model}.")
+    return record.model
+
+
+def _model_for(engine: ImageSearch, record: DatasetRecord, model_name: str | None) -> Embedder:
+    return engine.model(_checked_model(engine, record, model_name))
+
+
+class TextVectorCache:
+    """The last few text queries' vectors, per model: people repeat and refine queries, and the RescueBox app
+    asks again when a page of results is redrawn. Vectors are read-only so no caller can alter a cached one."""
+
+    def __init__(self, size: int = 256) -> None:
+        self.size = size
+        self._vectors: OrderedDict[tuple[str, str, str], np.ndarray] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, embedder: Embedder, text: str) -> np.ndarray:
+        key = (embedder.name, embedder.device, text)
+        with self._lock:
+            vector = self._vectors.get(key)
+            if vector is not None:
+                self._vectors.move_to_end(key)
+                return vector
+        vector = embedder.encode_texts([text])
+        vector.setflags(write=False)
+        with self._lock:
+            self._vectors[key] = vector
+            while len(self._vectors) > self.size:
+                self._vectors.popitem(last=False)
+        return vector
+
+    def clear(self) -> None:
+        with self._lock:
+            self._vectors.clear()
+
+
+text_vectors = TextVectorCache()
 
 
 def search_by_text(engine: ImageSearch, name: str, text: str, k=DEFAULT_NUM_RESULTS, *,
@@ -60,7 +100,7 @@ def search_by_text(engine: ImageSearch, name: str, text: str, k=DEFAULT_NUM_RESU
             raise UnsupportedQueryError(
                 f"Dataset '{record.name}' was built with {embedder.name}, an image-only model, so it cannot be "
                 "searched by text; search it with an example image, or re-ingest it with a CLIP model.")
-        return embedder.encode_texts([text.strip()])
+        return text_vectors.get(embedder, text.strip())
 
     return _search(engine, name, k, model_name, embed)
 
@@ -93,28 +133,45 @@ def search_by_image(engine: ImageSearch, name: str, image_path, k=DEFAULT_NUM_RE
 
 def _search(engine: ImageSearch, name: str, k: int, model_name: str | None, embed) -> list[SearchResult]:
     query, query_model = None, None
+    loaded = engine.cached_index(name)  # trusted until the path lookup's generation says otherwise
     for _ in range(5):
-        loaded = engine.load_index(name)
-        embedder = _model_for(engine, loaded, model_name)
+        if loaded is None:
+            loaded, query, query_model = _load_while_embedding(engine, name, model_name, embed)
+        embedder = _model_for(engine, loaded.record, model_name)
         if query_model is not embedder:
             query, query_model = embed(embedder, loaded.record), embedder
         results = search_loaded(engine, loaded, query, k)
         if results is not None:
             return results[0]
         engine.forget_index(name)  # the dataset changed under us: search its new state
+        loaded = None
     raise ImageSearchError(f"Dataset '{name}' kept changing during the search; try again.")
+
+
+def _load_while_embedding(engine: ImageSearch, name: str, model_name: str | None, embed):
+    """A cold search reads the index file while the model starts and embeds the query (FAISS lets go of the GIL
+    while it reads): a command-line search of 1M images hides the 2 GB read behind the model's start-up."""
+    record = engine.dataset(name)
+    model = _checked_model(engine, record, model_name)
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="index-loader") as pool:
+        pending = pool.submit(engine.load_index, name)
+        embedder = engine.model(model)
+        query = embed(embedder, record)
+        return pending.result(), query, embedder
 
 
 def search_loaded(engine: ImageSearch, loaded: LoadedIndex, queries: np.ndarray,
                   k: int) -> list[list[SearchResult]] | None:
     """Top-k results for each query vector, or None when the dataset changed since `loaded` was read."""
     record = loaded.record
-    if record.image_count == 0:
-        return [[] for _ in range(len(queries))]
-    scores, ids = faiss_index.search(loaded.index, queries, min(k, record.image_count))
-    hits = [[(int(i), float(s)) for i, s in zip(id_row, score_row) if i >= 0] for id_row, score_row in zip(ids, scores)]
+    hits: list[list[tuple[int, float]]] = [[] for _ in range(len(queries))]
+    if record.image_count:
+        scores, ids = faiss_index.search(loaded.index, queries, min(k, record.image_count))
+        hits = [[(int(i), float(s)) for i, s in zip(id_row, score_row) if i >= 0]
+                for id_row, score_row in zip(ids, scores)]
+    # even with no hits: the lookup is what tells a cached index that its dataset changed
     wanted = sorted({i for row in hits for i, _ in row})
-    paths, generation = engine.store.lookup_paths(record.id, wanted)
+    paths, generation = engine.store.lookup_paths(record.id, wanted, uid=record.uid)
     if generation != record.generation or len(paths) != len(wanted):
         return None
     return [[SearchResult(paths[i], score, _title(paths[i], record.root)) for i, score in row] for row in hits]
@@ -122,8 +179,9 @@ def search_loaded(engine: ImageSearch, loaded: LoadedIndex, queries: np.ndarray,
 
 def search_vectors(engine: ImageSearch, name: str, queries: np.ndarray, k: int) -> list[list[SearchResult]]:
     """Batch search with query vectors made by the dataset's own model."""
-    for _ in range(5):
-        results = search_loaded(engine, engine.load_index(name), queries, k)
+    for attempt in range(5):
+        loaded = engine.index_for_search(name) if attempt == 0 else engine.load_index(name)
+        results = search_loaded(engine, loaded, queries, k)
         if results is not None:
             return results
         engine.forget_index(name)

@@ -215,27 +215,26 @@ class MetadataStore:
             self._execute(cursor, "SELECT vector_id FROM images WHERE dataset_id = ?", (dataset_id,))
             return [int(row[0]) for row in cursor.fetchall()]
 
-    def lookup_paths(self, dataset_id: int, vector_ids: Sequence[int]) -> tuple[dict[int, str], int | None]:
-        """Paths of the given vector ids plus the dataset's current generation, in one query."""
+    def lookup_paths(self, dataset_id: int, vector_ids: Sequence[int],
+                     uid: str | None = None) -> tuple[dict[int, str], int | None]:
+        """Paths of the given vector ids plus the dataset's current generation, in one query.
+
+        The generation is None when the dataset is gone (or, given its uid, was replaced by another dataset that
+        reuses the id), so a caller holding an index in memory learns in the same query whether it is current.
+        """
         ids = [int(v) for v in vector_ids]
-        if not ids:
-            return {}, self._generation(dataset_id)
         marks = ", ".join("?" for _ in ids)
-        statement = (f"SELECT d.generation, i.vector_id, i.path FROM datasets d "
-                     f"LEFT JOIN images i ON i.dataset_id = d.id AND i.vector_id IN ({marks}) WHERE d.id = ?")
+        join = f"LEFT JOIN images i ON i.dataset_id = d.id AND i.vector_id IN ({marks})" if ids else ""
+        columns = "d.generation, i.vector_id, i.path" if ids else "d.generation, NULL, NULL"
+        same_uid = " AND d.uid = ?" if uid is not None else ""
+        statement = f"SELECT {columns} FROM datasets d {join} WHERE d.id = ?{same_uid}"
         with self._cursor() as cursor:
-            self._execute(cursor, statement, (*ids, dataset_id))
+            self._execute(cursor, statement, (*ids, dataset_id, *([uid] if uid is not None else [])))
             rows = cursor.fetchall()
         if not rows:
             return {}, None
         generation = int(rows[0][0])
         return {int(v): decode_path(p) for _, v, p in rows if v is not None}, generation
-
-    def _generation(self, dataset_id: int) -> int | None:
-        with self._cursor() as cursor:
-            self._execute(cursor, "SELECT generation FROM datasets WHERE id = ?", (dataset_id,))
-            row = cursor.fetchone()
-        return int(row[0]) if row else None
 
     def commit_generation(self, *, dataset: DatasetRecord | NewDataset, base_generation: int, new_generation: int,
                           added: Iterable[ImageRecord], removed_ids: Sequence[int], image_count: int,

@@ -1,0 +1,461 @@
+"""Search benchmark: exact and approximate indexes over synthetic collections of 10k to 1M images.
+
+    python -m evaluation.benchmark_search --sizes 10000,100000,1000000 --json results.json
+
+For each size it generates clustered 512-d vectors (evaluation.synthetic_vectors), stores them the way an ingest
+does (index file of a new generation, then one commit of the image rows in the metadata store: SQLite in a
+temporary data folder), and for each index kind measures:
+
+  build_s           building the index from the vectors (exact: adding them; IVF: training + adding)
+  bytes_per_vector  size of the index file per vector (what the index holds in memory, give or take the id map)
+  recall_at_10      share of the exact top 10 that the index returns, over text-like queries
+  p50_ms / p99_ms   one query vector at a time through the core: index search + the batched path lookup
+  index_p50_ms      the index search alone
+
+The kind the automatic choice picks for that size is measured last and stays the dataset's index, and then a
+text query is timed end to end through the core (real model ViT-B-32 with random weights, warm process: tokenise,
+embed, search, look up paths) and, when the server is available, through HTTP (python -m server.server, POST
+/search_by_text). Sizes run one after another; each keeps at most a few copies of its vectors in memory (1M x
+512 float32 is 2 GB).
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import os
+import platform
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+
+from evaluation.synthetic_vectors import DIM, SyntheticCollection
+from image_search import index as faiss_index
+from image_search.config import IndexSettings, Settings, load_index_settings
+from image_search.engine import ImageSearch
+from image_search.store import ImageRecord, NewDataset
+
+REPO = Path(__file__).resolve().parents[1]
+TEXT_MODEL = "ViT-B-32:random"  # the default model's shape; random weights, so only its timings mean anything
+K = 10
+DEFAULT_SIZES = "10000,100000,1000000"
+HNSW_MAX_DEFAULT = 100_000  # building a graph of 1M 512-d vectors takes many minutes on two cores
+
+_SUBJECTS = ["a red car", "two dogs", "a child", "an old man", "a kitchen", "a beach", "a bicycle", "a forest",
+             "a passport", "a laptop screen", "a birthday cake", "a street sign", "a cat", "a boat", "a bridge",
+             "a crowd", "a handwritten note", "a truck", "a wedding", "a mountain"]
+_SCENES = ["at night", "in the rain", "on a sunny day", "indoors", "from above", "close up", "in a parking lot",
+           "next to a window", "with snow", "at a party"]
+
+
+def text_queries(count: int, tag: str) -> list[str]:
+    """Distinct queries of 5 to 14 words; the tag keeps each timing's queries apart, so none is a cache hit."""
+    queries = []
+    for i in range(count):
+        subject, scene = _SUBJECTS[i % len(_SUBJECTS)], _SCENES[(i // len(_SUBJECTS)) % len(_SCENES)]
+        detail = f" photo {tag} {i}" if i % 3 else f", blurry photo number {i} of {tag} taken with a phone"
+        queries.append(f"{subject} {scene}{detail}")
+    return queries
+
+
+def percentiles(seconds: list[float]) -> tuple[float, float]:
+    values = np.asarray(seconds) * 1000.0
+    return round(float(np.percentile(values, 50)), 3), round(float(np.percentile(values, 99)), 3)
+
+
+def recall_at_k(found: np.ndarray, exact: np.ndarray) -> float:
+    hits = [len(set(row[row >= 0].tolist()) & set(truth.tolist())) for row, truth in zip(found, exact)]
+    return round(float(np.mean(hits)) / exact.shape[1], 4)
+
+
+def timed(function, *args):
+    started = time.perf_counter()
+    value = function(*args)
+    return value, time.perf_counter() - started
+
+
+# -- one size ---------------------------------------------------------------------------------------------------
+class SizeBenchmark:
+    def __init__(self, engine: ImageSearch, size: int, kinds: list[str], queries: int, sweep: bool,
+                 model: str = TEXT_MODEL, dim: int = DIM, log=print) -> None:
+        self.engine, self.size, self.sweep, self.model, self.dim, self.log = engine, size, sweep, model, dim, log
+        self.name = f"synthetic-{size}"
+        automatic = faiss_index.choose_kind(size)
+        # the kind auto picks goes last, so it is the dataset's index when the end-to-end timings run
+        self.kinds = [k for k in kinds if k != automatic] + [automatic]
+        self.collection = SyntheticCollection(dim)
+        self.queries = self.collection.queries(queries)
+        self.record = None
+
+    def vector_chunks(self):
+        first_id = 1
+        for vectors in self.collection.vectors(self.size):
+            ids = np.arange(first_id, first_id + len(vectors), dtype=np.int64)
+            first_id += len(vectors)
+            yield ids, vectors
+
+    def run(self) -> dict:
+        self.log(f"[{self.size}] generating {self.size} vectors and the exact index")
+        started = time.perf_counter()
+        exact = faiss_index.new_index(self.dim)
+        generation_s = 0.0
+        chunks = self.vector_chunks()
+        while True:
+            chunk, seconds = timed(next, chunks, None)
+            generation_s += seconds
+            if chunk is None:
+                break
+            faiss_index.add_vectors(exact, chunk[1], chunk[0])
+        exact_build_s = time.perf_counter() - started - generation_s
+        _, truth = faiss_index.search(exact, self.queries, K)
+        results = {}
+        for kind in self.kinds:
+            if kind == faiss_index.FLAT:
+                built, build_s = exact, exact_build_s
+            else:
+                self.log(f"[{self.size}] building {kind}")
+                built, build_s = timed(faiss_index.fit_index, exact, IndexSettings(kind=kind))
+            results[kind] = self.measure(kind, built, build_s, truth)
+            del built
+        del exact
+        return results
+
+    def commit(self, built, kind: str) -> tuple[int, float]:
+        """Store the index as the dataset's next generation, as an ingest would; (file bytes, seconds)."""
+        store, home = self.engine.store, self.engine.data_home
+        started = time.perf_counter()
+        if self.record is None:
+            if store.get_dataset(self.name) is not None:  # left by an earlier run with --keep
+                self.engine.delete_dataset(self.name)
+            uid = f"bench{self.size}"
+            faiss_index.remove_dataset_folder(home, uid)
+            path = faiss_index.index_file(home, uid, 1)
+            faiss_index.write_index(built, path)
+            target = NewDataset(self.name, uid, self.model, self.dim, f"/synthetic/{self.size}", kind)
+            rows = (ImageRecord(i, f"/synthetic/{self.size}/{i:07d}.jpg", 0, 0) for i in range(1, self.size + 1))
+            self.record = store.commit_generation(dataset=target, base_generation=0, new_generation=1, added=rows,
+                                                  removed_ids=[], image_count=self.size,
+                                                  next_vector_id=self.size + 1)
+        else:
+            generation = self.record.generation + 1
+            path = faiss_index.index_file(home, self.record.uid, generation)
+            faiss_index.write_index(built, path)
+            self.record = store.commit_generation(dataset=replace(self.record, index_kind=kind),
+                                                  base_generation=self.record.generation, new_generation=generation,
+                                                  added=[], removed_ids=[], image_count=self.size,
+                                                  next_vector_id=self.size + 1)
+            faiss_index.remove_other_generations(home, self.record.uid, generation)
+        return path.stat().st_size, time.perf_counter() - started
+
+    def measure(self, kind: str, built, build_s: float, truth: np.ndarray) -> dict:
+        from image_search.search import search_vectors
+
+        file_bytes, commit_s = self.commit(built, kind)
+        self.engine.forget_index(self.name)
+        loaded, load_s = timed(self.engine.load_index, self.name)
+        _, found = faiss_index.search(loaded.index, self.queries, K)
+        index_seconds, core_seconds = [], []
+        for query in self.queries[:10]:  # warm caches and the store connection
+            search_vectors(self.engine, self.name, query[None], K)
+        for query in self.queries:
+            index_seconds.append(timed(faiss_index.search, loaded.index, query[None], K)[1])
+            core_seconds.append(timed(search_vectors, self.engine, self.name, query[None], K)[1])
+        p50, p99 = percentiles(core_seconds)
+        result = {
+            "index": faiss_index.describe(loaded.index),
+            "recall_at_10": recall_at_k(found, truth),
+            "p50_ms": p50, "p99_ms": p99,
+            "index_p50_ms": percentiles(index_seconds)[0],
+            "build_s": round(build_s, 2),
+            "bytes_per_vector": round(file_bytes / self.size, 1),
+            "load_s": round(load_s, 3),
+            "store_s": round(commit_s, 2),
+        }
+        if self.sweep and kind != faiss_index.FLAT:
+            result["sweep"] = self.sweep_effort(kind, loaded.index, truth)
+        self.log(f"[{self.size}] {kind}: {result}")
+        return result
+
+    def sweep_effort(self, kind: str, index, truth: np.ndarray) -> list[dict]:
+        """Recall and latency at other search efforts (nprobe for IVF, efSearch for HNSW)."""
+        rows = []
+        if kind == faiss_index.HNSW:
+            graph = faiss_index._graph(index)
+            original, values, field = graph.hnsw.efSearch, [32, 64, 128, 256, 512, 1024], "ef_search"
+            setter = lambda value: setattr(graph.hnsw, "efSearch", value)  # noqa: E731
+        else:
+            original, field = index.nprobe, "nprobe"
+            values = sorted({max(1, index.nlist // d) for d in (256, 128, 64, 32, 16, 8)} | {index.nprobe})
+            setter = lambda value: setattr(index, "nprobe", value)  # noqa: E731
+        try:
+            for value in values:
+                setter(value)
+                _, found = faiss_index.search(index, self.queries, K)
+                seconds = [timed(faiss_index.search, index, q[None], K)[1] for q in self.queries]
+                rows.append({field: value, "recall_at_10": recall_at_k(found, truth),
+                             "index_p50_ms": percentiles(seconds)[0]})
+        finally:
+            setter(original)
+        return rows
+
+    def end_to_end(self, text_count: int) -> dict:
+        """A text (and an image) query through the core on a warm process, with the dataset's automatic index."""
+        from image_search.search import search_by_text, search_vectors
+
+        import torch
+
+        embedder = self.engine.model(self.model)  # loaded before timing: the server is warm too
+        for text in text_queries(3, f"warm-up {self.size}"):
+            search_by_text(self.engine, self.name, text, K)
+        texts = text_queries(text_count, f"core {self.size}")
+        seconds = [timed(search_by_text, self.engine, self.name, text, K)[1] for text in texts]
+        p50, p99 = percentiles(seconds)
+        repeated = [timed(search_by_text, self.engine, self.name, texts[0], K)[1] for _ in range(20)]
+        pixels = torch.randint(0, 256, (1, 3, embedder.input_size, embedder.input_size), dtype=torch.uint8)
+
+        def image_query():
+            return search_vectors(self.engine, self.name, embedder.encode_pixels(pixels), K)
+
+        image_query()
+        image_seconds = [timed(image_query)[1] for _ in range(max(5, text_count // 5))]
+        return {"index": self.record.index_kind, "text_p50_ms": p50, "text_p99_ms": p99,
+                "text_repeated_p50_ms": percentiles(repeated)[0],
+                "image_after_decode_p50_ms": percentiles(image_seconds)[0]}
+
+
+# -- through the HTTP server ------------------------------------------------------------------------------------
+def server_available() -> str | None:
+    """None when server.server can be started, else why not."""
+    try:
+        if importlib.util.find_spec("server.server") is None:
+            return "server.server is not part of this checkout"
+    except ModuleNotFoundError:
+        return "server.server is not part of this checkout"
+    return None
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def post_json(url: str, body: dict, timeout: float) -> tuple[int, dict | str]:
+    request = urllib.request.Request(url, data=json.dumps(body).encode(), method="POST",
+                                     headers={"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as response:
+            return response.status, json.loads(response.read() or b"null")
+    except urllib.error.HTTPError as error:
+        return error.code, error.read().decode(errors="replace")
+
+
+class ServerProcess:
+    def __init__(self, data_home: Path, log=print) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("DB_", "IMAGE_SEARCH_HOME"))}
+        env.update(IMAGE_SEARCH_HOME=str(data_home), IMAGE_SEARCH_DEVICE="cpu", HF_HUB_OFFLINE="1",
+                   PYTHONPATH=str(REPO) + os.pathsep + env.get("PYTHONPATH", ""))
+        self.log_file = tempfile.TemporaryFile()
+        self.process = subprocess.Popen([sys.executable, "-m", "server.server", "--host", "127.0.0.1", "--port",
+                                         str(self.port)], cwd=REPO, env=env, stdout=self.log_file,
+                                        stderr=subprocess.STDOUT)
+        self.log = log
+
+    def search(self, name: str, text: str, timeout: float = 120.0) -> tuple[int, dict | str]:
+        body = {"inputs": {"text_query": {"text": text}}, "parameters": {"dataset_name": name, "num_results": K}}
+        return post_json(f"{self.url}/search_by_text", body, timeout)
+
+    def wait_ready(self, timeout: float = 300.0) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"the server exited with code {self.process.returncode}: {self.output()}")
+            try:
+                with socket.create_connection(("127.0.0.1", self.port), timeout=1):
+                    return
+            except OSError:
+                time.sleep(0.2)
+        raise RuntimeError(f"the server did not start within {timeout:.0f} s: {self.output()}")
+
+    def output(self) -> str:
+        self.log_file.seek(0)
+        return self.log_file.read().decode(errors="replace")[-2000:]
+
+    def stop(self) -> None:
+        self.process.terminate()
+        try:
+            self.process.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+        self.log_file.close()
+
+
+def http_latencies(data_home: Path, names: list[str], count: int, log=print) -> dict:
+    server = ServerProcess(data_home, log)
+    try:
+        server.wait_ready()
+        results = {}
+        for name in names:
+            for text in text_queries(3, f"http warm-up {name}"):  # the first request may load model and index
+                status, answer = server.search(name, text, timeout=600)
+                if status != 200:
+                    raise RuntimeError(f"POST /search_by_text answered {status}: {str(answer)[:300]}")
+            if "/synthetic/" not in json.dumps(answer):
+                raise RuntimeError(f"POST /search_by_text did not return the dataset's paths: {str(answer)[:300]}")
+            seconds = []
+            for text in text_queries(count, f"http {name}"):
+                (status, _), elapsed = timed(server.search, name, text)
+                if status != 200:
+                    raise RuntimeError(f"POST /search_by_text answered {status}")
+                seconds.append(elapsed)
+            p50, p99 = percentiles(seconds)
+            results[name] = {"http_text_p50_ms": p50, "http_text_p99_ms": p99}
+            log(f"[http] {name}: {results[name]}")
+        return results
+    finally:
+        server.stop()
+
+
+# -- command-line start-up --------------------------------------------------------------------------------------
+def cli_search_seconds(data_home: Path, name: str, runs: int) -> dict:
+    """Wall time of `python -m cli.cli_search -q TEXT -n NAME`, a fresh process each time."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("DB_", "IMAGE_SEARCH_HOME"))}
+    env.update(IMAGE_SEARCH_HOME=str(data_home), IMAGE_SEARCH_DEVICE="cpu", HF_HUB_OFFLINE="1",
+               PYTHONPATH=str(REPO) + os.pathsep + env.get("PYTHONPATH", ""))
+    seconds = []
+    for text in text_queries(runs, "command line"):
+        started = time.perf_counter()
+        done = subprocess.run([sys.executable, "-m", "cli.cli_search", "-q", text, "-n", name, "-k", str(K)],
+                              cwd=REPO, env=env, capture_output=True, text=True)
+        seconds.append(time.perf_counter() - started)
+        if done.returncode != 0:
+            raise RuntimeError(f"cli_search failed: {done.stderr.strip()[-300:]}")
+    return {"dataset": name, "runs": runs, "median_s": round(float(np.median(seconds)), 3),
+            "min_s": round(min(seconds), 3)}
+
+
+# -- report -----------------------------------------------------------------------------------------------------
+def table(report: dict) -> str:
+    lines = [f"{'size':>9}  {'index':<34} {'build_s':>8} {'B/vector':>9} {'recall@10':>9} {'p50_ms':>7} "
+             f"{'p99_ms':>7} {'index_p50':>9}"]
+    for size, kinds in report["results"].items():
+        for kind, row in kinds.items():
+            lines.append(f"{size:>9}  {row['index']:<34} {row['build_s']:>8.2f} {row['bytes_per_vector']:>9.0f} "
+                         f"{row['recall_at_10']:>9.3f} {row['p50_ms']:>7.2f} {row['p99_ms']:>7.2f} "
+                         f"{row['index_p50_ms']:>9.2f}")
+    if report["end_to_end"]:
+        lines += ["", f"{'size':>9}  {'index':<8} {'text p50':>9} {'text p99':>9} {'repeated':>9} "
+                      f"{'image p50':>9} {'http p50':>9} {'http p99':>9}   (ms, warm process)"]
+        for size, row in report["end_to_end"].items():
+            http = row.get("http_text_p50_ms"), row.get("http_text_p99_ms")
+            lines.append(f"{size:>9}  {row['index']:<8} {row['text_p50_ms']:>9.2f} {row['text_p99_ms']:>9.2f} "
+                         f"{row['text_repeated_p50_ms']:>9.2f} {row['image_after_decode_p50_ms']:>9.2f} "
+                         + " ".join(f"{v:>9.2f}" if v is not None else f"{'-':>9}" for v in http))
+    if report.get("http"):
+        lines.append(f"HTTP: {report['http']}")
+    if report.get("cli"):
+        cli = report["cli"]
+        lines.append(f"cli_search start-up on {cli['dataset']}: median {cli['median_s']:.2f} s, best {cli['min_s']:.2f} s "
+                     f"over {cli['runs']} runs")
+    return "\n".join(lines)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m evaluation.benchmark_search", description=__doc__.split("\n")[0])
+    parser.add_argument("--sizes", default=DEFAULT_SIZES, help=f"comma-separated sizes (default {DEFAULT_SIZES})")
+    parser.add_argument("--kinds", default=",".join(faiss_index.KINDS),
+                        help="index kinds to compare (default: all; the automatic one is always included)")
+    parser.add_argument("--hnsw-max", type=int, default=HNSW_MAX_DEFAULT,
+                        help=f"skip HNSW above this size (default {HNSW_MAX_DEFAULT}: its build takes many minutes)")
+    parser.add_argument("--model", default=TEXT_MODEL,
+                        help=f"model for the end-to-end timings; the vectors take its dimension (default {TEXT_MODEL})")
+    parser.add_argument("--queries", type=int, default=200, help="query vectors per size (default 200)")
+    parser.add_argument("--text-queries", type=int, default=100, help="text queries per size (default 100)")
+    parser.add_argument("--sweep", action="store_true", help="also measure recall at other nprobe / efSearch")
+    parser.add_argument("--no-text", action="store_true", help="skip the end-to-end timings with the model")
+    parser.add_argument("--no-http", action="store_true", help="skip the timings through the HTTP server")
+    parser.add_argument("--cli-runs", type=int, default=3, help="cli_search start-up runs (0: skip; default 3)")
+    parser.add_argument("--quick", action="store_true", help="few queries, no sweep, no start-up runs (smoke test)")
+    parser.add_argument("--json", dest="json_path", help="write the results to this JSON file")
+    parser.add_argument("--keep", help="build in this folder and keep it (default: a temporary folder, removed)")
+    return parser
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        sizes = [int(s.replace("_", "")) for s in args.sizes.split(",") if s.strip()]
+    except ValueError:
+        raise SystemExit(f"error: --sizes {args.sizes!r} is not a list of whole numbers, e.g. 10000,100000")
+    kinds = [k.strip() for k in args.kinds.split(",") if k.strip()]
+    unknown = [k for k in kinds if k not in faiss_index.KINDS]
+    if not sizes or min(sizes) < 100 or unknown:
+        raise SystemExit(f"error: sizes must be >= 100 and kinds among {', '.join(faiss_index.KINDS)}")
+    if args.quick:
+        args.queries, args.text_queries, args.sweep, args.cli_runs = min(args.queries, 50), min(args.text_queries,
+                                                                                             10), False, 0
+    home = Path(args.keep) if args.keep else Path(tempfile.mkdtemp(prefix="image-search-bench-"))
+    home.mkdir(parents=True, exist_ok=True)
+    engine = ImageSearch(Settings(data_home=home.resolve(), model_name=None, device="cpu", database=None,
+                                  index=replace(load_index_settings(), kind=faiss_index.AUTO)))
+    report = {
+        "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "processor": platform.processor(),
+                    "python": platform.python_version()},
+        "settings": {"k": K, "queries": args.queries, "text_queries": args.text_queries, "model": args.model,
+                     "store": "SQLite", "approximate_from": faiss_index.APPROXIMATE_FROM,
+                     "nprobe_override": engine.settings.index.nprobe,
+                     "ef_search_override": engine.settings.index.ef_search},
+        "results": {}, "end_to_end": {},
+    }
+    try:
+        dim = DIM if args.no_text else engine.model(args.model).dim
+        report["settings"]["dim"] = dim
+        for size in sizes:
+            size_kinds = [k for k in kinds if k != faiss_index.HNSW or size <= args.hnsw_max]
+            bench = SizeBenchmark(engine, size, size_kinds, args.queries, args.sweep, args.model, dim)
+            report["results"][str(size)] = bench.run()
+            if not args.no_text:
+                report["end_to_end"][str(size)] = bench.end_to_end(args.text_queries)
+                print(f"[{size}] end to end: {report['end_to_end'][str(size)]}", flush=True)
+            engine.forget_index(bench.name)
+        if not args.no_text and not args.no_http:
+            reason = server_available()
+            if reason is None:
+                try:
+                    names = {str(size): f"synthetic-{size}" for size in sizes}
+                    latencies = http_latencies(home, list(names.values()), args.text_queries)
+                    for size, name in names.items():
+                        report["end_to_end"][size].update(latencies[name])
+                except RuntimeError as error:
+                    report["http"] = f"skipped: {error}"
+            else:
+                report["http"] = f"skipped: {reason}"
+        if args.cli_runs > 0:
+            report["cli"] = cli_search_seconds(home, f"synthetic-{max(sizes)}", args.cli_runs)
+    finally:
+        engine.close()
+        if not args.keep:
+            shutil.rmtree(home, ignore_errors=True)
+    print()
+    print(table(report))
+    if args.json_path:
+        Path(args.json_path).write_text(json.dumps(report, indent=2))
+        print(f"\nWrote {args.json_path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,368 @@
+"""Index kinds, the warm search path and the search benchmark (issue 7)."""
+
+from __future__ import annotations
+
+import copy
+import json
+import shutil
+import sys
+from dataclasses import replace
+
+import numpy as np
+import pytest
+
+from evaluation.sample_images import write_photos
+from evaluation.synthetic_vectors import SyntheticCollection
+from image_search import index as faiss_index
+from image_search.config import IndexSettings, load_settings
+from image_search.engine import ImageSearch
+from image_search.errors import DatasetNotFoundError, InvalidInputError
+from image_search.ingest import ingest_folder
+from image_search.search import TextVectorCache, search_by_text, search_vectors, text_vectors
+from tests.conftest import run_tool
+
+
+def engine_with(settings, kind: str) -> ImageSearch:
+    return ImageSearch(replace(settings, index=IndexSettings(kind=kind)))
+
+
+def synthetic_index(count: int, dim: int = 64):
+    vectors = SyntheticCollection(dim).all_vectors(count)
+    ids = np.arange(100, 100 + count, dtype=np.int64)
+    exact = faiss_index.new_index(dim)
+    faiss_index.add_vectors(exact, vectors, ids)
+    return exact, ids, vectors
+
+
+def all_vectors(index) -> dict[int, np.ndarray]:
+    return {int(i): v for ids, vectors in faiss_index.export_vectors(index) for i, v in zip(ids, vectors)}
+
+
+# -- choosing the index ------------------------------------------------------------------------------------------
+def test_kind_follows_size_with_hysteresis_and_setting_overrides():
+    line = faiss_index.APPROXIMATE_FROM
+    assert faiss_index.choose_kind(line - 1) == faiss_index.FLAT
+    assert faiss_index.choose_kind(line) == faiss_index.APPROXIMATE_KIND
+    # an approximate dataset that shrinks a little stays approximate; one that halves goes back to exact
+    assert faiss_index.choose_kind(line - 1, current=faiss_index.IVF) == faiss_index.IVF
+    assert faiss_index.choose_kind(line // 2 - 1, current=faiss_index.IVF) == faiss_index.FLAT
+    for kind in faiss_index.KINDS:
+        assert faiss_index.choose_kind(10, kind) == kind
+        assert faiss_index.choose_kind(10 * line, kind) == kind
+    assert faiss_index.choose_kind(0, faiss_index.IVF) == faiss_index.FLAT  # nothing to train on
+
+
+def test_fit_index_converts_by_size_and_keeps_every_vector(monkeypatch):
+    exact, ids, vectors = synthetic_index(3000)
+    assert faiss_index.fit_index(exact) is exact  # small: stays exact, untouched
+    monkeypatch.setattr(faiss_index, "APPROXIMATE_FROM", 2000)
+    approximate = faiss_index.fit_index(exact)
+    assert faiss_index.kind_of(approximate) == faiss_index.IVF and approximate is not exact
+    assert approximate.nlist == faiss_index.lists_for(3000) and approximate.nprobe >= 1
+    stored = all_vectors(approximate)
+    assert sorted(stored) == ids.tolist()
+    assert np.allclose(np.stack([stored[i] for i in ids.tolist()]), vectors)  # IVF-Flat keeps vectors exactly
+    # shrinking below half the line brings back the exact index, with the same content
+    smaller = faiss_index.copy_without(approximate, ids[:2001])
+    back = faiss_index.fit_index(smaller)
+    assert faiss_index.kind_of(back) == faiss_index.FLAT and sorted(all_vectors(back)) == ids[2001:].tolist()
+
+
+def test_ivf_is_laid_out_again_when_the_dataset_outgrows_it():
+    exact, ids, vectors = synthetic_index(2000)
+    ivf = faiss_index.fit_index(exact, IndexSettings(kind=faiss_index.IVF))
+    small_lists = ivf.nlist
+    assert faiss_index.fit_index(ivf, IndexSettings(kind=faiss_index.IVF)) is ivf
+    more = SyntheticCollection(64, seed=5).all_vectors(30_000)
+    faiss_index.add_vectors(ivf, more, np.arange(10_000, 40_000))
+    grown = faiss_index.fit_index(ivf, IndexSettings(kind=faiss_index.IVF))
+    assert grown is not ivf and grown.nlist > small_lists and grown.ntotal == 32_000
+
+
+@pytest.mark.parametrize("kind", [faiss_index.IVF, faiss_index.IVF_SQ8, faiss_index.HNSW])
+def test_approximate_index_add_remove_and_recall(kind):
+    exact, ids, vectors = synthetic_index(5000)
+    index = faiss_index.fit_index(exact, IndexSettings(kind=kind))
+    assert faiss_index.kind_of(index) == kind
+    queries = SyntheticCollection(64).queries(100)
+    _, truth = faiss_index.search(exact, queries, 10)
+    _, found = faiss_index.search(index, queries, 10)
+    recall = np.mean([len(set(f) & set(t)) / 10 for f, t in zip(found, truth)])
+    assert recall >= 0.9, f"{kind} recall@10 {recall:.3f} against exact search"
+
+    removed = ids[:50]
+    smaller = faiss_index.copy_without(index, removed)
+    assert index.ntotal == 5000  # the original (perhaps serving searches) is untouched
+    assert smaller.ntotal == 4950 and not set(removed.tolist()) & set(faiss_index.stored_ids(smaller).tolist())
+    _, found = faiss_index.search(smaller, vectors[:50], 10)
+    assert not set(found.ravel().tolist()) & set(removed.tolist())
+    added = SyntheticCollection(64, seed=9).all_vectors(20)
+    faiss_index.add_vectors(smaller, added, np.arange(90_000, 90_020))
+    _, top = faiss_index.search(smaller, added, 1)
+    assert top[:, 0].tolist() == list(range(90_000, 90_020))
+
+
+def test_search_settings_override_the_built_effort():
+    exact, _, _ = synthetic_index(3000)
+    ivf = faiss_index.fit_index(exact, IndexSettings(kind=faiss_index.IVF))
+    faiss_index.apply_search_settings(ivf, IndexSettings(nprobe=3))
+    assert ivf.nprobe == 3
+    faiss_index.apply_search_settings(ivf, IndexSettings(nprobe=10 ** 6))
+    assert ivf.nprobe == ivf.nlist
+    hnsw = faiss_index.fit_index(exact, IndexSettings(kind=faiss_index.HNSW))
+    faiss_index.apply_search_settings(hnsw, IndexSettings(ef_search=77))
+    assert "efSearch 77" in faiss_index.describe(hnsw)
+
+
+def test_index_settings_from_the_environment(monkeypatch):
+    monkeypatch.setenv("IMAGE_SEARCH_INDEX", "IVF-SQ8")
+    monkeypatch.setenv("IMAGE_SEARCH_NPROBE", "32")
+    monkeypatch.setenv("IMAGE_SEARCH_EF_SEARCH", "")
+    assert load_settings().index == IndexSettings(kind="ivf-sq8", nprobe=32, ef_search=None)
+    monkeypatch.setenv("IMAGE_SEARCH_INDEX", "annoy")
+    with pytest.raises(InvalidInputError, match="IMAGE_SEARCH_INDEX='annoy' is not an index kind; use one of auto"):
+        load_settings()
+    monkeypatch.setenv("IMAGE_SEARCH_INDEX", "auto")
+    for bad in ("0", "-4", "many"):
+        monkeypatch.setenv("IMAGE_SEARCH_NPROBE", bad)
+        with pytest.raises(InvalidInputError, match="IMAGE_SEARCH_NPROBE"):
+            load_settings()
+
+
+# -- through ingest ----------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("kind", [faiss_index.IVF, faiss_index.HNSW])
+def test_incremental_ingest_on_an_approximate_index(settings, photos, tmp_path, kind):
+    folder = tmp_path / "case"
+    shutil.copytree(photos, folder)
+    engine = engine_with(settings, kind)
+    try:
+        report = ingest_folder(engine, folder, "case1", progress=False)
+        record = engine.dataset("case1")
+        assert report.total == 12 and record.index_kind == kind
+        assert faiss_index.kind_of(engine.load_index("case1").index) == kind
+        gone = sorted(folder.iterdir())[:3]
+        for path in gone:
+            path.unlink()
+        new = write_photos(folder, 2, megapixels=0.1, seed=99, prefix="new")
+        report = ingest_folder(engine, folder, "case1", progress=False)
+        assert (report.indexed, report.removed, report.reused, report.total) == (2, 3, 9, 11)
+        assert engine.dataset("case1").index_kind == kind
+        results = search_by_text(engine, "case1", "a photo", 50)
+        paths = {r.path for r in results}
+        assert len(results) == 11 and {str(p) for p in new} <= paths and not {str(p) for p in gone} & paths
+        top = search_vectors(engine, "case1", engine.model("test-tiny").encode_texts(["x"]), 1)  # batch path too
+        assert len(top[0]) == 1
+    finally:
+        engine.close()
+
+
+def test_changing_the_setting_converts_an_unchanged_dataset(settings, photos):
+    exact_engine = engine_with(settings, "auto")
+    ingest_folder(exact_engine, photos, "case1", progress=False)
+    assert exact_engine.dataset("case1").index_kind == faiss_index.FLAT
+    before = {r.path for r in search_by_text(exact_engine, "case1", "a photo", 50)}
+    ivf_engine = engine_with(settings, faiss_index.IVF)
+    report = ingest_folder(ivf_engine, photos, "case1", progress=False)
+    assert report.changed and report.indexed == 0 and report.reused == 12
+    assert ivf_engine.dataset("case1").index_kind == faiss_index.IVF
+    # the warm exact engine notices the new generation and searches the converted index
+    assert {r.path for r in search_by_text(exact_engine, "case1", "a photo", 50)} == before
+    assert faiss_index.kind_of(exact_engine.cached_index("case1").index) == faiss_index.IVF
+    exact_engine.close()
+    ivf_engine.close()
+
+
+def test_index_setting_through_the_command_line_tools(cli_env, photos):
+    env = dict(cli_env, IMAGE_SEARCH_INDEX="ivf-sq8")
+    done = run_tool("cli.cli_preprocess", "-i", photos, "-n", "case1", "--no-progress", env=env)
+    assert done.returncode == 0, done.stderr
+    done = run_tool("cli.cli_search", "-q", "a photo", "-n", "case1", "-k", "3", "--json", env=cli_env)
+    assert done.returncode == 0, done.stderr
+    assert len(json.loads(done.stdout)) == 3
+    done = run_tool("cli.cli_datasets", "list", env=dict(cli_env, IMAGE_SEARCH_INDEX="bogus"))
+    assert done.returncode == 2 and done.stderr.count("\n") == 1 and "IMAGE_SEARCH_INDEX='bogus'" in done.stderr
+
+
+@pytest.mark.parametrize("kind", ["auto", faiss_index.IVF, faiss_index.HNSW])
+def test_a_mapped_index_answers_like_a_read_one(settings, photos, kind):
+    engine = engine_with(settings, kind)
+    mapped = ImageSearch(settings, map_indexes=True)
+    try:
+        ingest_folder(engine, photos, "case1", progress=False)
+        assert search_by_text(mapped, "case1", "a photo", 5) == search_by_text(engine, "case1", "a photo", 5)
+    finally:
+        engine.close()
+        mapped.close()
+
+
+# -- the warm search path ----------------------------------------------------------------------------------------
+class QueryCounter:
+    def __init__(self, store, monkeypatch):
+        self.statements: list[str] = []
+        original = store._execute
+
+        def counting(cursor, statement, params=()):
+            self.statements.append(statement)
+            return original(cursor, statement, params)
+
+        monkeypatch.setattr(store, "_execute", counting)
+
+
+def test_a_warm_search_makes_one_query_and_reads_no_file(engine, photos, monkeypatch):
+    ingest_folder(engine, photos, "case1", progress=False)
+    search_by_text(engine, "case1", "a photo", 3)
+    counter = QueryCounter(engine.store, monkeypatch)
+    monkeypatch.setattr(faiss_index, "read_index", lambda path: pytest.fail(f"read {path} on a warm search"))
+    results = search_by_text(engine, "case1", "another photo", 3)
+    assert len(results) == 3 and len(counter.statements) == 1 and "JOIN images" in counter.statements[0]
+
+
+def test_a_warm_engine_notices_changes_and_deletion(settings, photos, tmp_path):
+    folder = tmp_path / "case"
+    shutil.copytree(photos, folder)
+    warm, other = ImageSearch(settings), ImageSearch(settings)  # two processes sharing the store
+    try:
+        ingest_folder(other, folder, "case1", progress=False)
+        assert len(search_by_text(warm, "case1", "a photo", 50)) == 12
+        new = write_photos(folder, 1, megapixels=0.1, seed=42, prefix="added")
+        ingest_folder(other, folder, "case1", progress=False)
+        assert str(new[0]) in {r.path for r in search_by_text(warm, "case1", "a photo", 50)}
+
+        other.delete_dataset("case1")
+        with pytest.raises(DatasetNotFoundError):
+            search_by_text(warm, "case1", "a photo", 3)
+    finally:
+        warm.close()
+        other.close()
+
+
+def test_a_warm_engine_is_not_fooled_by_a_new_dataset_of_the_same_name(settings, photos, tmp_path):
+    """SQLite hands a deleted dataset's id to the next one, which starts again at generation 1."""
+    second = tmp_path / "second"
+    write_photos(second, 5, megapixels=0.1, seed=77, prefix="other")
+    warm, other = ImageSearch(settings), ImageSearch(settings)
+    try:
+        ingest_folder(other, photos, "case1", progress=False)
+        first_record = other.dataset("case1")
+        assert len(search_by_text(warm, "case1", "a photo", 50)) == 12
+        other.delete_dataset("case1")
+        ingest_folder(other, second, "case1", progress=False)
+        record = other.dataset("case1")
+        assert record.generation == first_record.generation  # only the uid tells them apart
+        results = search_by_text(warm, "case1", "a photo", 50)
+        assert len(results) == 5 and all(r.path.startswith(str(second)) for r in results)
+    finally:
+        warm.close()
+        other.close()
+
+
+def test_an_empty_cached_dataset_is_still_checked(settings, photos, tmp_path):
+    folder = tmp_path / "case"
+    shutil.copytree(photos, folder)
+    warm, other = ImageSearch(settings), ImageSearch(settings)
+    try:
+        ingest_folder(other, folder, "case1", progress=False)
+        for path in folder.iterdir():
+            path.unlink()
+        ingest_folder(other, folder, "case1", progress=False)
+        assert search_by_text(warm, "case1", "a photo", 5) == []
+        write_photos(folder, 2, megapixels=0.1, seed=5)
+        ingest_folder(other, folder, "case1", progress=False)
+        assert len(search_by_text(warm, "case1", "a photo", 5)) == 2
+    finally:
+        warm.close()
+        other.close()
+
+
+def test_repeated_text_queries_are_embedded_once(engine, photos, monkeypatch):
+    ingest_folder(engine, photos, "case1", progress=False)
+    embedder = engine.model("test-tiny")
+    calls = []
+    original = type(embedder).encode_texts
+    monkeypatch.setattr(type(embedder), "encode_texts", lambda self, texts: calls.append(list(texts))
+                        or original(self, texts))
+    text_vectors.clear()
+    first = search_by_text(engine, "case1", "a red car", 5)
+    again = search_by_text(engine, "case1", "  a red car ", 5)
+    assert first == again and calls == [["a red car"]]
+    search_by_text(engine, "case1", "a blue car", 5)
+    assert calls == [["a red car"], ["a blue car"]]
+
+
+def test_text_vector_cache_is_bounded_and_read_only():
+    embedder = type("Fake", (), {"name": "fake", "device": "cpu",
+                                 "encode_texts": lambda self, texts: np.ones((1, 4), dtype=np.float32)})()
+    cache = TextVectorCache(size=2)
+    for text in ("a", "b", "a", "c"):  # "a" was used last before "c", so "b" is the one dropped
+        cache.get(embedder, text)
+    assert [key[2] for key in cache._vectors] == ["a", "c"]
+    with pytest.raises(ValueError):
+        cache.get(embedder, "a")[0, 0] = 5.0
+
+
+# -- the text tower over the tokens that matter ------------------------------------------------------------------
+@pytest.mark.parametrize("model_name", ["test-tiny", "ViT-B-32:random"])
+def test_trimmed_text_encoding_equals_the_full_context(model_name):
+    import torch
+
+    from image_search.models import _trimmable, load_model
+
+    embedder = load_model(model_name, "cpu")
+    assert _trimmable(embedder.model)
+    texts = ["a red car at night", "dog", "", "a photo of " + "a very long description " * 40,
+             "tokens: !@#$%^&*() émoji 🚗 中文"]
+    with torch.inference_mode():
+        full = embedder.model.encode_text(embedder.tokenizer(texts)).float()
+    full = torch.nn.functional.normalize(full, dim=-1).numpy()
+    for batch in (texts, texts[:1], texts[1:2]):  # batches mix lengths: trimmed to the longest
+        trimmed = embedder.encode_texts(batch)
+        cosine = np.sum(trimmed * full[[texts.index(t) for t in batch]], axis=1)
+        assert cosine.min() > 0.9999, (model_name, batch, cosine)
+
+
+def test_models_without_a_causal_text_tower_use_open_clip_itself(monkeypatch):
+    from image_search import models
+    from image_search.models import load_model
+
+    embedder = load_model("test-tiny", "cpu")
+    trimmed = embedder.encode_texts(["a red car"])
+    bidirectional = copy.deepcopy(embedder.model)
+    bidirectional.attn_mask = None
+    assert models._trimmable(embedder.model) and not models._trimmable(bidirectional)
+    pooled_first = copy.deepcopy(embedder.model)
+    pooled_first.text_pool_type = "first"
+    assert not models._trimmable(pooled_first)
+    calls = []
+    original = embedder.model.encode_text
+    monkeypatch.setattr(models, "_trimmable", lambda model: False)
+    monkeypatch.setattr(embedder.model, "encode_text", lambda tokens: calls.append(tokens) or original(tokens))
+    assert np.allclose(embedder.encode_texts(["a red car"]), trimmed, atol=1e-6) and len(calls) == 1
+
+
+# -- the benchmark -----------------------------------------------------------------------------------------------
+def test_benchmark_runs_end_to_end_and_writes_json(tmp_path):
+    import importlib.util
+    import subprocess
+
+    from tests.conftest import REPO
+
+    out = tmp_path / "bench.json"
+    done = subprocess.run([sys.executable, "-m", "evaluation.benchmark_search", "--sizes", "2000", "--quick",
+                           "--model", "test-tiny", "--json", str(out)], cwd=REPO, capture_output=True, text=True,
+                          timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    report = json.loads(out.read_text())
+    rows = report["results"]["2000"]
+    assert set(rows) == set(faiss_index.KINDS)
+    for kind, row in rows.items():
+        assert {"recall_at_10", "p50_ms", "p99_ms", "build_s", "bytes_per_vector"} <= set(row)
+        assert 0.9 <= row["recall_at_10"] <= 1.0 and row["p50_ms"] > 0 and row["bytes_per_vector"] > 0
+    assert rows["flat"]["recall_at_10"] == 1.0
+    assert rows["ivf-sq8"]["bytes_per_vector"] < rows["ivf"]["bytes_per_vector"] / 3
+    end_to_end = report["end_to_end"]["2000"]
+    assert end_to_end["index"] == "flat" and end_to_end["text_p50_ms"] > 0
+    if importlib.util.find_spec("server") and importlib.util.find_spec("server.server"):
+        assert end_to_end["http_text_p50_ms"] > 0, report.get("http")
+    else:
+        assert report["http"].startswith("skipped")
+    assert "recall@10" in done.stdout and "Wrote" in done.stdout
