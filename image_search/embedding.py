@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from dataclasses import dataclass
 from typing import Iterator, Sequence
@@ -24,21 +25,55 @@ def default_batch_size(embedder: Embedder) -> int:
     return 256 if embedder.device.startswith("cuda") else 32
 
 
+def device_decode_requested() -> bool:
+    """IMAGE_SEARCH_GPU_DECODE=1: decode JPEGs on the GPU (see device_decode) when the model runs on one."""
+    return os.environ.get("IMAGE_SEARCH_GPU_DECODE", "").strip().lower() in ("1", "true", "yes", "on")
+
+
 def embed_files(embedder: Embedder, paths: Sequence[str], *, batch_size: int | None = None,
-                workers: int | None = None, progress: bool = False, label: str = "Embedding") -> Iterator[EmbeddedBatch]:
+                workers: int | None = None, progress: bool = False, label: str = "Embedding",
+                decode_on_device: bool | None = None) -> Iterator[EmbeddedBatch]:
+    """decode_on_device: decode JPEGs where the model runs (nvJPEG on CUDA); None follows IMAGE_SEARCH_GPU_DECODE
+    on CUDA and is off on the CPU."""
+    on_gpu = embedder.device.startswith("cuda")
     batch_size = batch_size or default_batch_size(embedder)
     workers = default_workers(embedder.device) if workers is None else max(0, workers)
+    if decode_on_device is None:
+        decode_on_device = on_gpu and device_decode_requested()
     bar = _progress_bar(len(paths), progress, label)
     empty = np.zeros((0, embedder.dim), dtype=np.float32)
     try:
         for batch in iter_batches(paths, geometry=embedder.geometry, min_side=embedder.input_size,
-                                  batch_size=batch_size, workers=workers,
-                                  pin_memory=embedder.device.startswith("cuda")):
-            vectors = embedder.encode_pixels(batch.pixels) if batch.pixels is not None else empty
-            bar.update(len(batch.positions) + len(batch.skipped) + len(batch.ignored))
-            yield EmbeddedBatch(batch.positions, vectors, batch.skipped, batch.ignored)
+                                  batch_size=batch_size, workers=workers, pin_memory=on_gpu,
+                                  encoded_jpegs=decode_on_device, background_workers=not on_gpu):
+            positions, pixels, skipped = batch.positions, batch.pixels, batch.skipped
+            if batch.encoded is not None:
+                positions, pixels, skipped = _decode_encoded(embedder, paths, batch)
+            vectors = embedder.encode_pixels(pixels) if pixels is not None else empty
+            bar.update(len(positions) + len(skipped) + len(batch.ignored))
+            yield EmbeddedBatch(positions, vectors, skipped, batch.ignored)
     finally:
         bar.close()
+
+
+def _decode_encoded(embedder: Embedder, paths: Sequence[str], batch):
+    """Decode the batch's undecoded JPEGs on the model's device and merge them, in file order, with the rest."""
+    import torch
+
+    from .device_decode import decode_batch
+
+    decoded = decode_batch(batch.encoded, paths, geometry=embedder.geometry, min_side=embedder.input_size,
+                           device=embedder.device)
+    positions = list(batch.positions) + decoded.positions
+    parts = [p for p in (batch.pixels, decoded.pixels) if p is not None]
+    if not parts:
+        return [], None, batch.skipped + decoded.skipped
+    pixels = torch.cat([part.to(embedder.device, non_blocking=True) for part in parts])
+    order = sorted(range(len(positions)), key=positions.__getitem__)
+    if order != list(range(len(positions))):
+        pixels = pixels[torch.tensor(order, device=pixels.device)]
+        positions = [positions[i] for i in order]
+    return positions, pixels, sorted(batch.skipped + decoded.skipped)
 
 
 class _NoBar:

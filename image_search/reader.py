@@ -16,7 +16,7 @@ import numpy as np
 from .images import NotAnImage, UnreadableImage, load_rgb
 
 # Statuses of one file.
-OK, SKIPPED, IGNORED = "ok", "skipped", "ignored"
+OK, SKIPPED, IGNORED, ENCODED = "ok", "skipped", "ignored", "encoded"
 
 
 @dataclass
@@ -25,6 +25,7 @@ class Batch:
     pixels: object  # torch.uint8 tensor [len(positions), 3, S, S], or None when no file of the batch was usable
     skipped: list[tuple[int, str]]  # (position, reason)
     ignored: list[int]  # positions of files that are not images
+    encoded: object = None  # device_decode.EncodedBatch: JPEGs left for the GPU to decode, or None
 
     def pin_memory(self) -> "Batch":  # called by DataLoader(pin_memory=True) for faster host-to-GPU copies
         if self.pixels is not None:
@@ -48,15 +49,23 @@ def read_pixels(path: str, geometry: Callable, min_side: int | None) -> np.ndarr
 class _FileDataset:
     """Map-style dataset for torch's DataLoader: item i is the outcome of reading paths[i]."""
 
-    def __init__(self, paths: Sequence[str], geometry: Callable, min_side: int | None) -> None:
+    def __init__(self, paths: Sequence[str], geometry: Callable, min_side: int | None,
+                 encoded_jpegs: bool = False) -> None:
         self.paths = paths
         self.geometry = geometry
         self.min_side = min_side
+        self.encoded_jpegs = encoded_jpegs
 
     def __len__(self) -> int:
         return len(self.paths)
 
     def __getitem__(self, position: int):
+        if self.encoded_jpegs:
+            from .device_decode import read_encoded_jpeg
+
+            encoded = read_encoded_jpeg(self.paths[position])
+            if encoded is not None:
+                return position, ENCODED, encoded
         try:
             return position, OK, read_pixels(self.paths[position], self.geometry, self.min_side)
         except NotAnImage:
@@ -70,24 +79,50 @@ class _FileDataset:
 def _collate(items) -> Batch:
     import torch
 
-    positions, arrays, skipped, ignored = [], [], [], []
+    positions, arrays, skipped, ignored, encoded = [], [], [], [], []
     for position, status, payload in items:
         if status == OK:
             positions.append(position)
             arrays.append(payload)
+        elif status == ENCODED:
+            encoded.append((position, payload))
         elif status == SKIPPED:
             skipped.append((position, payload))
         else:
             ignored.append(position)
     pixels = torch.from_numpy(np.stack(arrays)) if arrays else None
-    return Batch(positions, pixels, skipped, ignored)
+    packed = None
+    if encoded:
+        from .device_decode import pack
+
+        packed = pack(encoded)
+    return Batch(positions, pixels, skipped, ignored, packed)
 
 
-def _init_worker(_worker_id: int) -> None:
+def _init_worker(_worker_id: int, background: bool) -> None:
     import torch
 
     # Each worker decodes one image at a time; extra intra-op threads would only fight the model for cores.
     torch.set_num_threads(1)
+    if background:
+        _run_in_background()
+
+
+def _run_in_background() -> None:
+    """Let this worker use only CPU time the model leaves idle.
+
+    When the model runs on the CPU, a decoder that preempts one of its threads stalls all of them at the next
+    synchronisation point. At idle priority, decoders run in the model's gaps and, once the model runs out of
+    decoded batches and waits, on every core at once.
+    """
+    mode = os.environ.get("IMAGE_SEARCH_WORKER_PRIORITY", "idle")
+    try:
+        if mode == "idle" and hasattr(os, "SCHED_IDLE"):
+            os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
+        elif mode in ("idle", "low"):
+            os.nice(19)
+    except OSError:
+        pass  # not permitted here: normal priority still works, only less smoothly
 
 
 def default_workers(device: str) -> int:
@@ -98,17 +133,24 @@ def default_workers(device: str) -> int:
 
 
 def iter_batches(paths: Sequence[str], *, geometry: Callable, min_side: int | None, batch_size: int,
-                 workers: int, pin_memory: bool = False) -> Iterator[Batch]:
-    """Yield batches in order while the next ones are being read in the background."""
+                 workers: int, pin_memory: bool = False, encoded_jpegs: bool = False,
+                 background_workers: bool = False) -> Iterator[Batch]:
+    """Yield batches in order while the next ones are being read in the background.
+
+    encoded_jpegs: leave JPEGs the GPU can decode undecoded (Batch.encoded), see device_decode.
+    background_workers: run the reader workers at idle priority (for a model that computes on the same CPU).
+    """
+    import functools
+
     from torch.utils.data import DataLoader
 
     if not paths:
         return
-    dataset = _FileDataset(paths, geometry, min_side)
+    dataset = _FileDataset(paths, geometry, min_side, encoded_jpegs)
     if len(paths) <= batch_size:
         workers = 0  # starting worker processes costs more than reading one batch
     loader = DataLoader(
         dataset, batch_size=batch_size, shuffle=False, num_workers=workers, collate_fn=_collate,
-        pin_memory=pin_memory, worker_init_fn=_init_worker if workers else None,
-        prefetch_factor=4 if workers else None, persistent_workers=False)
+        pin_memory=pin_memory, worker_init_fn=functools.partial(_init_worker, background=background_workers)
+        if workers else None, prefetch_factor=4 if workers else None, persistent_workers=False)
     yield from loader
