@@ -107,6 +107,25 @@ def test_fast_pixels_match_the_reference_transform(vit, varied_photos):
         assert np.abs(fast - reference[:, :, ::-1]).mean() > 10.0, path  # the check can tell a mirror image
 
 
+def test_resize_crop_in_one_step_equals_open_clip_geometry(vit):
+    """Resampling only the centre crop gives the two-step Resize + CenterCrop result (to rounding)."""
+    from torchvision.transforms import Compose, Resize
+
+    from image_search.reader import _resize_crop_plan, resize_and_crop
+
+    plan = _resize_crop_plan(vit.geometry)
+    assert plan == (224, 224, Image.BICUBIC)
+    for seed, (width, height) in enumerate([(224, 224), (225, 224), (300, 224), (224, 300), (633, 474),
+                                            (1800, 500), (421, 1500), (409, 307)]):
+        image = make_photo(seed, width, height)
+        two_steps = np.asarray(vit.geometry(image)).astype(int)
+        one_step = np.asarray(resize_and_crop(image, *plan)).astype(int)
+        assert one_step.shape == two_steps.shape == (224, 224, 3)
+        difference = np.abs(one_step - two_steps)
+        assert difference.max() <= 2 and difference.mean() < 0.05, (width, height)
+    assert _resize_crop_plan(Compose([Resize((224, 224))])) is None  # anything else runs the transform itself
+
+
 @pytest.mark.parametrize("model", ["tiny", "vit"])
 def test_fast_embeddings_match_open_clip_reference(request, model, varied_photos):
     embedder = request.getfixturevalue(model)
@@ -274,3 +293,43 @@ def _tool_env(tmp_path) -> dict:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("DB_", "IMAGE_SEARCH_"))}
     env.update(PYTHONPATH=str(REPO), HF_HUB_OFFLINE="1", XDG_CACHE_HOME=str(tmp_path / "cache"))
     return env
+
+
+# -- CPU precision ----------------------------------------------------------------------------------------------
+def _fresh_model(name, monkeypatch, precision):
+    from image_search.models import _build_clip, parse_model_name
+
+    monkeypatch.setenv("IMAGE_SEARCH_CPU_PRECISION", precision)
+    return _build_clip(parse_model_name(name), "cpu")
+
+
+def test_bf16_image_tower_stays_within_cosine_of_fp32_on_photos(monkeypatch, varied_photos):
+    fp32 = _fresh_model("ViT-B-32:random", monkeypatch, "fp32")
+    bf16 = _fresh_model("ViT-B-32:random", monkeypatch, "bf16")
+    assert fp32.dtype == torch.float32 and bf16.dtype == torch.bfloat16
+    assert next(bf16.model.visual.parameters()).dtype == torch.bfloat16
+    assert bf16.model.token_embedding.weight.dtype == torch.float32  # text queries stay fp32
+    pixels = torch.from_numpy(np.stack([read_pixels(p, fp32.geometry, fp32.input_size) for p in varied_photos]))
+    cosines = (bf16.encode_pixels(pixels) * fp32.encode_pixels(pixels)).sum(axis=1)
+    assert cosines.min() >= 0.99
+    assert np.allclose(bf16.encode_texts(["a dog"]), fp32.encode_texts(["a dog"]), atol=1e-6)
+
+
+def test_bf16_is_refused_when_probe_embeddings_drift(monkeypatch, caplog):
+    from image_search import precision
+
+    monkeypatch.setattr(precision, "PROBE_MIN_COSINE", 1.01)  # no model can pass: must fall back to fp32
+    embedder = _fresh_model("test-tiny", monkeypatch, "bf16")
+    assert embedder.dtype == torch.float32
+    assert next(embedder.model.visual.parameters()).dtype == torch.float32
+    assert "keeping fp32" in caplog.text
+    assert embedder.encode_pixels(precision.probe_pixels(embedder.input_size)).dtype == np.float32
+
+
+def test_auto_precision_follows_the_cpu(monkeypatch):
+    from image_search import precision
+
+    monkeypatch.setattr(precision, "cpu_has_native_bf16", lambda: False)
+    assert _fresh_model("test-tiny", monkeypatch, "auto").dtype == torch.float32
+    monkeypatch.setattr(precision, "cpu_has_native_bf16", lambda: True)
+    assert _fresh_model("test-tiny", monkeypatch, "auto").dtype == torch.bfloat16
