@@ -32,6 +32,12 @@ def device_decode_requested() -> bool:
     return os.environ.get("IMAGE_SEARCH_GPU_DECODE", "").strip().lower() in ("1", "true", "yes", "on")
 
 
+# Reader batches of undecoded JPEGs carry whole files (3 MB for a 12 MP photo): keep them small so the batches
+# queued between workers and the model stay within a few GB, and regroup them into model-sized batches after
+# decoding.
+ENCODED_READER_BATCH = 32
+
+
 def embed_files(embedder: Embedder, paths: Sequence[str], *, batch_size: int | None = None,
                 workers: int | None = None, progress: bool = False, label: str = "Embedding",
                 decode_on_device: bool | None = None) -> Iterator[EmbeddedBatch]:
@@ -42,18 +48,19 @@ def embed_files(embedder: Embedder, paths: Sequence[str], *, batch_size: int | N
     workers = default_workers(embedder.device) if workers is None else max(0, workers)
     if decode_on_device is None:
         decode_on_device = on_gpu and device_decode_requested()
+    reader_batch = min(batch_size, ENCODED_READER_BATCH) if decode_on_device else batch_size
     bar = _progress_bar(len(paths), progress, label)
     empty = np.zeros((0, embedder.dim), dtype=np.float32)
     try:
-        for batch in iter_batches(paths, geometry=embedder.geometry, min_side=embedder.input_size,
-                                  batch_size=batch_size, workers=workers, pin_memory=on_gpu,
-                                  encoded_jpegs=decode_on_device):
-            positions, pixels, skipped = batch.positions, batch.pixels, batch.skipped
-            if batch.encoded is not None:
-                positions, pixels, skipped = _decode_encoded(embedder, paths, batch)
+        batches = iter_batches(paths, geometry=embedder.geometry, min_side=embedder.input_size,
+                               batch_size=reader_batch, workers=workers, pin_memory=on_gpu,
+                               encoded_jpegs=decode_on_device)
+        decoded = (_decode_encoded(embedder, paths, batch) if batch.encoded is not None else
+                   (batch.positions, batch.pixels, batch.skipped, batch.ignored) for batch in batches)
+        for positions, pixels, skipped, ignored in _regroup(decoded, batch_size):
             vectors = embedder.encode_pixels(pixels) if pixels is not None else empty
-            bar.update(len(positions) + len(skipped) + len(batch.ignored))
-            yield EmbeddedBatch(positions, vectors, skipped, batch.ignored)
+            bar.update(len(positions) + len(skipped) + len(ignored))
+            yield EmbeddedBatch(positions, vectors, skipped, ignored)
     finally:
         bar.close()
 
@@ -67,15 +74,34 @@ def _decode_encoded(embedder: Embedder, paths: Sequence[str], batch):
     decoded = decode_batch(batch.encoded, paths, geometry=embedder.geometry, min_side=embedder.input_size,
                            device=embedder.device)
     positions = list(batch.positions) + decoded.positions
+    skipped = sorted(batch.skipped + decoded.skipped)
     parts = [p for p in (batch.pixels, decoded.pixels) if p is not None]
     if not parts:
-        return [], None, batch.skipped + decoded.skipped
+        return [], None, skipped, batch.ignored
     pixels = torch.cat([part.to(embedder.device, non_blocking=True) for part in parts])
     order = sorted(range(len(positions)), key=positions.__getitem__)
     if order != list(range(len(positions))):
         pixels = pixels[torch.tensor(order, device=pixels.device)]
         positions = [positions[i] for i in order]
-    return positions, pixels, sorted(batch.skipped + decoded.skipped)
+    return positions, pixels, skipped, batch.ignored
+
+
+def _regroup(batches, size: int):
+    """Join consecutive (positions, pixels, skipped, ignored) batches until they hold at least `size` images."""
+    import torch
+
+    positions, parts, skipped, ignored = [], [], [], []
+    for batch_positions, pixels, batch_skipped, batch_ignored in batches:
+        positions += batch_positions
+        skipped += batch_skipped
+        ignored += batch_ignored
+        if pixels is not None:
+            parts.append(pixels)
+        if len(positions) >= size:
+            yield positions, parts[0] if len(parts) == 1 else torch.cat(parts), skipped, ignored
+            positions, parts, skipped, ignored = [], [], [], []
+    if positions or skipped or ignored:
+        yield positions, (parts[0] if len(parts) == 1 else torch.cat(parts)) if parts else None, skipped, ignored
 
 
 class _NoBar:

@@ -17,7 +17,7 @@ import os
 log = logging.getLogger(__name__)
 
 PROBE_MIN_COSINE = 0.995  # a margin over the 0.99 every embedding must keep
-PROBE_PICTURES = 8
+PROBE_PICTURES = 4  # each costs two forward passes at model load
 
 
 def cpu_has_native_bf16() -> bool:

@@ -178,5 +178,5 @@ def iter_batches(paths: Sequence[str], *, geometry: Callable, min_side: int | No
     loader = DataLoader(
         dataset, batch_size=batch_size, shuffle=False, num_workers=workers, collate_fn=_collate,
         pin_memory=pin_memory, worker_init_fn=_init_worker if workers else None,
-        prefetch_factor=4 if workers else None, persistent_workers=False)
+        prefetch_factor=2 if workers else None, persistent_workers=False)  # 2 keeps every worker busy
     yield from loader

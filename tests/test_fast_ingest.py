@@ -333,3 +333,15 @@ def test_auto_precision_follows_the_cpu(monkeypatch):
     assert _fresh_model("test-tiny", monkeypatch, "auto").dtype == torch.float32
     monkeypatch.setattr(precision, "cpu_has_native_bf16", lambda: True)
     assert _fresh_model("test-tiny", monkeypatch, "auto").dtype == torch.bfloat16
+
+
+def test_small_reader_batches_of_encoded_jpegs_are_regrouped_for_the_model(tiny, photos, monkeypatch):
+    from image_search import embedding
+
+    monkeypatch.setattr(embedding, "ENCODED_READER_BATCH", 2)
+    paths = [str(p) for p in sorted(photos.iterdir())]
+    batches = list(embed_files(tiny, paths, workers=0, batch_size=5, decode_on_device=True))
+    assert [len(b.positions) for b in batches] == [6, 6]
+    assert [p for b in batches for p in b.positions] == list(range(12))
+    reference = fast_embeddings(tiny, paths)
+    assert (np.concatenate([b.vectors for b in batches]) * reference).sum(axis=1).min() >= 0.99
