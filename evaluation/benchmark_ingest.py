@@ -194,12 +194,13 @@ def measure_model(embedder, batch_size: int, min_seconds: float) -> float:
 
 def measure_decode(embedder, paths: list[str], batch_size: int, workers: int, on_device: bool) -> float:
     """(b): the ingest's reader alone (on_device: JPEGs decoded and resized on the GPU, as ingest does then)."""
+    from image_search.embedding import reader_batch_size
     from image_search.reader import iter_batches
 
     done, started = 0, time.perf_counter()
     for batch in iter_batches(paths, geometry=embedder.geometry, min_side=embedder.input_size,
-                              batch_size=batch_size, workers=workers, pin_memory=embedder.device.startswith("cuda"),
-                              encoded_jpegs=on_device):
+                              batch_size=reader_batch_size(embedder, batch_size), workers=workers,
+                              pin_memory=embedder.device.startswith("cuda"), encoded_jpegs=on_device):
         done += len(batch.positions)
         if batch.encoded is not None:
             from image_search.device_decode import decode_batch
@@ -408,9 +409,10 @@ def run_memory(args) -> dict:
     growth = last["peak_rss_mb"] - first["peak_rss_mb"]
     extra_images = last["indexed"] - first["indexed"]
     index_mb = extra_images * last["dim"] * 4 / 2**20
-    summary = (f"Peak RSS grew by {growth:.0f} MB from {first['indexed']} to {last['indexed']} images "
-               f"({growth * 1024 / max(extra_images, 1):.2f} KB per extra image; the index itself holds "
-               f"{last['dim'] * 4 / 1024:.0f} KB per image, {index_mb:.0f} MB for the extra images).")
+    summary = (f"Peak RSS of the ingesting process grew by {growth:.0f} MB from {first['indexed']} to "
+               f"{last['indexed']} images ({growth * 1024 / max(extra_images, 1):.2f} KB per extra image; the "
+               f"in-memory index itself takes {last['dim'] * 4 / 1024:.1f} KB per image, {index_mb:.1f} MB for the "
+               "extra images). Reader workers' RSS includes the pages they share with that process.")
     print(summary)
     return {"benchmark": "ingest-memory", "machine": machine_info(),
             "settings": {"model": args.model, "device": args.device, "megapixels": args.memory_size,

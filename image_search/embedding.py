@@ -32,10 +32,15 @@ def device_decode_requested() -> bool:
     return os.environ.get("IMAGE_SEARCH_GPU_DECODE", "").strip().lower() in ("1", "true", "yes", "on")
 
 
-# Reader batches of undecoded JPEGs carry whole files (3 MB for a 12 MP photo): keep them small so the batches
-# queued between workers and the model stay within a few GB, and regroup them into model-sized batches after
-# decoding.
-ENCODED_READER_BATCH = 32
+# Each reader worker fills whole batches, so model-sized GPU batches (256) would leave most workers idle unless
+# there are thousands of files; and undecoded JPEGs carry whole files (3 MB for a 12 MP photo), so the batches
+# queued between workers and the model must stay small. Workers read batches of this many files for a GPU, and
+# the batches are joined into model-sized ones on the device.
+GPU_READER_BATCH = 32
+
+
+def reader_batch_size(embedder: Embedder, batch_size: int) -> int:
+    return min(batch_size, GPU_READER_BATCH) if embedder.device.startswith("cuda") else batch_size
 
 
 def embed_files(embedder: Embedder, paths: Sequence[str], *, batch_size: int | None = None,
@@ -48,7 +53,7 @@ def embed_files(embedder: Embedder, paths: Sequence[str], *, batch_size: int | N
     workers = default_workers(embedder.device) if workers is None else max(0, workers)
     if decode_on_device is None:
         decode_on_device = on_gpu and device_decode_requested()
-    reader_batch = min(batch_size, ENCODED_READER_BATCH) if decode_on_device else batch_size
+    reader_batch = reader_batch_size(embedder, batch_size)
     bar = _progress_bar(len(paths), progress, label)
     empty = np.zeros((0, embedder.dim), dtype=np.float32)
     try:
@@ -56,13 +61,19 @@ def embed_files(embedder: Embedder, paths: Sequence[str], *, batch_size: int | N
                                batch_size=reader_batch, workers=workers, pin_memory=on_gpu,
                                encoded_jpegs=decode_on_device)
         decoded = (_decode_encoded(embedder, paths, batch) if batch.encoded is not None else
-                   (batch.positions, batch.pixels, batch.skipped, batch.ignored) for batch in batches)
+                   (batch.positions, _to_device(batch.pixels, embedder.device), batch.skipped, batch.ignored)
+                   for batch in batches)
         for positions, pixels, skipped, ignored in _regroup(decoded, batch_size):
             vectors = embedder.encode_pixels(pixels) if pixels is not None else empty
             bar.update(len(positions) + len(skipped) + len(ignored))
             yield EmbeddedBatch(positions, vectors, skipped, ignored)
     finally:
         bar.close()
+
+
+def _to_device(pixels, device: str):
+    """Start the copy to the GPU as soon as a batch arrives (from pinned memory, so it overlaps)."""
+    return pixels.to(device, non_blocking=True) if pixels is not None and device != "cpu" else pixels
 
 
 def _decode_encoded(embedder: Embedder, paths: Sequence[str], batch):

@@ -277,7 +277,7 @@ def test_benchmark_memory_mode(tmp_path):
     result = json.loads(output.read_text())
     assert [r["indexed"] for r in result["results"]] == [3, 6]
     assert all(r["peak_rss_mb"] > 50 and r["peak_worker_rss_mb"] > 0 for r in result["results"])
-    assert "Peak RSS grew by" in result["summary"]
+    assert "Peak RSS of the ingesting process grew by" in result["summary"]
 
 
 def test_benchmark_refuses_bad_sizes(tmp_path):
@@ -335,10 +335,10 @@ def test_auto_precision_follows_the_cpu(monkeypatch):
     assert _fresh_model("test-tiny", monkeypatch, "auto").dtype == torch.bfloat16
 
 
-def test_small_reader_batches_of_encoded_jpegs_are_regrouped_for_the_model(tiny, photos, monkeypatch):
+def test_small_reader_batches_are_regrouped_for_the_model(tiny, photos, monkeypatch):
     from image_search import embedding
 
-    monkeypatch.setattr(embedding, "ENCODED_READER_BATCH", 2)
+    monkeypatch.setattr(embedding, "reader_batch_size", lambda _embedder, _size: 2)  # as on a GPU
     paths = [str(p) for p in sorted(photos.iterdir())]
     batches = list(embed_files(tiny, paths, workers=0, batch_size=5, decode_on_device=True))
     assert [len(b.positions) for b in batches] == [6, 6]
