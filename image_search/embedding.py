@@ -22,9 +22,9 @@ class EmbeddedBatch:
 
 
 def default_batch_size(embedder: Embedder) -> int:
-    # A GPU needs big batches to be busy; on the CPU throughput is the same from 8 to 64 images per batch, and
-    # small batches keep the readers and the model in step (and the last batch short).
-    return 256 if embedder.device.startswith("cuda") else 16
+    # A GPU needs big batches to be busy. On the CPU the model's speed is the same from 8 to 64 images per batch;
+    # whole ingests measured 29 / 30 / 32 images/s with batches of 8 / 16 / 32 (2 MP photos, 2 cores).
+    return 256 if embedder.device.startswith("cuda") else 32
 
 
 def device_decode_requested() -> bool:
