@@ -295,7 +295,8 @@ def run_speed(args) -> dict:
         "model": embedder.name, "device": embedder.device, "precision": str(getattr(embedder, "dtype", "")),
         "batch_size": batch_size, "ingest_workers": ingest_workers, "decode_workers": cores,
         "torch_threads": torch.get_num_threads(), "gpu_decode": [("gpu" if m else "cpu") for m in gpu_modes],
-        "count": args.count, "naive_count": args.naive_count, "repeat": args.repeat, "store": "sqlite",
+        "count": args.count, "distinct": min(args.count, args.distinct or args.count),
+        "naive_count": args.naive_count, "repeat": args.repeat, "store": "sqlite",
         "cpu_precision_setting": requested_precision(), "cpu_native_bf16": cpu_has_native_bf16(),
         "gpu_decode_setting": os.environ.get("IMAGE_SEARCH_GPU_DECODE", ""),
     }
@@ -347,8 +348,9 @@ def corpus_folders(args, scratch: Path):
             yield Path(folder).name or str(folder), Path(folder)
         return
     for megapixels in args.sizes:
-        files = generated_photos(args.corpus, megapixels, args.count, os.cpu_count() or 1)
-        yield size_label(megapixels), link_folder(files, scratch / f"{megapixels:g}mp")
+        distinct = min(args.count, args.distinct or args.count)
+        files = generated_photos(args.corpus, megapixels, distinct, os.cpu_count() or 1)
+        yield size_label(megapixels), link_folder(files, scratch / f"{megapixels:g}mp", args.count)
 
 
 def _machine_line(machine: dict) -> str:
@@ -481,6 +483,9 @@ def parse_args(argv=None):
                         help=f"megapixels of the generated photos, comma-separated (default: {DEFAULT_SIZES})")
     parser.add_argument("--count", type=_positive, default=DEFAULT_COUNT,
                         help=f"generated photos per size (default: {DEFAULT_COUNT})")
+    parser.add_argument("--distinct", type=_positive, default=None,
+                        help="generate only this many distinct photos per size and let the --count files cycle "
+                             "through them (hard links: same decoding work, less generation; default: --count)")
     parser.add_argument("--images", action="append", metavar="DIR",
                         help="measure this folder of images instead of generated photos (repeatable: one row each)")
     parser.add_argument("--corpus", type=Path, default=default_corpus_folder(),

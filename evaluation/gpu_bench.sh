@@ -7,7 +7,8 @@
 #  python-dotenv filelock tqdm packaging).
 #
 # Usage: evaluation/gpu_bench.sh [WHEEL_DIR] [more benchmark_ingest flags]
-# Environment: PYTHON (python3), COUNT (500 photos per size), SIZES (0.3,2,12), OUT (bench-out: JSON results),
+# Environment: PYTHON (python3), COUNT (3000 files per size), DISTINCT (500 distinct photos per size, the files
+#              cycle through them), SIZES (0.3,2,12), REPEAT (2: best of), OUT (bench-out: JSON results),
 #              CORPUS (where generated photos are cached), MEMORY (1: also the 1,000 vs 5,000 images memory check)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -27,8 +28,10 @@ fi
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>/dev/null || true
 
 # One reader worker per core, GPU-sized batches; (b) and (d) are measured with CPU and with GPU (nvJPEG) decoding.
-"$PYTHON" -m evaluation.benchmark_ingest --device cuda --count "${COUNT:-500}" --sizes "${SIZES:-0.3,2,12}" \
-  --batch-size 256 --workers "$CORES" --gpu-decode both --naive-count 48 \
+# Thousands of files per size: at over 1,000 images/s, a few hundred would mostly time the workers' start.
+"$PYTHON" -m evaluation.benchmark_ingest --device cuda --count "${COUNT:-3000}" --distinct "${DISTINCT:-500}" \
+  --sizes "${SIZES:-0.3,2,12}" --repeat "${REPEAT:-2}" --batch-size 256 --workers "$CORES" --gpu-decode both \
+  --naive-count 48 \
   --corpus "${CORPUS:-/tmp/image-search-benchmark-photos}" --json "$OUT/ingest-gpu.json" "$@"
 
 if [ "${MEMORY:-1}" = "1" ]; then
