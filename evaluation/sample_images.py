@@ -77,26 +77,39 @@ def make_photo(seed: int, width: int, height: int) -> Image.Image:
     """A photo-like picture: smooth light, objects, texture and noise (deterministic for a seed)."""
     rng = np.random.default_rng(seed)
     small = rng.uniform(30, 230, size=(4, 4, 3)).astype(np.uint8)
-    image = Image.fromarray(small).resize((width, height), Image.BICUBIC)
+    # Shapes are drawn and blurred at about 1 MP, then enlarged: blurring 12 MP directly takes seconds.
+    factor = max(1, int(np.ceil((width * height / 1.2e6) ** 0.5)))
+    w, h = -(-width // factor), -(-height // factor)
+    image = Image.fromarray(small).resize((w, h), Image.BICUBIC)
     draw = ImageDraw.Draw(image)
     for _ in range(int(rng.integers(6, 14))):
-        x0, y0 = rng.uniform(-0.2, 1.0) * width, rng.uniform(-0.2, 1.0) * height
-        w, h = rng.uniform(0.05, 0.5) * width, rng.uniform(0.05, 0.5) * height
+        x0, y0 = rng.uniform(-0.2, 1.0) * w, rng.uniform(-0.2, 1.0) * h
+        box_w, box_h = rng.uniform(0.05, 0.5) * w, rng.uniform(0.05, 0.5) * h
         color = tuple(int(c) for c in rng.integers(0, 256, size=3))
         shape = rng.integers(0, 3)
-        box = (x0, y0, x0 + w, y0 + h)
+        box = (x0, y0, x0 + box_w, y0 + box_h)
         if shape == 0:
             draw.ellipse(box, fill=color)
         elif shape == 1:
             draw.rectangle(box, fill=color)
         else:
-            draw.polygon([(x0, y0 + h), (x0 + w / 2, y0), (x0 + w, y0 + h)], fill=color)
-    image = image.filter(ImageFilter.GaussianBlur(radius=max(1.0, width / 800)))
-    texture = rng.normal(0, 9, size=(height // 4 + 1, width // 4 + 1, 1))
-    texture = np.kron(texture, np.ones((4, 4, 1)))[:height, :width]
-    noise = rng.normal(0, 4, size=(height, width, 1))
-    pixels = np.asarray(image, dtype=np.float32) + texture + noise
-    return Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8))
+            draw.polygon([(x0, y0 + box_h), (x0 + box_w / 2, y0), (x0 + box_w, y0 + box_h)], fill=color)
+    image = image.filter(ImageFilter.GaussianBlur(radius=max(1.0, w / 800)))
+    if factor > 1:
+        image = image.resize((width, height), Image.BICUBIC)
+    # Coarse texture plus per-pixel sensor noise, added in strips of rows so 12 MP never needs a float copy.
+    pixels = np.array(image)
+    texture = rng.standard_normal((height // 4 + 1, width // 4 + 1), dtype=np.float32) * 9.0
+    strip_rows = 256  # a multiple of the texture's 4-pixel cells
+    for top in range(0, height, strip_rows):
+        rows = min(strip_rows, height - top)
+        coarse = texture[top // 4: top // 4 + (rows + 3) // 4]
+        strip_noise = np.repeat(np.repeat(coarse, 4, axis=0), 4, axis=1)[:rows, :width]
+        strip_noise += rng.standard_normal((rows, width), dtype=np.float32) * 4.0
+        strip = pixels[top:top + rows].astype(np.float32) + strip_noise[:, :, None]
+        np.clip(strip, 0, 255, out=strip)
+        pixels[top:top + rows] = strip
+    return Image.fromarray(pixels)
 
 
 def size_for_megapixels(megapixels: float) -> tuple[int, int]:
@@ -104,17 +117,30 @@ def size_for_megapixels(megapixels: float) -> tuple[int, int]:
     return int(round(height * 4 / 3)), height
 
 
+def _write_photo(job: tuple[str, int, int, int, int]) -> None:
+    path, seed, width, height, quality = job
+    temporary = f"{path}.part"
+    make_photo(seed, width, height).save(temporary, format="JPEG", quality=quality)
+    os.replace(temporary, path)  # an interrupted run never leaves a half-written photo to be reused
+
+
 def write_photos(folder: str | os.PathLike, count: int, *, megapixels: float = 0.3, quality: int = 90,
-                 seed: int = 0, prefix: str = "photo") -> list[Path]:
+                 seed: int = 0, prefix: str = "photo", processes: int = 1) -> list[Path]:
+    """Photos prefix_00000.jpg ... in folder; existing ones are kept, so a folder doubles as a cache."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     width, height = size_for_megapixels(megapixels)
-    written = []
-    for i in range(count):
-        path = folder / f"{prefix}_{i:05d}.jpg"
-        if not path.exists():
-            make_photo(seed * 1_000_003 + i, width, height).save(path, quality=quality)
-        written.append(path)
+    written = [folder / f"{prefix}_{i:05d}.jpg" for i in range(count)]
+    jobs = [(str(path), seed * 1_000_003 + i, width, height, quality)
+            for i, path in enumerate(written) if not path.exists()]
+    if processes > 1 and len(jobs) > 1:
+        from multiprocessing import get_context
+
+        with get_context("spawn").Pool(min(processes, len(jobs))) as pool:
+            pool.map(_write_photo, jobs, chunksize=1)
+    else:
+        for job in jobs:
+            _write_photo(job)
     return written
 
 

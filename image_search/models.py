@@ -301,7 +301,12 @@ def _build_clip(spec: ModelSpec, device: str) -> ClipEmbedder:
         quiet.setLevel(previous_level)
     model.eval()
     tokenizer = open_clip.get_tokenizer(spec.architecture)
-    return ClipEmbedder(spec, model, preprocess, tokenizer, device)
+    embedder = ClipEmbedder(spec, model, preprocess, tokenizer, device)
+    if device == "cpu":
+        from .precision import use_bf16_on_cpu
+
+        use_bf16_on_cpu(embedder)
+    return embedder
 
 
 def _weights_help(spec: ModelSpec, error: Exception) -> str:

@@ -16,7 +16,7 @@ import numpy as np
 from .images import NotAnImage, UnreadableImage, load_rgb
 
 # Statuses of one file.
-OK, SKIPPED, IGNORED = "ok", "skipped", "ignored"
+OK, SKIPPED, IGNORED, ENCODED = "ok", "skipped", "ignored", "encoded"
 
 
 @dataclass
@@ -25,6 +25,7 @@ class Batch:
     pixels: object  # torch.uint8 tensor [len(positions), 3, S, S], or None when no file of the batch was usable
     skipped: list[tuple[int, str]]  # (position, reason)
     ignored: list[int]  # positions of files that are not images
+    encoded: object = None  # device_decode.EncodedBatch: JPEGs left for the GPU to decode, or None
 
     def pin_memory(self) -> "Batch":  # called by DataLoader(pin_memory=True) for faster host-to-GPU copies
         if self.pixels is not None:
@@ -36,7 +37,8 @@ def read_pixels(path: str, geometry: Callable, min_side: int | None) -> np.ndarr
     """One file -> uint8 array [3, S, S]. Raises NotAnImage or UnreadableImage."""
     image = load_rgb(path, min_side=min_side)
     try:
-        image = geometry(image)
+        plan = _resize_crop_plan(geometry)
+        image = resize_and_crop(image, *plan) if plan else geometry(image)
     except (OSError, ValueError) as error:
         raise UnreadableImage(f"cannot resize: {error}") from None
     array = np.asarray(image, dtype=np.uint8)
@@ -45,18 +47,75 @@ def read_pixels(path: str, geometry: Callable, min_side: int | None) -> np.ndarr
     return np.ascontiguousarray(array.transpose(2, 0, 1))
 
 
+_plans: dict[int, tuple[Callable, tuple | None]] = {}
+
+
+def _resize_crop_plan(geometry: Callable) -> tuple | None:
+    """(side, crop, PIL resample) when geometry is torchvision's Resize(shorter side) then a square CenterCrop, the
+    shape of open_clip's inference transform; None for anything else (then geometry itself runs)."""
+    cached = _plans.get(id(geometry))
+    if cached is not None and cached[0] is geometry:
+        return cached[1]
+    plan = None
+    try:
+        from torchvision.transforms import CenterCrop, Resize
+        from torchvision.transforms.functional import pil_modes_mapping
+
+        resize, crop = geometry.transforms
+        size = [resize.size] if isinstance(resize.size, int) else list(resize.size)
+        crop_size = [crop.size] if isinstance(crop.size, int) else list(crop.size)
+        if (type(resize) is Resize and type(crop) is CenterCrop and len(size) == 1 and resize.max_size is None
+                and len(set(crop_size)) == 1 and size[0] >= crop_size[0]
+                and resize.interpolation in pil_modes_mapping):
+            plan = (int(size[0]), int(crop_size[0]), pil_modes_mapping[resize.interpolation])
+    except (AttributeError, TypeError, ValueError, ImportError):
+        plan = None
+    _plans[id(geometry)] = (geometry, plan)
+    return plan
+
+
+def resize_and_crop(image, side: int, crop: int, resample):
+    """Resize the shorter side to `side`, then take the centre crop x crop, like torchvision's Resize + CenterCrop
+    on a PIL image, but resampling only the pixels the crop keeps (Pillow's resize box): a quarter less work for
+    4:3 photos. Output equals the two-step result to within one intensity level (rounding)."""
+    width, height = image.size
+    if width <= height:
+        new_width, new_height = side, int(side * height / width)
+    else:
+        new_width, new_height = int(side * width / height), side
+    if (new_width, new_height) == (width, height):  # torchvision does not resample then
+        return image.crop(_centre(width, height, crop))
+    left, top, right, bottom = _centre(new_width, new_height, crop)
+    scale_x, scale_y = width / new_width, height / new_height
+    return image.resize((crop, crop), resample,
+                        box=(left * scale_x, top * scale_y, right * scale_x, bottom * scale_y))
+
+
+def _centre(width: int, height: int, crop: int) -> tuple[int, int, int, int]:
+    top, left = int(round((height - crop) / 2.0)), int(round((width - crop) / 2.0))
+    return left, top, left + crop, top + crop
+
+
 class _FileDataset:
     """Map-style dataset for torch's DataLoader: item i is the outcome of reading paths[i]."""
 
-    def __init__(self, paths: Sequence[str], geometry: Callable, min_side: int | None) -> None:
+    def __init__(self, paths: Sequence[str], geometry: Callable, min_side: int | None,
+                 encoded_jpegs: bool = False) -> None:
         self.paths = paths
         self.geometry = geometry
         self.min_side = min_side
+        self.encoded_jpegs = encoded_jpegs
 
     def __len__(self) -> int:
         return len(self.paths)
 
     def __getitem__(self, position: int):
+        if self.encoded_jpegs:
+            from .device_decode import read_encoded_jpeg
+
+            encoded = read_encoded_jpeg(self.paths[position])
+            if encoded is not None:
+                return position, ENCODED, encoded
         try:
             return position, OK, read_pixels(self.paths[position], self.geometry, self.min_side)
         except NotAnImage:
@@ -70,17 +129,24 @@ class _FileDataset:
 def _collate(items) -> Batch:
     import torch
 
-    positions, arrays, skipped, ignored = [], [], [], []
+    positions, arrays, skipped, ignored, encoded = [], [], [], [], []
     for position, status, payload in items:
         if status == OK:
             positions.append(position)
             arrays.append(payload)
+        elif status == ENCODED:
+            encoded.append((position, payload))
         elif status == SKIPPED:
             skipped.append((position, payload))
         else:
             ignored.append(position)
     pixels = torch.from_numpy(np.stack(arrays)) if arrays else None
-    return Batch(positions, pixels, skipped, ignored)
+    packed = None
+    if encoded:
+        from .device_decode import pack
+
+        packed = pack(encoded)
+    return Batch(positions, pixels, skipped, ignored, packed)
 
 
 def _init_worker(_worker_id: int) -> None:
@@ -91,24 +157,26 @@ def _init_worker(_worker_id: int) -> None:
 
 
 def default_workers(device: str) -> int:
-    cores = os.cpu_count() or 1
-    if device.startswith("cuda"):
-        return max(1, cores)
-    return max(1, cores // 2)
+    # One reader per core, on the CPU too: measured on 2 cores, two readers next to a 2-thread model beat one
+    # (12 MP photos: 22 vs 18 images/s) and match the time-sharing bound 1 / (1/model + 1/decode).
+    return max(1, os.cpu_count() or 1)
 
 
 def iter_batches(paths: Sequence[str], *, geometry: Callable, min_side: int | None, batch_size: int,
-                 workers: int, pin_memory: bool = False) -> Iterator[Batch]:
-    """Yield batches in order while the next ones are being read in the background."""
+                 workers: int, pin_memory: bool = False, encoded_jpegs: bool = False) -> Iterator[Batch]:
+    """Yield batches in order while the next ones are being read in the background.
+
+    encoded_jpegs: leave the JPEGs a GPU can decode undecoded (Batch.encoded); see device_decode.
+    """
     from torch.utils.data import DataLoader
 
     if not paths:
         return
-    dataset = _FileDataset(paths, geometry, min_side)
+    dataset = _FileDataset(paths, geometry, min_side, encoded_jpegs)
     if len(paths) <= batch_size:
         workers = 0  # starting worker processes costs more than reading one batch
     loader = DataLoader(
         dataset, batch_size=batch_size, shuffle=False, num_workers=workers, collate_fn=_collate,
         pin_memory=pin_memory, worker_init_fn=_init_worker if workers else None,
-        prefetch_factor=4 if workers else None, persistent_workers=False)
+        prefetch_factor=2 if workers else None, persistent_workers=False)  # 2 keeps every worker busy
     yield from loader

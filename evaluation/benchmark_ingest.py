@@ -1,0 +1,536 @@
+"""Ingest speed benchmark: python -m evaluation.benchmark_ingest [--sizes 0.3,2,12] [--count N] [--json PATH]
+
+For each size of photo-like JPEGs (generated once and cached, or your own folders with --images), measures in one
+run on this machine, with the same model and settings:
+  (a) model   the image tower alone on preprocessed pixels (encoder bound)
+  (b) decode  decoding + preprocessing alone, with the ingest's own reader on all cores (decode bound)
+  (c) naive   like the original: one process, full-size decode, open_clip's preprocess, one image at a time
+  (d) ingest  the real ingest_folder into a new dataset (SQLite in a temporary data folder)
+and prints images/s for each, d / min(a, b) and d / c. On CUDA it also measures (b) and (d) with JPEGs decoded on
+the GPU. --memory instead measures the peak memory of ingests of different sizes (default 1,000 and 5,000 images).
+Files are read from the page cache after the first pass: this measures computation, not the disk.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+DEFAULT_MODEL = "ViT-B-32:random"
+DEFAULT_SIZES = "0.3,2,12"
+DEFAULT_COUNT = 200
+DEFAULT_NAIVE_COUNT = 24
+DEFAULT_MEMORY_COUNTS = "1000,5000"
+MEMORY_DISTINCT_PHOTOS = 200  # the memory check links its thousands of files to this many distinct photos
+
+
+# -- corpus -----------------------------------------------------------------------------------------------------
+def default_corpus_folder() -> Path:
+    base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+    return base / "image-search" / "benchmark-photos"
+
+
+def size_label(megapixels: float) -> str:
+    return f"{megapixels:g} MP"
+
+
+def generated_photos(corpus: Path, megapixels: float, count: int, processes: int) -> list[Path]:
+    """The first `count` photos of this size in the cache, generating the missing ones."""
+    from evaluation.sample_images import write_photos
+
+    folder = corpus / f"photos-{megapixels:g}mp"
+    missing = [i for i in range(count) if not (folder / f"photo_{i:05d}.jpg").exists()]
+    if missing:
+        print(f"Generating {len(missing)} photo-like JPEGs of {size_label(megapixels)} in {folder} "
+              "(once; later runs reuse them)...", file=sys.stderr, flush=True)
+    return write_photos(folder, count, megapixels=megapixels, seed=int(megapixels * 1000), processes=processes)
+
+
+def link_folder(files: list[Path], folder: Path, count: int | None = None) -> Path:
+    """A folder of `count` entries (default: one per file) that are hard links to `files`, cycling through them."""
+    folder.mkdir(parents=True, exist_ok=True)
+    count = len(files) if count is None else count
+    for i in range(count):
+        source = files[i % len(files)]
+        target = folder / f"{i:06d}{source.suffix}"
+        try:
+            os.link(source, target)
+        except OSError:  # another file system, or links not allowed: copy
+            shutil.copyfile(source, target)
+    return folder
+
+
+def image_files(folder: Path) -> list[str]:
+    from image_search.files import scan_folder
+    from image_search.images import IMAGE_EXTENSIONS
+
+    return [entry.path for entry in scan_folder(str(folder)).files
+            if os.path.splitext(entry.path)[1].lower() in IMAGE_EXTENSIONS]
+
+
+def describe_files(paths: list[str]) -> tuple[float, float]:
+    """(mean megapixels, mean file size in KB) from the headers."""
+    from PIL import Image
+
+    pixels, sizes = [], []
+    for path in paths:
+        sizes.append(os.path.getsize(path))
+        try:
+            with Image.open(path) as image:
+                pixels.append(image.width * image.height)
+        except Exception:  # noqa: BLE001 - a broken file in a user's folder is counted by the ingest, not here
+            pass
+    megapixels = sum(pixels) / len(pixels) / 1e6 if pixels else 0.0
+    return megapixels, (sum(sizes) / len(sizes) / 1024 if sizes else 0.0)
+
+
+# -- machine and settings ---------------------------------------------------------------------------------------
+def machine_info() -> dict:
+    import torch
+
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as handle:
+            cpu = next(line.split(":", 1)[1].strip() for line in handle if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    memory_gb = None
+    try:
+        with open("/proc/meminfo") as handle:
+            memory_gb = round(int(next(l for l in handle if l.startswith("MemTotal")).split()[1]) / 2**20, 1)
+    except (OSError, StopIteration, ValueError):
+        pass
+    gpus = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())] if torch.cuda.is_available() \
+        else []
+    usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return {
+        "cpu": cpu, "cores": os.cpu_count(), "usable_cores": usable, "memory_gb": memory_gb, "gpus": gpus,
+        "cpu_capability": getattr(torch.backends.cpu, "get_cpu_capability", lambda: None)(),
+        "load_average_at_start": round(os.getloadavg()[0], 2) if hasattr(os, "getloadavg") else None,
+        "python": platform.python_version(), "torch": torch.__version__, "versions": _versions(),
+    }
+
+
+def _versions() -> dict:
+    versions = {}
+    for module in ("torchvision", "open_clip", "PIL", "numpy", "faiss"):
+        try:
+            versions[module] = __import__(module).__version__
+        except Exception:  # noqa: BLE001
+            versions[module] = None
+    try:
+        from PIL import features
+
+        versions["libjpeg_turbo"] = features.version("libjpeg_turbo")
+    except Exception:  # noqa: BLE001
+        pass
+    return versions
+
+
+# -- measurements -----------------------------------------------------------------------------------------------
+@dataclass
+class Row:
+    label: str  # e.g. "2 MP" or a folder name
+    decode: str  # "cpu" or "gpu": where JPEGs are decoded in (b) and (d)
+    images: int
+    megapixels: float
+    file_kb: float
+    model: float = 0.0  # (a) images/s
+    decode_only: float = 0.0  # (b)
+    naive: float = 0.0  # (c)
+    ingest: float = 0.0  # (d)
+    ingest_seconds: float = 0.0
+    skipped: int = 0
+    extra: dict = field(default_factory=dict)
+
+    @property
+    def bound(self) -> float:
+        return min(self.model, self.decode_only)
+
+    @property
+    def ingest_vs_bound(self) -> float:
+        return self.ingest / self.bound if self.bound else 0.0
+
+    @property
+    def ingest_vs_naive(self) -> float:
+        return self.ingest / self.naive if self.naive else 0.0
+
+    def to_dict(self) -> dict:
+        data = asdict(self)
+        data.update(bound=round(self.bound, 2), ingest_vs_bound=round(self.ingest_vs_bound, 3),
+                    ingest_vs_naive=round(self.ingest_vs_naive, 3))
+        for key in ("model", "decode_only", "naive", "ingest", "megapixels", "file_kb", "ingest_seconds"):
+            data[key] = round(data[key], 3)
+        return data
+
+
+def measure_model(embedder, batch_size: int, min_seconds: float) -> float:
+    """(a): the image tower on uint8 pixels shaped like the reader's batches (normalisation included)."""
+    import torch
+
+    side = embedder.input_size
+    pixels = torch.randint(0, 256, (batch_size, 3, side, side), dtype=torch.uint8)
+    if embedder.device.startswith("cuda"):
+        pixels = pixels.pin_memory()
+    for _ in range(2):  # warm-up: lazy initialisation, first-touch memory, cuDNN/oneDNN kernel choice
+        embedder.encode_pixels(pixels)
+    done, started = 0, time.perf_counter()
+    while done < 3 * batch_size or time.perf_counter() - started < min_seconds:
+        embedder.encode_pixels(pixels)
+        done += batch_size
+    return done / (time.perf_counter() - started)
+
+
+def measure_decode(embedder, paths: list[str], batch_size: int, workers: int, on_device: bool) -> float:
+    """(b): the ingest's reader alone (on_device: JPEGs decoded and resized on the GPU, as ingest does then)."""
+    from image_search.embedding import reader_batch_size
+    from image_search.reader import iter_batches
+
+    done, started = 0, time.perf_counter()
+    for batch in iter_batches(paths, geometry=embedder.geometry, min_side=embedder.input_size,
+                              batch_size=reader_batch_size(embedder, batch_size), workers=workers,
+                              pin_memory=embedder.device.startswith("cuda"), encoded_jpegs=on_device):
+        done += len(batch.positions)
+        if batch.encoded is not None:
+            from image_search.device_decode import decode_batch
+
+            decoded = decode_batch(batch.encoded, paths, geometry=embedder.geometry, min_side=embedder.input_size,
+                                   device=embedder.device)
+            done += len(decoded.positions)
+            if decoded.pixels is not None:
+                decoded.pixels.sum().item()  # wait for the device
+        elif batch.pixels is not None and embedder.device.startswith("cuda"):
+            batch.pixels.to(embedder.device, non_blocking=True).sum().item()
+    return done / (time.perf_counter() - started)
+
+
+def measure_naive(embedder, paths: list[str]) -> float:
+    """(c): what the original did: decode each full-size file, open_clip's preprocess, the model on one image,
+    in the model's default precision (fp32 on the CPU, as the original; fp16 on CUDA as ours)."""
+    import copy
+
+    import torch
+    from PIL import Image
+
+    model, preprocess = embedder.model, embedder.reference_preprocess
+    dtype = torch.float16 if embedder.device.startswith("cuda") else torch.float32
+    tower = model.visual if next(model.visual.parameters()).dtype == dtype else copy.deepcopy(model.visual).to(dtype)
+
+    def embed(path: str):
+        with Image.open(path) as image:
+            tensor = preprocess(image.convert("RGB")).unsqueeze(0).to(embedder.device, dtype=dtype)
+        with torch.inference_mode():
+            return torch.nn.functional.normalize(tower(tensor).float(), dim=-1).cpu().numpy()
+
+    for path in paths[:3]:  # warm-up: first-touch memory, kernel choice for batch-of-one shapes
+        embed(path)
+    started = time.perf_counter()
+    for path in paths:
+        embed(path)
+    return len(paths) / (time.perf_counter() - started)
+
+
+@contextmanager
+def environment(**values):
+    saved = {key: os.environ.get(key) for key in values}
+    os.environ.update({key: str(value) for key, value in values.items()})
+    try:
+        yield
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
+def measure_ingest(folder: Path, data_home: Path, name: str, args, gpu_decode: bool) -> tuple[float, float, int, int]:
+    """(d): the real ingest into a new dataset. Returns (images/s, seconds, indexed, skipped)."""
+    from image_search.config import Settings
+    from image_search.engine import ImageSearch
+    from image_search.ingest import ingest_folder
+
+    engine = ImageSearch(Settings(data_home=data_home, model_name=args.model, device=args.device, database=None))
+    try:
+        with environment(IMAGE_SEARCH_GPU_DECODE="1" if gpu_decode else "0"):
+            started = time.perf_counter()
+            report = ingest_folder(engine, folder, name, model_name=args.model, batch_size=args.batch_size,
+                                   workers=args.workers, progress=False)
+            seconds = time.perf_counter() - started
+    finally:
+        engine.close()
+    return report.indexed / seconds, seconds, report.indexed, len(report.skipped)
+
+
+# -- the run ----------------------------------------------------------------------------------------------------
+def run_speed(args) -> dict:
+    from image_search.embedding import default_batch_size
+    from image_search.models import load_model
+    from image_search.precision import cpu_has_native_bf16, requested_precision
+    from image_search.reader import default_workers
+
+    embedder = load_model(args.model, args.device)
+    args.device = embedder.device
+    on_gpu = embedder.device.startswith("cuda")
+    cores = os.cpu_count() or 1
+    batch_size = args.batch_size or default_batch_size(embedder)
+    ingest_workers = default_workers(embedder.device) if args.workers is None else args.workers
+    gpu_modes = {"off": [False], "on": [True], "both": [False, True]}[args.gpu_decode] if on_gpu else [False]
+
+    machine = machine_info()
+    import torch
+
+    settings = {
+        "model": embedder.name, "device": embedder.device, "precision": str(getattr(embedder, "dtype", "")),
+        "batch_size": batch_size, "ingest_workers": ingest_workers, "decode_workers": cores,
+        "torch_threads": torch.get_num_threads(), "gpu_decode": [("gpu" if m else "cpu") for m in gpu_modes],
+        "count": args.count, "distinct": min(args.count, args.distinct or args.count),
+        "naive_count": args.naive_count, "repeat": args.repeat, "store": "sqlite",
+        "cpu_precision_setting": requested_precision(), "cpu_native_bf16": cpu_has_native_bf16(),
+        "gpu_decode_setting": os.environ.get("IMAGE_SEARCH_GPU_DECODE", ""),
+    }
+    print(_machine_line(machine))
+    print(f"Settings: model {settings['model']} on {settings['device']} ({settings['precision']}), batch "
+          f"{batch_size}, ingest workers {ingest_workers}, decode-only workers {cores}, torch threads "
+          f"{settings['torch_threads']}; naive baseline on {args.naive_count} images per size; best of "
+          f"{args.repeat}.", flush=True)
+
+    rows: list[Row] = []
+    with tempfile.TemporaryDirectory(prefix="image-search-bench-") as scratch:
+        scratch = Path(scratch)
+        corpus = [(label, folder, image_files(folder)) for label, folder in corpus_folders(args, scratch)]
+        for label, folder, paths in corpus:
+            if not paths:
+                print(f"{label}: no images in {folder}, skipped.", file=sys.stderr)
+        corpus = [entry for entry in corpus if entry[2]]
+        if corpus:  # one-time costs (creating the store, first imports) are not part of any row
+            warm_up = link_folder([Path(p) for p in corpus[0][2][:2]], scratch / "warm-up")
+            measure_ingest(warm_up, scratch / "home", "warmup", args, False)
+        for label, folder, paths in corpus:
+            megapixels, file_kb = describe_files(paths)
+            naive = measure_naive(embedder, paths[:args.naive_count])
+            for on_device in gpu_modes:
+                row = Row(label, "gpu" if on_device else "cpu", len(paths), megapixels, file_kb, naive=naive)
+                # Each measure right before the others, best of --repeat: on a shared machine the ratios then
+                # compare like with like.
+                for _ in range(args.repeat):
+                    row.model = max(row.model, measure_model(embedder, batch_size, args.model_seconds))
+                    row.decode_only = max(row.decode_only,
+                                          measure_decode(embedder, paths, batch_size, cores, on_device))
+                    speed, seconds, _, row.skipped = measure_ingest(folder, scratch / "home", f"bench{len(rows)}",
+                                                                    args, on_device)
+                    if speed > row.ingest:
+                        row.ingest, row.ingest_seconds = speed, seconds
+                rows.append(row)
+                print(_row_line(row), flush=True)
+    machine["load_average_at_end"] = round(os.getloadavg()[0], 2) if hasattr(os, "getloadavg") else None
+    print()
+    print(table(rows))
+    return {"benchmark": "ingest", "machine": machine, "settings": settings,
+            "results": [row.to_dict() for row in rows]}
+
+
+def corpus_folders(args, scratch: Path):
+    """(label, folder) for each row: the --images folders, or a folder of `count` generated photos per size."""
+    if args.images:
+        for folder in args.images:
+            yield Path(folder).name or str(folder), Path(folder)
+        return
+    for megapixels in args.sizes:
+        distinct = min(args.count, args.distinct or args.count)
+        files = generated_photos(args.corpus, megapixels, distinct, os.cpu_count() or 1)
+        yield size_label(megapixels), link_folder(files, scratch / f"{megapixels:g}mp", args.count)
+
+
+def _machine_line(machine: dict) -> str:
+    gpus = ", ".join(machine["gpus"]) or "no GPU"
+    return (f"Machine: {machine['cpu']}, {machine['cores']} cores ({machine['usable_cores']} usable), "
+            f"{machine['memory_gb']} GB, {gpus}; load average {machine['load_average_at_start']} at start.")
+
+
+def _row_line(row: Row) -> str:
+    return (f"{row.label} ({row.decode} decode): (a) model {row.model:.1f}, (b) decode {row.decode_only:.1f}, "
+            f"(c) naive {row.naive:.1f}, (d) ingest {row.ingest:.1f} images/s")
+
+
+def table(rows: list[Row]) -> str:
+    header = ["size", "decode", "images", "MP", "KB/file", "(a) model", "(b) decode", "(c) naive", "(d) ingest",
+              "d/min(a,b)", "d/c"]
+    lines = [header]
+    for row in rows:
+        lines.append([row.label, row.decode, str(row.images), f"{row.megapixels:.1f}", f"{row.file_kb:.0f}",
+                      f"{row.model:.1f}", f"{row.decode_only:.1f}", f"{row.naive:.1f}", f"{row.ingest:.1f}",
+                      f"{row.ingest_vs_bound:.2f}", f"{row.ingest_vs_naive:.1f}"])
+    widths = [max(len(line[i]) for line in lines) for i in range(len(header))]
+    text = ["  ".join(cell.rjust(width) if i > 1 else cell.ljust(width) for i, (cell, width) in
+                      enumerate(zip(line, widths))) for line in lines]
+    text.insert(1, "-" * len(text[0]))
+    return "\n".join(text) + "\n(images/s; (d) is the whole ingest: scan, read, embed, index, commit)"
+
+
+# -- memory check -----------------------------------------------------------------------------------------------
+def run_memory(args) -> dict:
+    """Peak memory of ingests of different sizes, each in a fresh child process."""
+    counts = args.memory_counts
+    results = []
+    with tempfile.TemporaryDirectory(prefix="image-search-memory-") as scratch:
+        scratch = Path(scratch)
+        files = generated_photos(args.corpus, args.memory_size, min(MEMORY_DISTINCT_PHOTOS, max(counts)),
+                                 os.cpu_count() or 1)
+        for count in counts:
+            folder = link_folder(files, scratch / f"images-{count}", count)
+            command = [sys.executable, "-m", "evaluation.benchmark_ingest", "--memory-child", str(folder),
+                       "--model", args.model]
+            for flag, value in (("--device", args.device), ("--batch-size", args.batch_size),
+                                ("--workers", args.workers)):
+                if value is not None:
+                    command += [flag, str(value)]
+            print(f"Ingesting {count} images of {size_label(args.memory_size)} in a child process...",
+                  file=sys.stderr, flush=True)
+            done = subprocess.run(command, capture_output=True, text=True, cwd=Path(__file__).resolve().parents[1])
+            if done.returncode != 0:
+                raise SystemExit(f"The memory-check ingest of {count} images failed:\n{done.stderr[-2000:]}")
+            result = json.loads(done.stdout.strip().splitlines()[-1])
+            results.append(result)
+            print(f"{count:>7} images: {result['seconds']:.1f} s, peak RSS main process "
+                  f"{result['peak_rss_mb']:.0f} MB, largest reader worker {result['peak_worker_rss_mb']:.0f} MB",
+                  flush=True)
+            shutil.rmtree(folder)
+    first, last = results[0], results[-1]
+    growth = last["peak_rss_mb"] - first["peak_rss_mb"]
+    extra_images = last["indexed"] - first["indexed"]
+    index_mb = extra_images * last["dim"] * 4 / 2**20
+    summary = (f"Peak RSS of the ingesting process grew by {growth:.0f} MB from {first['indexed']} to "
+               f"{last['indexed']} images ({growth * 1024 / max(extra_images, 1):.2f} KB per extra image; the "
+               f"in-memory index itself takes {last['dim'] * 4 / 1024:.1f} KB per image, {index_mb:.1f} MB for the "
+               "extra images). Reader workers' RSS includes the pages they share with that process.")
+    print(summary)
+    return {"benchmark": "ingest-memory", "machine": machine_info(),
+            "settings": {"model": args.model, "device": args.device, "megapixels": args.memory_size,
+                         "counts": counts, "batch_size": args.batch_size, "workers": args.workers},
+            "results": results, "growth_mb": round(growth, 1), "summary": summary}
+
+
+def memory_child(args) -> int:
+    """Ingest one folder and print the peak memory of this process and of its reader workers as JSON."""
+    from image_search.config import Settings
+    from image_search.engine import ImageSearch
+    from image_search.ingest import ingest_folder
+
+    with tempfile.TemporaryDirectory(prefix="image-search-memory-home-") as home:
+        engine = ImageSearch(Settings(data_home=Path(home), model_name=args.model, device=args.device,
+                                      database=None))
+        started = time.perf_counter()
+        report = ingest_folder(engine, args.memory_child, "memory", model_name=args.model,
+                               batch_size=args.batch_size, workers=args.workers, progress=False)
+        seconds = time.perf_counter() - started
+        dim = engine.dataset("memory").dim
+        engine.close()
+    scale = 1 if sys.platform == "darwin" else 1024  # ru_maxrss is in bytes on macOS, KB on Linux
+    own = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * scale / 2**20
+    workers = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * scale / 2**20
+    print(json.dumps({"images": report.indexed + len(report.skipped), "indexed": report.indexed, "dim": dim,
+                      "seconds": round(seconds, 2), "images_per_second": round(report.indexed / seconds, 2),
+                      "peak_rss_mb": round(own, 1), "peak_worker_rss_mb": round(workers, 1)}))
+    return 0
+
+
+# -- command line -----------------------------------------------------------------------------------------------
+def _floats(text: str) -> list[float]:
+    try:
+        values = [float(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"'{text}' is not a comma-separated list of numbers") from None
+    if not values or any(value <= 0 for value in values):
+        raise argparse.ArgumentTypeError(f"'{text}' must list positive numbers, e.g. 0.3,2,12")
+    return values
+
+
+def _counts(text: str) -> list[int]:
+    values = _floats(text)
+    if any(value != int(value) for value in values):
+        raise argparse.ArgumentTypeError(f"'{text}' must list whole numbers, e.g. 1000,5000")
+    return [int(value) for value in values]
+
+
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"'{text}' is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"'{text}' must be at least 1")
+    return value
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(prog="python -m evaluation.benchmark_ingest", description=__doc__.strip(),
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", default=DEFAULT_MODEL, help=f"model to embed with (default: {DEFAULT_MODEL})")
+    parser.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: CUDA when available)")
+    parser.add_argument("--sizes", type=_floats, default=_floats(DEFAULT_SIZES),
+                        help=f"megapixels of the generated photos, comma-separated (default: {DEFAULT_SIZES})")
+    parser.add_argument("--count", type=_positive, default=DEFAULT_COUNT,
+                        help=f"generated photos per size (default: {DEFAULT_COUNT})")
+    parser.add_argument("--distinct", type=_positive, default=None,
+                        help="generate only this many distinct photos per size and let the --count files cycle "
+                             "through them (hard links: same decoding work, less generation; default: --count)")
+    parser.add_argument("--images", action="append", metavar="DIR",
+                        help="measure this folder of images instead of generated photos (repeatable: one row each)")
+    parser.add_argument("--corpus", type=Path, default=default_corpus_folder(),
+                        help="where generated photos are cached (default: %(default)s)")
+    parser.add_argument("--naive-count", type=_positive, default=DEFAULT_NAIVE_COUNT,
+                        help=f"images per size for the slow naive baseline (default: {DEFAULT_NAIVE_COUNT})")
+    parser.add_argument("--batch-size", type=_positive, default=None,
+                        help="batch size for (a), (b) and (d) (default: the ingest's default for the device)")
+    parser.add_argument("--workers", type=int, default=None,
+                        help="reader workers for (d) (default: the ingest's default; (b) always uses all cores)")
+    parser.add_argument("--gpu-decode", choices=("off", "on", "both"), default="both",
+                        help="on CUDA, measure (b) and (d) with JPEGs decoded on the CPU, the GPU, or both "
+                             "(default: both)")
+    parser.add_argument("--model-seconds", type=float, default=4.0,
+                        help="minimum seconds to time the model alone (default: 4)")
+    parser.add_argument("--repeat", type=_positive, default=1,
+                        help="measure (a), (b) and (d) this many times per size and keep the best (for shared "
+                             "machines; default: 1)")
+    parser.add_argument("--json", metavar="PATH", help="also write the results as JSON to this file")
+    parser.add_argument("--memory", action="store_true",
+                        help="instead of speed, measure peak memory of ingests of --memory-counts images")
+    parser.add_argument("--memory-counts", type=_counts, default=_counts(DEFAULT_MEMORY_COUNTS),
+                        help=f"image counts for --memory (default: {DEFAULT_MEMORY_COUNTS})")
+    parser.add_argument("--memory-size", type=float, default=0.3,
+                        help="megapixels of the photos for --memory (default: 0.3)")
+    parser.add_argument("--memory-child", metavar="DIR", help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.workers is not None and args.workers < 0:
+        parser.error("--workers must be 0 or more")
+    return args
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")  # random or local weights only: never wait on the network
+    if args.memory_child:
+        return memory_child(args)
+    result = run_memory(args) if args.memory else run_speed(args)
+    if args.json:
+        Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
+        print(f"Wrote {args.json}")
+    return 0
+
+
+if __name__ == "__main__":
+    from cli.common import run
+
+    run(main)
