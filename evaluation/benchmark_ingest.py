@@ -225,7 +225,9 @@ def measure_naive(embedder, paths: list[str]) -> float:
 
     model, preprocess = embedder.model, embedder.reference_preprocess
     dtype = torch.float16 if embedder.device.startswith("cuda") else torch.float32
-    tower = model.visual if next(model.visual.parameters()).dtype == dtype else copy.deepcopy(model.visual).to(dtype)
+    # open_clip builds the CUDA model in fp16 already (keeping its LayerNorms in fp32 by design, so a blanket
+    # .to(fp16) would break them); on the CPU the original ran fp32.
+    tower = model.visual if embedder.device.startswith("cuda") else copy.deepcopy(model.visual).float()
 
     def embed(path: str):
         with Image.open(path) as image:
