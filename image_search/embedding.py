@@ -28,8 +28,12 @@ def default_batch_size(embedder: Embedder) -> int:
 
 
 def device_decode_requested() -> bool:
-    """IMAGE_SEARCH_GPU_DECODE=1: decode JPEGs on the GPU (see device_decode) when the model runs on one."""
-    return os.environ.get("IMAGE_SEARCH_GPU_DECODE", "").strip().lower() in ("1", "true", "yes", "on")
+    """Decode JPEGs on the GPU (see device_decode) when the model runs on one, unless IMAGE_SEARCH_GPU_DECODE=0.
+
+    On by default: on an H100 with 16 cores it was faster at every size (0.3 / 2 / 12 MP photos: 2,532 / 1,346 /
+    309 images/s against 2,063 / 884 / 258 with CPU decoding; evaluation/results/ingest-gpu-h100.json).
+    """
+    return os.environ.get("IMAGE_SEARCH_GPU_DECODE", "").strip().lower() not in ("0", "false", "no", "off")
 
 
 # Each reader worker fills whole batches, so model-sized GPU batches (256) would leave most workers idle unless
@@ -46,8 +50,8 @@ def reader_batch_size(embedder: Embedder, batch_size: int) -> int:
 def embed_files(embedder: Embedder, paths: Sequence[str], *, batch_size: int | None = None,
                 workers: int | None = None, progress: bool = False, label: str = "Embedding",
                 decode_on_device: bool | None = None) -> Iterator[EmbeddedBatch]:
-    """decode_on_device: decode JPEGs where the model runs (nvJPEG on CUDA); None follows IMAGE_SEARCH_GPU_DECODE
-    on CUDA and is off on the CPU."""
+    """decode_on_device: decode JPEGs where the model runs (nvJPEG on CUDA); None means on for CUDA (unless
+    IMAGE_SEARCH_GPU_DECODE=0) and off on the CPU."""
     on_gpu = embedder.device.startswith("cuda")
     batch_size = batch_size or default_batch_size(embedder)
     workers = default_workers(embedder.device) if workers is None else max(0, workers)
