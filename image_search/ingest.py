@@ -35,6 +35,7 @@ class IngestReport:
     root: str
     model: str
     indexed: int = 0  # embedded in this run
+    embed_seconds: float = 0.0  # reading and embedding only (no model loading, scanning or committing)
     reused: int = 0  # unchanged since the last ingest, not embedded again
     removed: int = 0  # gone from the folder (or changed) since the last ingest
     skipped: list[tuple[str, str]] = field(default_factory=list)  # (path, reason)
@@ -48,7 +49,7 @@ class IngestReport:
 
     @property
     def images_per_second(self) -> float:
-        return self.indexed / self.seconds if self.seconds > 0 else 0.0
+        return self.indexed / self.embed_seconds if self.embed_seconds > 0 else 0.0
 
     def lines(self, max_skipped: int = 10) -> list[str]:
         lines = []
@@ -57,7 +58,8 @@ class IngestReport:
         verb = "Created" if self.created else ("Updated" if self.changed else "Checked")
         lines.append(f"{verb} dataset '{self.dataset}' from {self.root} with model {self.model}: "
                      f"{self.total} images in the dataset.")
-        lines.append(f"Indexed {self.indexed} images in {self.seconds:.1f} s ({self.images_per_second:.1f} images/s); "
+        lines.append(f"Indexed {self.indexed} images in {self.seconds:.1f} s (embedding at {self.images_per_second:.1f} "
+                     f"images/s); "
                      f"reused {self.reused} unchanged; removed {self.removed}.")
         if self.skipped:
             lines.append(f"Skipped {len(self.skipped)} files that could not be read:")
@@ -76,6 +78,7 @@ class IngestReport:
         return {
             "dataset": self.dataset, "root": printable(self.root), "model": self.model, "indexed": self.indexed,
             "reused": self.reused, "removed": self.removed, "total": self.total, "seconds": round(self.seconds, 3),
+            "embed_seconds": round(self.embed_seconds, 3),
             "images_per_second": round(self.images_per_second, 2), "ignored": self.ignored,
             "skipped": [{"path": printable(p), "reason": r} for p, r in self.skipped],
             "symlinks_skipped": self.symlinks_skipped, "created": self.created, "changed": self.changed,
@@ -216,6 +219,7 @@ def ingest_folder(engine: ImageSearch, input_dir, name: str, *, model_name: str 
                                       "started": time.strftime("%Y-%m-%d %H:%M:%S")})
         added: list[ImageRecord] = []
         paths = [entry.path for entry in to_embed]
+        embed_started = time.perf_counter()
         for batch in embed_files(embedder, paths, batch_size=batch_size, workers=workers, progress=progress):
             report.skipped.extend((paths[position], reason) for position, reason in batch.skipped)
             report.ignored += len(batch.ignored)
@@ -226,6 +230,7 @@ def ingest_folder(engine: ImageSearch, input_dir, name: str, *, model_name: str 
                 for vector_id, position in zip(ids.tolist(), batch.positions):
                     entry = to_embed[position]
                     added.append(ImageRecord(vector_id, entry.path, entry.size, entry.mtime_ns))
+        report.embed_seconds = time.perf_counter() - embed_started
         report.indexed = len(added)
         report.removed = len(removed_ids)
         report.total = int(working_index.ntotal)

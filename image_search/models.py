@@ -287,9 +287,11 @@ def _build_clip(spec: ModelSpec, device: str) -> ClipEmbedder:
         raise ModelError(f"The weights file {spec.weights} for model '{spec.name}' does not exist; copy the "
                          "checkpoint there or fix the path in --model / IMAGE_SEARCH_MODEL.")
     precision = "fp16" if device.startswith("cuda") else "fp32"
-    quiet = logging.getLogger()
-    previous_level = quiet.level
-    quiet.setLevel(logging.CRITICAL)  # open_clip logs (and we re-raise) the same failure; say it once
+    # open_clip and huggingface_hub log the failure (and every download retry) that we re-raise as one sentence
+    noisy = [logging.getLogger(), logging.getLogger("huggingface_hub")]
+    previous_levels = [logger.level for logger in noisy]
+    for logger in noisy:
+        logger.setLevel(logging.CRITICAL)
     try:
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(_TINY_SEED)
@@ -298,7 +300,8 @@ def _build_clip(spec: ModelSpec, device: str) -> ClipEmbedder:
     except Exception as error:  # noqa: BLE001 - every failure here becomes one actionable sentence
         raise ModelError(_weights_help(spec, error)) from None
     finally:
-        quiet.setLevel(previous_level)
+        for logger, level in zip(noisy, previous_levels):
+            logger.setLevel(level)
     model.eval()
     tokenizer = open_clip.get_tokenizer(spec.architecture)
     embedder = ClipEmbedder(spec, model, preprocess, tokenizer, device)
@@ -311,6 +314,8 @@ def _build_clip(spec: ModelSpec, device: str) -> ClipEmbedder:
 
 def _weights_help(spec: ModelSpec, error: Exception) -> str:
     reason = str(error).strip().splitlines()[0][:300] if str(error).strip() else type(error).__name__
+    if "download" in reason.lower():
+        reason = "they are not in the local cache and could not be downloaded"
     if spec.weights and _looks_like_path(spec.weights):
         return (f"Cannot load the weights file {spec.weights} for model '{spec.name}' ({reason}); check that it "
                 f"is an open_clip checkpoint for {spec.architecture}.")
