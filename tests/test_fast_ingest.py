@@ -345,3 +345,13 @@ def test_small_reader_batches_are_regrouped_for_the_model(tiny, photos, monkeypa
     assert [p for b in batches for p in b.positions] == list(range(12))
     reference = fast_embeddings(tiny, paths)
     assert (np.concatenate([b.vectors for b in batches]) * reference).sum(axis=1).min() >= 0.99
+
+
+def test_gpu_decoding_is_on_by_default_and_can_be_turned_off(monkeypatch):
+    from image_search.embedding import device_decode_requested
+
+    monkeypatch.delenv("IMAGE_SEARCH_GPU_DECODE", raising=False)
+    assert device_decode_requested()
+    for off in ("0", "false", "off", "no"):
+        monkeypatch.setenv("IMAGE_SEARCH_GPU_DECODE", off)
+        assert not device_decode_requested()
