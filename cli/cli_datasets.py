@@ -23,7 +23,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
-    from image_search.ingest import printable
+    from image_search.files import printable
 
     engine = open_engine(args)
     if args.command == "delete":

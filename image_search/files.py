@@ -26,6 +26,11 @@ class ScanResult:
     symlinks_skipped: int = 0
 
 
+def printable(path: str) -> str:
+    """A path as text for people: bytes that are not UTF-8 become U+FFFD."""
+    return os.fsencode(path).decode("utf-8", "replace")
+
+
 def _inside(path: str, root: str) -> bool:
     return path == root or path.startswith(root.rstrip(os.sep) + os.sep)
 

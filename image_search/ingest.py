@@ -22,7 +22,7 @@ from . import index as faiss_index
 from .config import DEFAULT_MODEL
 from .engine import ImageSearch
 from .errors import InvalidInputError, ModelMismatchError
-from .files import scan_folder
+from .files import printable, scan_folder
 from .models import parse_model_name
 from .names import validate_dataset_name
 from .embedding import embed_files
@@ -84,11 +84,6 @@ class IngestReport:
             "symlinks_skipped": self.symlinks_skipped, "created": self.created, "changed": self.changed,
             "recovered": self.recovered,
         }
-
-
-def printable(path: str) -> str:
-    """A path as text for people: bytes that are not UTF-8 become U+FFFD."""
-    return os.fsencode(path).decode("utf-8", "replace")
 
 
 def _pause_point(name: str) -> None:

@@ -15,7 +15,7 @@ from .config import DEFAULT_NUM_RESULTS
 from .engine import ImageSearch, LoadedIndex
 from .errors import ImageSearchError, InvalidInputError, ModelMismatchError, UnsupportedQueryError
 from .images import NotAnImage, UnreadableImage
-from .ingest import printable
+from .files import printable
 from .models import Embedder, parse_model_name
 from .reader import read_pixels
 from .store import DatasetRecord
