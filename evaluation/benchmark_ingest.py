@@ -218,16 +218,17 @@ def measure_decode(embedder, paths: list[str], batch_size: int, workers: int, on
 def measure_naive(embedder, paths: list[str]) -> float:
     """(c): what the original did: decode each full-size file, open_clip's preprocess, the model on one image,
     in the model's default precision (fp32 on the CPU, as the original; fp16 on CUDA as ours)."""
-    import copy
-
     import torch
     from PIL import Image
 
-    model, preprocess = embedder.model, embedder.reference_preprocess
+    from image_search.models import build_reference_model
+
+    preprocess = embedder.reference_preprocess
     dtype = torch.float16 if embedder.device.startswith("cuda") else torch.float32
     # open_clip builds the CUDA model in fp16 already (keeping its LayerNorms in fp32 by design, so a blanket
-    # .to(fp16) would break them); on the CPU the original ran fp32.
-    tower = model.visual if embedder.device.startswith("cuda") else copy.deepcopy(model.visual).float()
+    # .to(fp16) would break them); on the CPU the original ran open_clip's fp32 model.
+    tower = (embedder.model.visual if embedder.device.startswith("cuda")
+             else build_reference_model(embedder.name, "cpu").model.visual)
 
     def embed(path: str):
         with Image.open(path) as image:

@@ -77,7 +77,7 @@ class EfficientNetEmbedder(Embedder):
         self._mean = torch.tensor(MEAN, device=device).view(1, 3, 1, 1) * 255.0
         self._std = torch.tensor(STD, device=device).view(1, 3, 1, 1) * 255.0
 
-    def encode_pixels(self, pixels) -> np.ndarray:
+    def _encode_pixels(self, pixels) -> np.ndarray:
         import torch
 
         # float32 on every device: the network is small enough that fp16 would save little, and fp32 keeps

@@ -26,6 +26,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 
+from .cpu_threads import run_in_passing_thread, run_query_work
 from .errors import InvalidInputError, ModelError
 
 TEST_TINY = "test-tiny"
@@ -85,6 +86,11 @@ def resolve_device(requested: str | None) -> str:
     return requested
 
 
+# A query (a few texts, one image) runs on the query thread: see cpu_threads.py. Batches keep the caller's thread
+# and every core.
+_FEW = 4
+
+
 class Embedder:
     """A loaded model. Thread-safe for inference."""
 
@@ -103,9 +109,21 @@ class Embedder:
 
     def encode_pixels(self, pixels) -> np.ndarray:
         """uint8 tensor [N, 3, H, W] -> float32 [N, dim], L2-normalised."""
-        raise NotImplementedError
+        if self.device == "cpu" and len(pixels) <= _FEW:
+            return run_query_work(self._encode_pixels, pixels)
+        return self._encode_pixels(pixels)
 
     def encode_texts(self, texts: Sequence[str]) -> np.ndarray:
+        """texts -> float32 [N, dim], L2-normalised."""
+        texts = list(texts)
+        if self.device == "cpu" and len(texts) <= _FEW:
+            return run_query_work(self._encode_texts, texts)
+        return self._encode_texts(texts)
+
+    def _encode_pixels(self, pixels) -> np.ndarray:
+        raise NotImplementedError
+
+    def _encode_texts(self, texts: list[str]) -> np.ndarray:
         raise NotImplementedError
 
 
@@ -128,13 +146,16 @@ class ClipEmbedder(Embedder):
                        else model.text_projection.out_features)
         self._mean = torch.tensor(self.mean, device=device, dtype=torch.float32).view(1, 3, 1, 1) * 255.0
         self._std = torch.tensor(self.std, device=device, dtype=torch.float32).view(1, 3, 1, 1) * 255.0
+        self.runs_own_text_path = _trimmable(model)
+        # the towers' number format and weight layout, set by precision.py on the CPU
+        self.image_form = self.text_form = "fp16" if device.startswith("cuda") else "fp32"
 
     def normalise(self, pixels):
         """uint8 pixels -> the float tensor the image tower expects (same as ToTensor + Normalize)."""
         pixels = pixels.to(self.device, non_blocking=True).float()
         return ((pixels - self._mean) / self._std).to(self.dtype)
 
-    def encode_pixels(self, pixels) -> np.ndarray:
+    def _encode_pixels(self, pixels) -> np.ndarray:
         import torch
 
         with torch.inference_mode():
@@ -142,18 +163,12 @@ class ClipEmbedder(Embedder):
             features = torch.nn.functional.normalize(features.float(), dim=-1)
         return features.cpu().numpy().astype(np.float32, copy=False)
 
-    def encode_texts(self, texts: Sequence[str]) -> np.ndarray:
-        texts = list(texts)
-        if self.device == "cpu" and len(texts) <= _FEW_TEXTS:
-            return _one_thread_runner().submit(self._encode_texts, texts).result()
-        return self._encode_texts(texts)
-
     def _encode_texts(self, texts: list[str]) -> np.ndarray:
         import torch
 
         with torch.inference_mode():
             tokens = self.tokenizer(list(texts)).to(self.device)
-            features = self._encode_trimmed(tokens) if _trimmable(self.model) else self.model.encode_text(tokens)
+            features = self._encode_trimmed(tokens) if self.runs_own_text_path else self.model.encode_text(tokens)
             features = torch.nn.functional.normalize(features.float(), dim=-1)
         return features.cpu().numpy().astype(np.float32, copy=False)
 
@@ -177,39 +192,11 @@ class ClipEmbedder(Embedder):
         x = model.token_embedding(tokens).to(cast_dtype)
         x = x + model.positional_embedding[:length].to(cast_dtype)
         x = model.transformer(x, attn_mask=model.attn_mask[:length, :length])
-        x = model.ln_final(x)
+        x = model.ln_final(x.to(model.ln_final.weight.dtype))  # the blocks may be bf16 (precision.py)
         x = x[torch.arange(x.shape[0], device=x.device), pooled_at]
         if isinstance(model.text_projection, torch.nn.Linear):
             return model.text_projection(x)
         return x if model.text_projection is None else x @ model.text_projection
-
-
-# A query's few tokens make the text tower a chain of small matrix products that mostly stream the weights
-# (~150 MB for ViT-B-32): a second thread barely helps, and every operator's OpenMP team waits for its slowest
-# thread, which on a busy machine is a whole scheduling slice. Measured on the 2-core machine with an ingest
-# running: one query 28 ms on one thread, 770 ms on two. So a few texts are encoded on one worker thread whose
-# own thread count is 1; batches (evaluation) keep every core.
-_FEW_TEXTS = 4
-_runner = None
-_runner_lock = threading.Lock()
-
-
-def _one_thread_runner():
-    global _runner
-    with _runner_lock:
-        if _runner is None:
-            import torch
-            from concurrent.futures import ThreadPoolExecutor
-
-            process_threads = torch.get_num_threads()
-            runner = ThreadPoolExecutor(max_workers=1, thread_name_prefix="text-encoder",
-                                        initializer=torch.set_num_threads, initargs=(1,))
-            runner.submit(lambda: None).result()
-            # torch.set_num_threads also sets the default for threads that start later; restore that default,
-            # while the worker keeps its own setting (OpenMP thread counts are per thread once a thread ran)
-            torch.set_num_threads(process_threads)
-            _runner = runner
-        return _runner
 
 
 def _trimmable(model) -> bool:
@@ -259,7 +246,7 @@ def load_model(name: str, device: str | None = None) -> Embedder:
         loading = _loading_locks.setdefault(key, threading.Lock())
     with loading:
         if key not in _cache:
-            _cache[key] = _build(spec, key[1])
+            _cache[key] = run_in_passing_thread(_build, spec, key[1])
         return _cache[key]
 
 
@@ -274,7 +261,13 @@ def _build(spec: ModelSpec, device: str) -> Embedder:
     return _build_clip(spec, device)
 
 
-def _build_clip(spec: ModelSpec, device: str) -> ClipEmbedder:
+def build_reference_model(name: str, device: str | None = None) -> ClipEmbedder:
+    """A CLIP model exactly as open_clip builds it, in fp32 on the CPU and without packed weights: what the
+    original system ran. Benchmarks compare against it; searches use load_model."""
+    return _build_clip(parse_model_name(name), resolve_device(device), tuned_for_cpu=False)
+
+
+def _build_clip(spec: ModelSpec, device: str, *, tuned_for_cpu: bool = True) -> ClipEmbedder:
     import open_clip
     import torch
 
@@ -305,10 +298,11 @@ def _build_clip(spec: ModelSpec, device: str) -> ClipEmbedder:
     model.eval()
     tokenizer = open_clip.get_tokenizer(spec.architecture)
     embedder = ClipEmbedder(spec, model, preprocess, tokenizer, device)
-    if device == "cpu":
-        from .precision import use_bf16_on_cpu
+    if device == "cpu" and tuned_for_cpu:
+        from .precision import prepare_image_tower, prepare_text_tower
 
-        use_bf16_on_cpu(embedder)
+        embedder.image_form = prepare_image_tower(embedder)
+        embedder.text_form = prepare_text_tower(embedder)
     return embedder
 
 

@@ -1,16 +1,19 @@
-"""The number format of the image tower on the CPU.
+"""The number format and weight layout of the CLIP towers on the CPU.
 
-bf16 weights and activations roughly double ViT throughput on CPUs that execute bf16 natively (AVX512-BF16, AMX)
-and keep embeddings within cosine 0.9999 of fp32 on photos. They are used only where that holds for the loaded
-weights: the CPU must have native bf16, and the model's bf16 embeddings of a fixed set of probe pictures must stay
-within cosine PROBE_MIN_COSINE of its fp32 ones (checked once, when the model loads). Elsewhere the tower stays
-fp32: emulated bf16 is slower than fp32. The text tower always stays fp32 (text queries are one at a time).
+bf16 weights and activations roughly double ViT throughput on CPUs that execute bf16 natively (AVX512-BF16, AMX),
+and halve the bytes a text query streams through memory (a query reads the text tower's weights once, and on a
+small machine that read is most of its cost). Weights packed for oneDNN (packed.py) save a re-layout on every
+matrix product. A tower is switched only where that holds for the loaded weights: bf16 needs a CPU with native
+bf16 (emulated bf16 is slower than fp32), and every form must keep the tower's embeddings of a fixed set of probes
+(pictures for the image tower, queries for the text tower) within cosine PROBE_MIN_COSINE of the fp32 ones,
+checked once when the model loads.
 
 IMAGE_SEARCH_CPU_PRECISION=fp32 turns bf16 off; =bf16 uses it without native support (still checked).
 """
 
 from __future__ import annotations
 
+import copy
 import logging
 import os
 
@@ -18,6 +21,16 @@ log = logging.getLogger(__name__)
 
 PROBE_MIN_COSINE = 0.995  # a margin over the 0.99 every embedding must keep
 PROBE_PICTURES = 4  # each costs two forward passes at model load
+# queries of the lengths and kinds people type; the longest fills most of the context
+PROBE_TEXTS = (
+    "car",
+    "red car at night",
+    "a man holding a knife in a dark kitchen",
+    "passport photo of a woman with glasses",
+    "screenshot of a chat conversation on a phone",
+    "handgun lying on a table next to bundles of cash and a plastic bag of white powder, photographed from "
+    "above under a bright flash in a small room with a tiled floor",
+)
 
 
 def cpu_has_native_bf16() -> bool:
@@ -32,6 +45,11 @@ def cpu_has_native_bf16() -> bool:
 def requested_precision() -> str:
     choice = os.environ.get("IMAGE_SEARCH_CPU_PRECISION", "").strip().lower() or "auto"
     return choice if choice in ("auto", "fp32", "bf16") else "auto"
+
+
+def bf16_wanted() -> bool:
+    choice = requested_precision()
+    return choice == "bf16" or (choice == "auto" and cpu_has_native_bf16())
 
 
 def probe_pixels(side: int, count: int = PROBE_PICTURES):
@@ -50,25 +68,64 @@ def probe_pixels(side: int, count: int = PROBE_PICTURES):
     return pictures.clamp(0, 255).round().to(torch.uint8)
 
 
-def use_bf16_on_cpu(embedder) -> bool:
-    """Switch a CPU ClipEmbedder's image tower to bf16 where that is fast and faithful; True if it did."""
-    import copy
+def prepare_image_tower(embedder) -> str:
+    """Give a CPU ClipEmbedder the fastest faithful form of its image tower (see _fastest_faithful_form)."""
+    pixels = probe_pixels(embedder.input_size)
+    return _fastest_faithful_form(
+        embedder, "image", tower=(lambda: embedder.model.visual, lambda tower: setattr(embedder.model, "visual", tower)),
+        blocks=lambda tower: getattr(tower, "transformer", None), embed_probes=lambda: embedder.encode_pixels(pixels),
+        set_dtype=lambda dtype: setattr(embedder, "dtype", dtype))
 
+
+def prepare_text_tower(embedder) -> str:
+    """Give a CPU ClipEmbedder the fastest faithful form of its text transformer (see _fastest_faithful_form).
+
+    Only the transformer blocks change (the embeddings, final norm and projection are small and stay fp32), and
+    only where the embedder runs open_clip's text path itself, since that path casts between the two formats.
+    """
+    if not embedder.runs_own_text_path:
+        return "fp32"
+    model = embedder.model
+    return _fastest_faithful_form(
+        embedder, "text", tower=(lambda: model.transformer, lambda tower: setattr(model, "transformer", tower)),
+        blocks=lambda tower: tower, embed_probes=lambda: embedder.encode_texts(PROBE_TEXTS),
+        set_dtype=lambda dtype: None)
+
+
+def _fastest_faithful_form(embedder, label: str, tower, blocks, embed_probes, set_dtype) -> str:
+    """Switch a tower to its fastest form that stays faithful to the loaded fp32 weights; returns its name.
+
+    The forms, fastest first: bf16 (where the CPU has it natively), then fp32, each with its transformer's weights
+    packed for oneDNN (packed.py) where that is possible. A form is kept when its embeddings of the probes stay
+    within cosine PROBE_MIN_COSINE of the fp32 tower's.
+    """
     import torch
 
-    choice = requested_precision()
-    if choice == "fp32" or (choice == "auto" and not cpu_has_native_bf16()):
-        return False
-    pixels = probe_pixels(embedder.input_size)
-    reference = embedder.encode_pixels(pixels)
-    fp32_tower = embedder.model.visual
-    embedder.model.visual = copy.deepcopy(fp32_tower).to(torch.bfloat16)
-    embedder.dtype = torch.bfloat16
-    cosines = (embedder.encode_pixels(pixels) * reference).sum(axis=1)
-    if float(cosines.min()) >= PROBE_MIN_COSINE:
-        return True
-    log.warning("bf16 embeddings of model %s differ from fp32 (cosine %.4f); keeping fp32 on the CPU.",
-                embedder.name, float(cosines.min()))
-    embedder.model.visual = fp32_tower
-    embedder.dtype = torch.float32
-    return False
+    from .packed import packable, pack_transformer, packing_available
+
+    get_tower, set_tower = tower
+    original = get_tower()
+    pack = packing_available() and blocks(original) is not None and packable(blocks(original))
+    forms = ([torch.bfloat16] if bf16_wanted() else []) + ([torch.float32] if pack else [])
+    reference = embed_probes() if forms else None
+    for dtype in forms:
+        name = f"{'bf16' if dtype == torch.bfloat16 else 'fp32'}{', packed' if pack else ''}"
+        try:
+            candidate = copy.deepcopy(original).to(dtype)
+            if pack:
+                pack_transformer(blocks(candidate))
+            set_tower(candidate)
+            set_dtype(dtype)
+            cosine = float((embed_probes() * reference).sum(axis=1).min())
+        except RuntimeError as error:  # a oneDNN build that refuses the packed operators
+            log.warning("The %s %s tower of model %s failed (%s); trying the next form.", name, label,
+                        embedder.name, error)
+            cosine = None
+        if cosine is not None and cosine >= PROBE_MIN_COSINE:
+            return name
+        if cosine is not None:
+            log.warning("%s %s embeddings of model %s differ from fp32 (cosine %.4f); not using them.", name,
+                        label, embedder.name, cosine)
+        set_tower(original)
+        set_dtype(torch.float32)
+    return "fp32"

@@ -31,6 +31,7 @@ from werkzeug.serving import BaseWSGIServer, WSGIRequestHandler
 from cli.common import add_common_flags, open_engine, run
 from image_search import __version__
 from image_search.config import DEFAULT_NUM_RESULTS
+from image_search.cpu_threads import run_in_passing_thread
 from image_search.engine import ImageSearch
 from image_search.errors import ImageSearchError, InvalidInputError
 from image_search.ingest import ingest_folder, printable
@@ -251,7 +252,8 @@ def create_server(engine: ImageSearch) -> MLServer:
     def ingest_dataset(inputs: IngestInputs, parameters: IngestParameters) -> ResponseBody:
         folder, name = inputs["input_dir"].path, parameters["dataset_name"]
         log.info("Ingesting %s as dataset %r", folder, name)
-        report = ingest_folder(engine, folder, name, progress=False)
+        # on a thread of its own: the model's OpenMP workers then end with the ingest (image_search/cpu_threads.py)
+        report = run_in_passing_thread(ingest_folder, engine, folder, name, progress=False)
         summary = printable("\n".join(report.lines()))
         log.info("%s", summary)
         return ResponseBody(root=TextResponse(

@@ -308,11 +308,9 @@ def test_bf16_image_tower_stays_within_cosine_of_fp32_on_photos(monkeypatch, var
     bf16 = _fresh_model("ViT-B-32:random", monkeypatch, "bf16")
     assert fp32.dtype == torch.float32 and bf16.dtype == torch.bfloat16
     assert next(bf16.model.visual.parameters()).dtype == torch.bfloat16
-    assert bf16.model.token_embedding.weight.dtype == torch.float32  # text queries stay fp32
     pixels = torch.from_numpy(np.stack([read_pixels(p, fp32.geometry, fp32.input_size) for p in varied_photos]))
     cosines = (bf16.encode_pixels(pixels) * fp32.encode_pixels(pixels)).sum(axis=1)
     assert cosines.min() >= 0.99
-    assert np.allclose(bf16.encode_texts(["a dog"]), fp32.encode_texts(["a dog"]), atol=1e-6)
 
 
 def test_bf16_is_refused_when_probe_embeddings_drift(monkeypatch, caplog):
@@ -322,7 +320,7 @@ def test_bf16_is_refused_when_probe_embeddings_drift(monkeypatch, caplog):
     embedder = _fresh_model("test-tiny", monkeypatch, "bf16")
     assert embedder.dtype == torch.float32
     assert next(embedder.model.visual.parameters()).dtype == torch.float32
-    assert "keeping fp32" in caplog.text
+    assert "differ from fp32" in caplog.text and embedder.image_form == embedder.text_form == "fp32"
     assert embedder.encode_pixels(precision.probe_pixels(embedder.input_size)).dtype == np.float32
 
 

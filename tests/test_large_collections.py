@@ -302,17 +302,19 @@ def test_text_vector_cache_is_bounded_and_read_only():
 
 # -- the text tower over the tokens that matter ------------------------------------------------------------------
 @pytest.mark.parametrize("model_name", ["test-tiny", "ViT-B-32:random"])
-def test_trimmed_text_encoding_equals_the_full_context(model_name):
+def test_trimmed_text_encoding_equals_the_full_context(model_name, monkeypatch):
     import torch
 
-    from image_search.models import _trimmable, load_model
+    from image_search.models import _build_clip, _trimmable, build_reference_model, parse_model_name
 
-    embedder = load_model(model_name, "cpu")
-    assert _trimmable(embedder.model)
+    reference = build_reference_model(model_name, "cpu")  # open_clip's own model and encode_text
+    monkeypatch.setenv("IMAGE_SEARCH_CPU_PRECISION", "fp32")  # bf16 has its own test (test_query_threads.py)
+    embedder = _build_clip(parse_model_name(model_name), "cpu")
+    assert _trimmable(reference.model) and embedder.runs_own_text_path
     texts = ["a red car at night", "dog", "", "a photo of " + "a very long description " * 40,
              "tokens: !@#$%^&*() émoji 🚗 中文"]
     with torch.inference_mode():
-        full = embedder.model.encode_text(embedder.tokenizer(texts)).float()
+        full = reference.model.encode_text(reference.tokenizer(texts)).float()
     full = torch.nn.functional.normalize(full, dim=-1).numpy()
     for batch in (texts, texts[:1], texts[1:2]):  # batches mix lengths: trimmed to the longest
         trimmed = embedder.encode_texts(batch)
@@ -322,21 +324,23 @@ def test_trimmed_text_encoding_equals_the_full_context(model_name):
 
 def test_models_without_a_causal_text_tower_use_open_clip_itself(monkeypatch):
     from image_search import models
-    from image_search.models import load_model
 
-    embedder = load_model("test-tiny", "cpu")
-    trimmed = embedder.encode_texts(["a red car"])
-    bidirectional = copy.deepcopy(embedder.model)
+    reference = models.build_reference_model("test-tiny", "cpu")
+    bidirectional = copy.deepcopy(reference.model)
     bidirectional.attn_mask = None
-    assert models._trimmable(embedder.model) and not models._trimmable(bidirectional)
-    pooled_first = copy.deepcopy(embedder.model)
+    assert models._trimmable(reference.model) and not models._trimmable(bidirectional)
+    pooled_first = copy.deepcopy(reference.model)
     pooled_first.text_pool_type = "first"
     assert not models._trimmable(pooled_first)
+    # a model it cannot trim: open_clip's encode_text, on a text tower left as open_clip built it
+    monkeypatch.setattr(models, "_trimmable", lambda model: False)
+    embedder = models._build_clip(models.parse_model_name("test-tiny"), "cpu")
+    assert not embedder.runs_own_text_path and embedder.text_form == "fp32"
     calls = []
     original = embedder.model.encode_text
-    monkeypatch.setattr(models, "_trimmable", lambda model: False)
     monkeypatch.setattr(embedder.model, "encode_text", lambda tokens: calls.append(tokens) or original(tokens))
-    assert np.allclose(embedder.encode_texts(["a red car"]), trimmed, atol=1e-6) and len(calls) == 1
+    expected = reference.encode_texts(["a red car"])
+    assert np.allclose(embedder.encode_texts(["a red car"]), expected, atol=1e-6) and len(calls) == 1
 
 
 # -- the benchmark -----------------------------------------------------------------------------------------------

@@ -42,9 +42,11 @@ def test_local_checkpoint_file_is_loaded(tmp_path):
     """ARCH:/path loads weights from a file: save test-tiny's weights and load them under its architecture."""
     import torch
 
+    from image_search.models import build_reference_model
+
     tiny = load_model("test-tiny", "cpu")
     checkpoint = tmp_path / "tiny.pt"
-    torch.save(tiny.model.state_dict(), checkpoint)
+    torch.save(build_reference_model("test-tiny", "cpu").model.state_dict(), checkpoint)
     loaded = load_model(f"test-tiny:{checkpoint}", "cpu")
     assert loaded.name == f"test-tiny:{checkpoint}"
     texts = ["a dog", "a city at night"]

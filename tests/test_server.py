@@ -481,3 +481,27 @@ def test_unexpected_failure_is_a_readable_500_that_leaves_nothing_half_written(e
     response = client.post("/dataset_processing", json=body)
     assert response.status_code == 200, response.get_json()
     assert "interrupted before it committed" in response.get_json()["value"]
+
+
+def test_an_ingest_runs_on_a_thread_that_ends_with_it(sqlite_engine, photos, tmp_path, monkeypatch):
+    """OpenMP keeps a pool of workers for every thread that ran parallel work, for as long as it lives; extra
+    pools make each operator of later queries wait for a sleeping worker (image_search/cpu_threads.py). The
+    server's request threads live for ever, so an ingest runs its model on a thread that ends with it."""
+    import server.server as server_module
+
+    ingest_threads = []
+    real_ingest = server_module.ingest_folder
+
+    def recording_ingest(*args, **kwargs):
+        ingest_threads.append(threading.current_thread())
+        return real_ingest(*args, **kwargs)
+
+    monkeypatch.setattr(server_module, "ingest_folder", recording_ingest)
+    client = server_module.create_server(sqlite_engine).app.test_client()
+    folder = copy_photos(photos, tmp_path / "photos", 3)
+    response = client.post("/dataset_processing", json={"inputs": {"input_dir": {"path": str(folder)}},
+                                                        "parameters": {"dataset_name": "passing"}})
+    assert response.status_code == 200, response.get_json()
+    assert "3 images" in response.get_json()["value"]
+    assert len(ingest_threads) == 1
+    assert ingest_threads[0] is not threading.current_thread() and not ingest_threads[0].is_alive()

@@ -1,0 +1,234 @@
+"""Fast queries on the CPU: packed transformer weights, the query thread and its thread count, and threads that
+end with their work (image_search/packed.py, precision.py, cpu_threads.py)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import threading
+import time
+
+import numpy as np
+import pytest
+import torch
+
+from tests.conftest import REPO
+
+packed = pytest.importorskip("image_search.packed")
+needs_packing = pytest.mark.skipif(not packed.packing_available(), reason="this torch build has no oneDNN")
+
+
+# -- packed blocks compute what open_clip's blocks compute -------------------------------------------------------
+def _block(width=64, heads=4):
+    from open_clip.transformer import ResidualAttentionBlock
+
+    torch.manual_seed(0)
+    block = ResidualAttentionBlock(width, heads).eval()
+    for parameter in block.parameters():  # LayerNorm's ones/zeros would hide a swapped bias or scale
+        torch.nn.init.normal_(parameter, std=0.2)
+    return block
+
+
+@needs_packing
+@pytest.mark.parametrize("shape", [(1, 1), (1, 7), (3, 12), (2, 77)])
+def test_packed_block_matches_open_clip_in_fp32(shape):
+    import copy
+
+    block = _block()
+    fast = copy.deepcopy(block)
+    fast.attn, fast.mlp.c_fc, fast.mlp.c_proj = (packed.PackedSelfAttention(block.attn),
+                                                 packed.PackedLinear(block.mlp.c_fc),
+                                                 packed.PackedLinear(block.mlp.c_proj))
+    batch, length = shape
+    x = torch.randn(batch, length, 64)
+    causal = torch.full((length, length), float("-inf")).triu(1)
+    with torch.inference_mode():
+        for mask in (None, causal):
+            assert torch.allclose(fast(x, attn_mask=mask), block(x, attn_mask=mask), atol=1e-4, rtol=1e-4)
+
+
+@needs_packing
+def test_packed_self_attention_refuses_what_it_does_not_compute():
+    attention = packed.PackedSelfAttention(_block().attn)
+    x, other = torch.randn(1, 3, 64), torch.randn(1, 3, 64)
+    with pytest.raises(RuntimeError, match="self-attention only"):
+        attention(x, other, other)
+    with pytest.raises(RuntimeError, match="self-attention only"):
+        attention(x, x, x, need_weights=True)
+
+
+def test_only_plain_open_clip_blocks_are_packed():
+    from open_clip.transformer import Transformer
+
+    assert packed.packable(Transformer(64, 2, 4))
+    assert not packed.packable(Transformer(64, 2, 4, scale_attn=True))  # open_clip's custom block
+    assert not packed.packable(Transformer(64, 2, 4, batch_first=False))
+    assert not packed.packable(torch.nn.Linear(4, 4))
+
+
+# -- the tower forms chosen at load ------------------------------------------------------------------------------
+def _fresh_model(name, monkeypatch, precision):
+    from image_search.models import _build_clip, parse_model_name
+
+    monkeypatch.setenv("IMAGE_SEARCH_CPU_PRECISION", precision)
+    return _build_clip(parse_model_name(name), "cpu")
+
+
+QUERIES = ["a dog", "red car at night", "a man holding a knife in a dark kitchen next to a window"]
+
+
+@needs_packing
+def test_fp32_packed_towers_give_the_same_embeddings_as_open_clip(monkeypatch):
+    from image_search.models import build_reference_model
+    from image_search.precision import probe_pixels
+
+    reference = build_reference_model("test-tiny", "cpu")
+    fast = _fresh_model("test-tiny", monkeypatch, "fp32")
+    assert (fast.image_form, fast.text_form) == ("fp32, packed", "fp32, packed")
+    assert isinstance(fast.model.transformer.resblocks[0].attn, packed.PackedSelfAttention)
+    assert isinstance(fast.model.visual.transformer.resblocks[0].mlp.c_fc, packed.PackedLinear)
+    assert np.allclose(fast.encode_texts(QUERIES), reference.encode_texts(QUERIES), atol=1e-5)
+    pixels = probe_pixels(fast.input_size)
+    assert np.allclose(fast.encode_pixels(pixels), reference.encode_pixels(pixels), atol=1e-5)
+
+
+@needs_packing
+def test_bf16_text_tower_stays_within_cosine_of_fp32(monkeypatch):
+    from image_search.models import build_reference_model
+
+    reference = build_reference_model("ViT-B-32:random", "cpu")
+    fast = _fresh_model("ViT-B-32:random", monkeypatch, "bf16")
+    assert fast.text_form == "bf16, packed"
+    assert fast.model.transformer.get_cast_dtype() == torch.bfloat16
+    assert fast.model.token_embedding.weight.dtype == torch.float32  # the small parts stay fp32
+    texts = QUERIES + [" ".join(["word"] * 70), "x"]
+    cosines = (fast.encode_texts(texts) * reference.encode_texts(texts)).sum(axis=1)
+    assert cosines.min() >= 0.999
+
+
+def test_without_packing_the_towers_stay_open_clip_modules(monkeypatch):
+    from image_search import packed as packing
+
+    monkeypatch.setattr(packing, "packing_available", lambda: False)
+    fp32 = _fresh_model("test-tiny", monkeypatch, "fp32")
+    assert (fp32.image_form, fp32.text_form) == ("fp32", "fp32")
+    assert type(fp32.model.transformer.resblocks[0].attn) is torch.nn.MultiheadAttention
+    bf16 = _fresh_model("test-tiny", monkeypatch, "bf16")
+    assert (bf16.image_form, bf16.text_form) == ("bf16", "bf16")
+
+
+@needs_packing
+def test_a_packed_form_that_fails_falls_back(monkeypatch, caplog):
+    from image_search import packed as packing
+
+    def refuse(_weight):
+        raise RuntimeError("oneDNN cannot pack here")
+
+    monkeypatch.setattr(packing, "_pack", refuse)
+    embedder = _fresh_model("test-tiny", monkeypatch, "fp32")
+    assert (embedder.image_form, embedder.text_form) == ("fp32", "fp32")
+    assert "failed (oneDNN cannot pack here)" in caplog.text
+    assert embedder.encode_texts(["a dog"]).shape == (1, embedder.dim)
+
+
+# -- the query thread ---------------------------------------------------------------------------------------------
+def test_queries_run_on_the_query_thread_with_the_idle_cores(monkeypatch):
+    from image_search import cpu_threads
+    from image_search.models import load_model
+
+    embedder = load_model("test-tiny", "cpu")
+    seen = []
+    original = embedder._encode_texts
+    monkeypatch.setattr(embedder, "_encode_texts", lambda texts: (
+        seen.append((threading.current_thread().name, torch.get_num_threads())), original(texts))[1])
+    limit = min(torch.get_num_threads(), cpu_threads.QUERY_MAX_THREADS)
+    for idle, expected in ((0, 1), (1, 1), (8, limit)):  # no busy-meter reading yet counts as 0
+        monkeypatch.setattr(cpu_threads, "idle_cores", lambda idle=idle: idle)
+        embedder.encode_texts(["a dog"])
+        assert seen[-1][0].startswith("query") and seen[-1][1] == expected
+    embedder.encode_texts(["text"] * 16)  # a batch stays on the caller's thread
+    assert seen[-1][0] == threading.current_thread().name
+
+
+def test_idle_cores_counts_sustained_work_by_other_processes():
+    from image_search.cpu_threads import BusyMeter, busy_meter, idle_cores
+
+    busy_meter.start()
+    time.sleep(BusyMeter.WINDOW + 2 * BusyMeter.PERIOD)  # a whole window of samples
+    cores = len(busy_meter.cpus)
+    assert 0 <= idle_cores() <= cores
+    spin = "import time\nend = time.time() + 30\nwhile time.time() < end: pass"
+    busy = [subprocess.Popen([sys.executable, "-c", spin]) for _ in range(cores)]
+    try:
+        time.sleep(BusyMeter.WINDOW + 2 * BusyMeter.PERIOD)
+        samples = [idle_cores() for _ in range(5)]
+    finally:
+        for process in busy:
+            process.kill()
+            process.wait()
+    assert samples == [0] * 5, samples
+
+
+def test_query_work_is_not_counted_as_other_work():
+    from image_search.cpu_threads import BusyMeter, busy_meter, run_query_work
+
+    busy_meter.start()
+
+    def spin(seconds):
+        end = time.monotonic() + seconds
+        while time.monotonic() < end:
+            pass
+
+    for _ in range(int(BusyMeter.WINDOW / 0.1) + 3):
+        run_query_work(spin, 0.1)  # one core fully busy, with queries only
+    assert busy_meter.others_busy() < BusyMeter.TRANSIENT
+
+
+def test_work_in_a_passing_thread_returns_or_raises_in_the_caller():
+    from image_search.cpu_threads import run_in_passing_thread
+
+    threads = []
+
+    def work(value, *, twice=False):
+        threads.append(threading.current_thread())
+        if value is None:
+            raise ValueError("no value")
+        return value * (2 if twice else 1)
+
+    assert run_in_passing_thread(work, 21, twice=True) == 42
+    with pytest.raises(ValueError, match="no value"):
+        run_in_passing_thread(work, None)
+    assert all(thread is not threading.current_thread() and not thread.is_alive() for thread in threads)
+
+
+WORKER_COUNT = """
+import os, sys, time
+import torch
+torch.set_num_threads(2)
+from image_search import cpu_threads
+cpu_threads.QUERY_MAX_THREADS = 1  # the query thread then starts no OpenMP workers of its own
+
+def threads():
+    return len(os.listdir("/proc/self/task"))
+
+before = threads()
+from image_search.models import load_model
+embedder = load_model("test-tiny", "cpu")
+embedder.encode_texts(["a dog"])
+deadline = time.time() + 10
+while threads() > before + 2 and time.time() < deadline:  # a passing thread's workers end just after it
+    time.sleep(0.05)
+print(threads() - before)
+"""
+
+
+def test_loading_a_model_leaves_no_openmp_workers_behind(tmp_path):
+    """OpenMP keeps a pool of workers for every thread that ran parallel work; extra pools make each operator of
+    a later query wait for a sleeping worker (cpu_threads.py). After a load, only the query thread and the busy
+    meter's are new."""
+    env = dict(os.environ, PYTHONPATH=str(REPO), XDG_CACHE_HOME=str(tmp_path))
+    result = subprocess.run([sys.executable, "-c", WORKER_COUNT], env=env, capture_output=True, text=True,
+                            timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split()[-1] == "2", result.stdout
