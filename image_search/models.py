@@ -113,6 +113,9 @@ class Embedder:
             return run_query_work(self._encode_pixels, pixels)
         return self._encode_pixels(pixels)
 
+    def prepare_image_tower(self) -> None:
+        """Finish readying the image tower ahead of the first image (see ClipEmbedder)."""
+
     def encode_texts(self, texts: Sequence[str]) -> np.ndarray:
         """texts -> float32 [N, dim], L2-normalised."""
         texts = list(texts)
@@ -149,6 +152,33 @@ class ClipEmbedder(Embedder):
         self.runs_own_text_path = _trimmable(model)
         # the towers' number format and weight layout, set by precision.py on the CPU
         self.image_form = self.text_form = "fp16" if device.startswith("cuda") else "fp32"
+        self._image_tower_pending = False  # set by _build_clip: the image tower's form is chosen on first use
+        self._image_tower_lock = threading.Lock()
+        self._image_tower_preparer: int | None = None
+
+    def prepare_image_tower(self) -> None:
+        """Give the image tower its fast CPU form (precision.py), once. It happens on the first image embedded,
+        so that a text search never pays for it; a server calls it while warming up."""
+        with self._image_tower_lock:
+            if not self._image_tower_pending:
+                return
+
+            def prepare() -> str:
+                from .precision import prepare_image_tower
+
+                self._image_tower_preparer = threading.get_ident()  # its probe pictures go straight through
+                try:
+                    return prepare_image_tower(self)
+                finally:
+                    self._image_tower_preparer = None
+
+            self.image_form = run_in_passing_thread(prepare)
+            self._image_tower_pending = False
+
+    def encode_pixels(self, pixels) -> np.ndarray:
+        if self._image_tower_pending and self._image_tower_preparer != threading.get_ident():
+            self.prepare_image_tower()
+        return super().encode_pixels(pixels)
 
     def normalise(self, pixels):
         """uint8 pixels -> the float tensor the image tower expects (same as ToTensor + Normalize)."""
@@ -299,10 +329,10 @@ def _build_clip(spec: ModelSpec, device: str, *, tuned_for_cpu: bool = True) -> 
     tokenizer = open_clip.get_tokenizer(spec.architecture)
     embedder = ClipEmbedder(spec, model, preprocess, tokenizer, device)
     if device == "cpu" and tuned_for_cpu:
-        from .precision import prepare_image_tower, prepare_text_tower
+        from .precision import prepare_text_tower
 
-        embedder.image_form = prepare_image_tower(embedder)
         embedder.text_form = prepare_text_tower(embedder)
+        embedder._image_tower_pending = True
     return embedder
 
 

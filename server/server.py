@@ -350,7 +350,7 @@ def warm_up(engine: ImageSearch, datasets: list[DatasetRecord]) -> None:
     """
     for model in sorted({d.model for d in datasets}):
         try:
-            engine.model(model)
+            engine.model(model).prepare_image_tower()
         except ImageSearchError as error:  # a search with this model will report it to the user
             log.warning("%s", error)
 

@@ -300,7 +300,9 @@ def _fresh_model(name, monkeypatch, precision):
     from image_search.models import _build_clip, parse_model_name
 
     monkeypatch.setenv("IMAGE_SEARCH_CPU_PRECISION", precision)
-    return _build_clip(parse_model_name(name), "cpu")
+    embedder = _build_clip(parse_model_name(name), "cpu")
+    embedder.prepare_image_tower()  # otherwise done on the first image, when the setting may be gone
+    return embedder
 
 
 def test_bf16_image_tower_stays_within_cosine_of_fp32_on_photos(monkeypatch, varied_photos):

@@ -72,7 +72,9 @@ def _fresh_model(name, monkeypatch, precision):
     from image_search.models import _build_clip, parse_model_name
 
     monkeypatch.setenv("IMAGE_SEARCH_CPU_PRECISION", precision)
-    return _build_clip(parse_model_name(name), "cpu")
+    embedder = _build_clip(parse_model_name(name), "cpu")
+    embedder.prepare_image_tower()  # otherwise done on the first image, when the setting may be gone
+    return embedder
 
 
 QUERIES = ["a dog", "red car at night", "a man holding a knife in a dark kitchen next to a window"]
@@ -130,6 +132,27 @@ def test_a_packed_form_that_fails_falls_back(monkeypatch, caplog):
     assert (embedder.image_form, embedder.text_form) == ("fp32", "fp32")
     assert "failed (oneDNN cannot pack here)" in caplog.text
     assert embedder.encode_texts(["a dog"]).shape == (1, embedder.dim)
+
+
+def test_the_image_tower_is_readied_on_first_use_only(monkeypatch):
+    from concurrent.futures import ThreadPoolExecutor
+
+    from image_search import precision
+    from image_search.models import _build_clip, parse_model_name
+
+    prepared = []
+    real_prepare = precision.prepare_image_tower
+    monkeypatch.setattr(precision, "prepare_image_tower", lambda embedder: prepared.append(1) or real_prepare(embedder))
+    embedder = _build_clip(parse_model_name("test-tiny"), "cpu")
+    embedder.encode_texts(["a text search needs no image tower"])
+    assert prepared == [] and embedder.image_form == "fp32" and embedder.dtype == torch.float32
+    pixels = precision.probe_pixels(embedder.input_size)
+    with ThreadPoolExecutor(4) as pool:  # the first images arrive together: one preparation, same answers
+        answers = list(pool.map(lambda _: embedder.encode_pixels(pixels), range(4)))
+    assert prepared == [1] and embedder.image_form != "fp32" or not packed.packing_available()
+    assert all(np.allclose(answer, answers[0]) for answer in answers)
+    embedder.prepare_image_tower()
+    assert prepared == [1]
 
 
 # -- the query thread ---------------------------------------------------------------------------------------------
