@@ -30,10 +30,16 @@ KINDS = (FLAT, IVF, IVF_SQ8, HNSW)
 
 # Auto choice, from evaluation/benchmark_search.py (README, "Large collections"): on the 2-core machine an exact
 # scan for one query took 1.7-6.6 ms at 20k vectors, 5.5-8 ms at 50k and 75 ms at 1M, while IVF stayed at 1-1.4 ms
-# up to 100k with recall@10 1.000 at 20k-50k and 0.998 at 100k (0.979 at 1M, 4 ms). Going back to exact needs half as many
-# (hysteresis), so a dataset near the line does not change kind on every ingest.
+# up to 100k with recall@10 1.000 at 20k-50k and 0.998 at 100k. At 1M, IVF holds 2 GB and a query scans ~60 MB
+# (3-4 ms, and the scan pushes the text tower's weights out of the CPU cache: +2-3 ms per text query), while
+# IVF-SQ8 holds 0.5 GB and scans a quarter of that (1.6-1.9 ms) at recall 0.968. So from COMPACT_FROM images, where
+# full-precision vectors pass 0.5 GB, auto stores 8-bit codes. Going back to exact needs half as many images
+# (hysteresis), so a dataset near the line does not change kind on every ingest; a compact or hand-picked
+# approximate kind stays for as long as the dataset stays large.
 APPROXIMATE_FROM = 20_000
 APPROXIMATE_KIND = IVF
+COMPACT_FROM = 250_000
+COMPACT_KIND = IVF_SQ8
 
 # IVF layout: about 2 * sqrt(n) lists (a power of two), trained by k-means on TRAIN_PER_LIST sampled vectors per
 # list. A query scans the nprobe lists nearest to it: at least 1/SCAN_FRACTION of the lists and at least
@@ -110,9 +116,13 @@ def _graph(index):
 def choose_kind(count: int, requested: str = AUTO, current: str | None = None) -> str:
     if requested != AUTO:
         return requested if count > 0 else FLAT  # nothing to train on yet; the next ingest builds it
-    if current in (None, FLAT):
-        return APPROXIMATE_KIND if count >= APPROXIMATE_FROM else FLAT
-    return current if count >= APPROXIMATE_FROM // 2 else FLAT
+    if current not in (None, FLAT, APPROXIMATE_KIND):
+        return current if count >= APPROXIMATE_FROM // 2 else FLAT
+    if count >= COMPACT_FROM:
+        return COMPACT_KIND
+    if count >= APPROXIMATE_FROM or (current == APPROXIMATE_KIND and count >= APPROXIMATE_FROM // 2):
+        return APPROXIMATE_KIND
+    return FLAT
 
 
 def _ideal_lists(count: int) -> float:

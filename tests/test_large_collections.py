@@ -46,6 +46,15 @@ def test_kind_follows_size_with_hysteresis_and_setting_overrides():
     # an approximate dataset that shrinks a little stays approximate; one that halves goes back to exact
     assert faiss_index.choose_kind(line - 1, current=faiss_index.IVF) == faiss_index.IVF
     assert faiss_index.choose_kind(line // 2 - 1, current=faiss_index.IVF) == faiss_index.FLAT
+    # from COMPACT_FROM, 8-bit codes; a compact (or hand-picked) kind stays until the dataset is small again
+    compact = faiss_index.COMPACT_FROM
+    assert faiss_index.choose_kind(compact - 1) == faiss_index.IVF
+    assert faiss_index.choose_kind(compact) == faiss_index.COMPACT_KIND == faiss_index.IVF_SQ8
+    assert faiss_index.choose_kind(compact, current=faiss_index.IVF) == faiss_index.IVF_SQ8
+    assert faiss_index.choose_kind(compact, current=faiss_index.FLAT) == faiss_index.IVF_SQ8
+    for kept in (faiss_index.IVF_SQ8, faiss_index.HNSW):
+        assert faiss_index.choose_kind(line // 2, current=kept) == kept
+        assert faiss_index.choose_kind(line // 2 - 1, current=kept) == faiss_index.FLAT
     for kind in faiss_index.KINDS:
         assert faiss_index.choose_kind(10, kind) == kind
         assert faiss_index.choose_kind(10 * line, kind) == kind
