@@ -284,6 +284,7 @@ def run_speed(args) -> dict:
     from image_search.reader import default_workers
 
     embedder = load_model(args.model, args.device)
+    embedder.prepare_image_tower()  # its form is part of the settings reported, and not of any timing
     args.device = embedder.device
     on_gpu = embedder.device.startswith("cuda")
     cores = os.cpu_count() or 1
@@ -296,6 +297,7 @@ def run_speed(args) -> dict:
 
     settings = {
         "model": embedder.name, "device": embedder.device, "precision": str(getattr(embedder, "dtype", "")),
+        "image_form": getattr(embedder, "image_form", ""),
         "batch_size": batch_size, "ingest_workers": ingest_workers, "decode_workers": cores,
         "torch_threads": torch.get_num_threads(), "gpu_decode": [("gpu" if m else "cpu") for m in gpu_modes],
         "count": args.count, "distinct": min(args.count, args.distinct or args.count),

@@ -28,6 +28,7 @@ QUERY_MAX_THREADS = 2  # measured on 2 cores; on small products more threads mos
 
 _query_thread: ThreadPoolExecutor | None = None
 _query_threads = 1
+_process_threads = 1
 _lock = threading.Lock()
 
 
@@ -37,12 +38,13 @@ def run_query_work(work, *args):
 
 
 def _query_executor() -> ThreadPoolExecutor:
-    global _query_thread, _query_threads
+    global _query_thread, _query_threads, _process_threads
     with _lock:
         if _query_thread is None:
             import torch
 
-            _query_threads = min(torch.get_num_threads(), QUERY_MAX_THREADS)
+            _process_threads = torch.get_num_threads()
+            _query_threads = min(_process_threads, QUERY_MAX_THREADS)
             _query_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="query")
             busy_meter.start()
         return _query_thread
@@ -52,13 +54,52 @@ def _with_idle_cores(work, *args):
     import torch
 
     threads = max(1, min(_query_threads, idle_cores()))
-    if torch.get_num_threads() != threads:
-        torch.set_num_threads(threads)  # OpenMP thread counts are per thread: this one is the query thread's
+    restore = None
+    if torch.get_num_threads() != threads:  # (the first call also lets PyTorch initialise this thread's count)
+        restore = _set_this_threads_count(threads)
     started = time.monotonic()
     try:
         return work(*args)
     finally:
         busy_meter.count_query(threads * (time.monotonic() - started))
+        if restore is not None:
+            restore()
+
+
+def _set_this_threads_count(threads: int):
+    """Set the calling thread's OpenMP thread count; returns what undoes any wider effect, or None.
+
+    torch.set_num_threads would also change the count that every thread adopts when it first runs parallel work,
+    so a model load or an ingest that starts while a query runs on one thread would run on one thread too. The
+    OpenMP runtime's own setting is per thread; it is reached in the libgomp that PyTorch loaded."""
+    import torch
+
+    omp_set_num_threads = _libgomp_setter()
+    if omp_set_num_threads is not None:
+        omp_set_num_threads(threads)
+        return None
+    default = _process_threads
+    torch.set_num_threads(threads)
+    return lambda: torch.set_num_threads(default)
+
+
+def _libgomp_setter():
+    global _omp_setter
+    if _omp_setter is False:
+        import ctypes
+
+        import torch
+
+        _omp_setter = None
+        library = os.path.join(os.path.dirname(torch.__file__), "lib", "libgomp.so.1")
+        try:
+            _omp_setter = ctypes.CDLL(library).omp_set_num_threads if os.path.exists(library) else None
+        except (OSError, AttributeError):
+            _omp_setter = None
+    return _omp_setter
+
+
+_omp_setter = False  # not looked up yet
 
 
 def run_in_passing_thread(work, *args, **kwargs):

@@ -174,6 +174,39 @@ def test_queries_run_on_the_query_thread_with_the_idle_cores(monkeypatch):
     assert seen[-1][0] == threading.current_thread().name
 
 
+@pytest.mark.parametrize("openmp_setter", [True, False])
+def test_a_one_thread_query_leaves_later_threads_every_core(monkeypatch, openmp_setter):
+    """Threads adopt PyTorch's process-wide count when they first run parallel work: a query on one thread must
+    not leave a model load or an ingest that starts afterwards with one thread (measured: half the speed)."""
+    from image_search import cpu_threads
+    from image_search.models import load_model
+
+    default = torch.get_num_threads()
+    if default < 2:
+        pytest.skip("needs two OpenMP threads")
+    embedder = load_model("test-tiny", "cpu")
+    if not openmp_setter:
+        monkeypatch.setattr(cpu_threads, "_libgomp_setter", lambda: None)
+    seen = []
+    original = embedder._encode_texts
+    monkeypatch.setattr(embedder, "_encode_texts", lambda texts: (seen.append(torch.get_num_threads()),
+                                                                   original(texts))[1])
+    later = []
+
+    def count_in_a_new_thread():
+        thread = threading.Thread(target=lambda: later.append(torch.get_num_threads()))
+        thread.start()
+        thread.join()
+
+    monkeypatch.setattr(cpu_threads, "idle_cores", lambda: 0)
+    embedder.encode_texts(["a dog"])
+    count_in_a_new_thread()
+    monkeypatch.setattr(cpu_threads, "idle_cores", lambda: 8)
+    embedder.encode_texts(["a cat"])
+    count_in_a_new_thread()
+    assert seen == [1, min(default, cpu_threads.QUERY_MAX_THREADS)] and later == [default, default]
+
+
 def test_idle_cores_counts_sustained_work_by_other_processes():
     from image_search.cpu_threads import BusyMeter, busy_meter, idle_cores
 
