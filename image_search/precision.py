@@ -71,8 +71,9 @@ def probe_pixels(side: int, count: int = PROBE_PICTURES):
 def prepare_image_tower(embedder) -> str:
     """Give a CPU ClipEmbedder the fastest faithful form of its image tower (see _fastest_faithful_form)."""
     pixels = probe_pixels(embedder.input_size)
+    model = embedder.model
     return _fastest_faithful_form(
-        embedder, "image", tower=(lambda: embedder.model.visual, lambda tower: setattr(embedder.model, "visual", tower)),
+        embedder, "image", tower=(lambda: model.visual, lambda tower: setattr(model, "visual", tower)),
         blocks=lambda tower: getattr(tower, "transformer", None), embed_probes=lambda: embedder.encode_pixels(pixels),
         set_dtype=lambda dtype: setattr(embedder, "dtype", dtype))
 

@@ -162,3 +162,14 @@ def mixed_folder(tmp_path, photos) -> Path:
     (folder / "truncated.jpg").write_bytes(data[: len(data) // 3])
     (folder / "notes.txt").write_text("case notes")
     return folder
+
+
+def fresh_cpu_model(name: str, monkeypatch, precision: str):
+    """A model built afresh on the CPU (not the process's cached one) under IMAGE_SEARCH_CPU_PRECISION=precision,
+    both towers in their chosen forms."""
+    from image_search.models import _build_clip, parse_model_name
+
+    monkeypatch.setenv("IMAGE_SEARCH_CPU_PRECISION", precision)
+    embedder = _build_clip(parse_model_name(name), "cpu")
+    embedder.prepare_image_tower()  # otherwise done on the first image, when the setting may be gone
+    return embedder

@@ -18,7 +18,7 @@ from image_search.device_decode import EncodedJpeg, decode_batch, pack, read_enc
 from image_search.embedding import embed_files
 from image_search.models import load_model
 from image_search.reader import read_pixels
-from tests.conftest import run_tool
+from tests.conftest import fresh_cpu_model, run_tool
 
 # (width, height, EXIF orientation, progressive): landscape and portrait phone shots, a panorama, a tall
 # screenshot-like strip, a tiny image smaller than the model input, and a 12 MP photo.
@@ -296,18 +296,9 @@ def _tool_env(tmp_path) -> dict:
 
 
 # -- CPU precision ----------------------------------------------------------------------------------------------
-def _fresh_model(name, monkeypatch, precision):
-    from image_search.models import _build_clip, parse_model_name
-
-    monkeypatch.setenv("IMAGE_SEARCH_CPU_PRECISION", precision)
-    embedder = _build_clip(parse_model_name(name), "cpu")
-    embedder.prepare_image_tower()  # otherwise done on the first image, when the setting may be gone
-    return embedder
-
-
 def test_bf16_image_tower_stays_within_cosine_of_fp32_on_photos(monkeypatch, varied_photos):
-    fp32 = _fresh_model("ViT-B-32:random", monkeypatch, "fp32")
-    bf16 = _fresh_model("ViT-B-32:random", monkeypatch, "bf16")
+    fp32 = fresh_cpu_model("ViT-B-32:random", monkeypatch, "fp32")
+    bf16 = fresh_cpu_model("ViT-B-32:random", monkeypatch, "bf16")
     assert fp32.dtype == torch.float32 and bf16.dtype == torch.bfloat16
     assert next(bf16.model.visual.parameters()).dtype == torch.bfloat16
     pixels = torch.from_numpy(np.stack([read_pixels(p, fp32.geometry, fp32.input_size) for p in varied_photos]))
@@ -319,7 +310,7 @@ def test_bf16_is_refused_when_probe_embeddings_drift(monkeypatch, caplog):
     from image_search import precision
 
     monkeypatch.setattr(precision, "PROBE_MIN_COSINE", 1.01)  # no model can pass: must fall back to fp32
-    embedder = _fresh_model("test-tiny", monkeypatch, "bf16")
+    embedder = fresh_cpu_model("test-tiny", monkeypatch, "bf16")
     assert embedder.dtype == torch.float32
     assert next(embedder.model.visual.parameters()).dtype == torch.float32
     assert "differ from fp32" in caplog.text and embedder.image_form == embedder.text_form == "fp32"
@@ -330,9 +321,9 @@ def test_auto_precision_follows_the_cpu(monkeypatch):
     from image_search import precision
 
     monkeypatch.setattr(precision, "cpu_has_native_bf16", lambda: False)
-    assert _fresh_model("test-tiny", monkeypatch, "auto").dtype == torch.float32
+    assert fresh_cpu_model("test-tiny", monkeypatch, "auto").dtype == torch.float32
     monkeypatch.setattr(precision, "cpu_has_native_bf16", lambda: True)
-    assert _fresh_model("test-tiny", monkeypatch, "auto").dtype == torch.bfloat16
+    assert fresh_cpu_model("test-tiny", monkeypatch, "auto").dtype == torch.bfloat16
 
 
 def test_small_reader_batches_are_regrouped_for_the_model(tiny, photos, monkeypatch):

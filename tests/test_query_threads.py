@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import torch
 
-from tests.conftest import REPO
+from tests.conftest import REPO, fresh_cpu_model
 
 packed = pytest.importorskip("image_search.packed")
 needs_packing = pytest.mark.skipif(not packed.packing_available(), reason="this torch build has no oneDNN")
@@ -68,15 +68,6 @@ def test_only_plain_open_clip_blocks_are_packed():
 
 
 # -- the tower forms chosen at load ------------------------------------------------------------------------------
-def _fresh_model(name, monkeypatch, precision):
-    from image_search.models import _build_clip, parse_model_name
-
-    monkeypatch.setenv("IMAGE_SEARCH_CPU_PRECISION", precision)
-    embedder = _build_clip(parse_model_name(name), "cpu")
-    embedder.prepare_image_tower()  # otherwise done on the first image, when the setting may be gone
-    return embedder
-
-
 QUERIES = ["a dog", "red car at night", "a man holding a knife in a dark kitchen next to a window"]
 
 
@@ -86,7 +77,7 @@ def test_fp32_packed_towers_give_the_same_embeddings_as_open_clip(monkeypatch):
     from image_search.precision import probe_pixels
 
     reference = build_reference_model("test-tiny", "cpu")
-    fast = _fresh_model("test-tiny", monkeypatch, "fp32")
+    fast = fresh_cpu_model("test-tiny", monkeypatch, "fp32")
     assert (fast.image_form, fast.text_form) == ("fp32, packed", "fp32, packed")
     assert isinstance(fast.model.transformer.resblocks[0].attn, packed.PackedSelfAttention)
     assert isinstance(fast.model.visual.transformer.resblocks[0].mlp.c_fc, packed.PackedLinear)
@@ -100,7 +91,7 @@ def test_bf16_text_tower_stays_within_cosine_of_fp32(monkeypatch):
     from image_search.models import build_reference_model
 
     reference = build_reference_model("ViT-B-32:random", "cpu")
-    fast = _fresh_model("ViT-B-32:random", monkeypatch, "bf16")
+    fast = fresh_cpu_model("ViT-B-32:random", monkeypatch, "bf16")
     assert fast.text_form == "bf16, packed"
     assert fast.model.transformer.get_cast_dtype() == torch.bfloat16
     assert fast.model.token_embedding.weight.dtype == torch.float32  # the small parts stay fp32
@@ -113,10 +104,10 @@ def test_without_packing_the_towers_stay_open_clip_modules(monkeypatch):
     from image_search import packed as packing
 
     monkeypatch.setattr(packing, "packing_available", lambda: False)
-    fp32 = _fresh_model("test-tiny", monkeypatch, "fp32")
+    fp32 = fresh_cpu_model("test-tiny", monkeypatch, "fp32")
     assert (fp32.image_form, fp32.text_form) == ("fp32", "fp32")
     assert type(fp32.model.transformer.resblocks[0].attn) is torch.nn.MultiheadAttention
-    bf16 = _fresh_model("test-tiny", monkeypatch, "bf16")
+    bf16 = fresh_cpu_model("test-tiny", monkeypatch, "bf16")
     assert (bf16.image_form, bf16.text_form) == ("bf16", "bf16")
 
 
@@ -128,7 +119,7 @@ def test_a_packed_form_that_fails_falls_back(monkeypatch, caplog):
         raise RuntimeError("oneDNN cannot pack here")
 
     monkeypatch.setattr(packing, "_pack", refuse)
-    embedder = _fresh_model("test-tiny", monkeypatch, "fp32")
+    embedder = fresh_cpu_model("test-tiny", monkeypatch, "fp32")
     assert (embedder.image_form, embedder.text_form) == ("fp32", "fp32")
     assert "failed (oneDNN cannot pack here)" in caplog.text
     assert embedder.encode_texts(["a dog"]).shape == (1, embedder.dim)
