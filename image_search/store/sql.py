@@ -1,112 +1,29 @@
-"""The metadata store: datasets and the image path behind every vector id.
+"""The backend-neutral metadata store: every statement, written once with '?' placeholders.
 
-One schema and one set of SQL statements serve both backends: PostgreSQL when DB_HOST is configured, else an
-embedded SQLite file in the data directory. Statements are written with '?' placeholders and every value is
-passed as a parameter. Paths are stored as the file system's raw bytes so that names which are not valid UTF-8
-survive the round trip.
-
-A dataset's vectors live in a FAISS index file whose generation number is recorded here; an ingest commits its
-new rows, its removals and the new generation in one transaction, which is what keeps the index file and the
-metadata in step (see image_search.index).
+Every value is passed as a parameter; a backend only supplies connections and its dialect (placeholder, the
+serial primary key and the binary column type). An ingest commits its new rows, its removals and the new
+generation in one transaction, which is what keeps the index file and the metadata in step (see
+image_search.index).
 """
 
 from __future__ import annotations
 
-import os
-import sqlite3
-import threading
 from contextlib import contextmanager
-from dataclasses import dataclass
 from datetime import datetime, timezone
-from pathlib import Path
-from typing import Iterable, Iterator, Sequence
+from typing import Iterable, Sequence
 
-from .config import DatabaseSettings
-from .errors import DatasetExistsError, DatasetNotFoundError, ImageSearchError, StoreUnavailableError
-
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS datasets (
-    id {serial_pk},
-    name TEXT NOT NULL UNIQUE,
-    uid TEXT NOT NULL UNIQUE,
-    model TEXT NOT NULL,
-    dim INTEGER NOT NULL,
-    root {blob} NOT NULL,
-    image_count BIGINT NOT NULL,
-    generation BIGINT NOT NULL,
-    next_vector_id BIGINT NOT NULL,
-    index_kind TEXT NOT NULL,
-    created_at TEXT NOT NULL,
-    updated_at TEXT NOT NULL
-);
-CREATE TABLE IF NOT EXISTS images (
-    dataset_id INTEGER NOT NULL REFERENCES datasets(id) ON DELETE CASCADE,
-    vector_id BIGINT NOT NULL,
-    path {blob} NOT NULL,
-    size BIGINT NOT NULL,
-    mtime_ns BIGINT NOT NULL,
-    PRIMARY KEY (dataset_id, vector_id)
-);
-CREATE UNIQUE INDEX IF NOT EXISTS images_by_path ON images (dataset_id, path);
-"""
+from ..errors import DatasetExistsError, DatasetNotFoundError, ImageSearchError
+from .records import DatasetRecord, ImageRecord, NewDataset, decode_path, encode_path
+from .schema import SCHEMA
 
 _DATASET_COLUMNS = ("id, name, uid, model, dim, root, image_count, generation, next_vector_id, index_kind, "
                     "created_at, updated_at")
 
-_BATCH = 1000
-
-
-def encode_path(path: str) -> bytes:
-    return os.fsencode(path)
-
-
-def decode_path(raw: bytes | memoryview) -> str:
-    return os.fsdecode(bytes(raw))
+BATCH = 1000
 
 
 def _now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
-
-
-@dataclass(frozen=True)
-class DatasetRecord:
-    id: int
-    name: str
-    uid: str
-    model: str
-    dim: int
-    root: str
-    image_count: int
-    generation: int
-    next_vector_id: int
-    index_kind: str
-    created_at: str
-    updated_at: str
-
-    @classmethod
-    def from_row(cls, row: Sequence) -> "DatasetRecord":
-        values = list(row)
-        values[5] = decode_path(values[5])
-        return cls(*values)
-
-
-@dataclass(frozen=True)
-class ImageRecord:
-    vector_id: int
-    path: str
-    size: int
-    mtime_ns: int
-
-
-@dataclass(frozen=True)
-class NewDataset:
-    """What an ingest of a new name commits together with its first generation."""
-    name: str
-    uid: str
-    model: str
-    dim: int
-    root: str
-    index_kind: str
 
 
 class MetadataStore:
@@ -153,7 +70,7 @@ class MetadataStore:
         sql = self._sql(statement)
         for row in rows:
             batch.append(tuple(row))
-            if len(batch) >= _BATCH:
+            if len(batch) >= BATCH:
                 cursor.executemany(sql, batch)
                 batch.clear()
         if batch:
@@ -162,7 +79,7 @@ class MetadataStore:
     def ensure_schema(self) -> None:
         if self._schema_ready:
             return
-        ddl = _SCHEMA.format(serial_pk=self.serial_pk, blob=self.blob)
+        ddl = SCHEMA.format(serial_pk=self.serial_pk, blob=self.blob)
         with self._cursor(write=True) as cursor:
             self._create_schema(cursor, ddl)
         self._schema_ready = True
@@ -280,140 +197,3 @@ class MetadataStore:
         record = self.get_dataset(name)
         assert record is not None
         return record
-
-
-class SQLiteStore(MetadataStore):
-    placeholder = "?"
-    serial_pk = "INTEGER PRIMARY KEY"
-    blob = "BLOB"
-
-    def __init__(self, path: Path) -> None:
-        super().__init__()
-        self.path = Path(path)
-        self.description = f"SQLite database {self.path}"
-        self._local = threading.local()
-
-    @contextmanager
-    def _connection(self):
-        connection = getattr(self._local, "connection", None)
-        if connection is None:
-            try:
-                self.path.parent.mkdir(parents=True, exist_ok=True)
-                connection = sqlite3.connect(self.path, timeout=60, check_same_thread=False)
-                connection.execute("PRAGMA journal_mode=WAL")
-                connection.execute("PRAGMA foreign_keys=ON")
-                connection.execute("PRAGMA synchronous=FULL")
-            except (sqlite3.Error, OSError) as error:
-                raise StoreUnavailableError(f"Cannot open the SQLite database {self.path} ({error}); check that "
-                                            "the data folder is writable or set IMAGE_SEARCH_HOME.") from None
-            self._local.connection = connection
-        yield connection
-
-    def close(self) -> None:
-        connection = getattr(self._local, "connection", None)
-        if connection is not None:
-            connection.close()
-            self._local.connection = None
-
-
-class PostgresStore(MetadataStore):
-    placeholder = "%s"
-    serial_pk = "SERIAL PRIMARY KEY"
-    blob = "BYTEA"
-
-    def __init__(self, settings: DatabaseSettings) -> None:
-        super().__init__()
-        import psycopg2  # noqa: F401  (imported here so SQLite users never pay for it)
-
-        self.settings = settings
-        self.description = f"PostgreSQL database '{settings.name}' at {settings.describe()}"
-        self._local = threading.local()
-        self._database_checked = False
-
-    def _connect(self, database: str):
-        import psycopg2
-
-        return psycopg2.connect(host=self.settings.host, port=self.settings.port, user=self.settings.user,
-                                password=self.settings.password, dbname=database, connect_timeout=10,
-                                application_name="image-search")
-
-    def _open(self):
-        import psycopg2
-
-        try:
-            return self._connect(self.settings.name)
-        except psycopg2.OperationalError as error:
-            if "does not exist" in str(error) and not self._database_checked:
-                self._create_database()
-                return self._open()
-            raise self._unavailable(error) from None
-
-    def _create_database(self) -> None:
-        import psycopg2
-        from psycopg2 import sql
-
-        self._database_checked = True
-        try:
-            admin = self._connect("postgres")
-        except psycopg2.OperationalError as error:
-            raise self._unavailable(error) from None
-        try:
-            admin.autocommit = True
-            with admin.cursor() as cursor:
-                cursor.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(self.settings.name)))
-        except psycopg2.errors.DuplicateDatabase:
-            pass
-        except psycopg2.Error as error:
-            raise StoreUnavailableError(f"Cannot create the PostgreSQL database '{self.settings.name}' at "
-                                        f"{self.settings.describe()} ({str(error).strip()}); create it by hand or "
-                                        "give DB_USER the right to create databases.") from None
-        finally:
-            admin.close()
-
-    def _unavailable(self, error: Exception) -> StoreUnavailableError:
-        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        return StoreUnavailableError(
-            f"Cannot reach the PostgreSQL database at {self.settings.describe()} ({reason}); start PostgreSQL or "
-            "fix DB_HOST/DB_PORT/DB_USER/DB_PASSWORD in .env (or unset DB_HOST to use the built-in SQLite store).")
-
-    @contextmanager
-    def _connection(self):
-        import psycopg2
-
-        connection = getattr(self._local, "connection", None)
-        if connection is not None and connection.closed:
-            connection = None
-        if connection is None:
-            connection = self._open()
-            self._local.connection = connection
-        try:
-            yield connection
-        except (psycopg2.OperationalError, psycopg2.InterfaceError) as error:
-            # The server went away mid-operation; drop the connection so the next call reconnects.
-            try:
-                connection.close()
-            finally:
-                self._local.connection = None
-            raise self._unavailable(error) from None
-
-    def _create_schema(self, cursor, ddl: str) -> None:
-        # Serialise concurrent first runs: CREATE TABLE IF NOT EXISTS can race in PostgreSQL.
-        cursor.execute("SELECT pg_advisory_xact_lock(7461726)")
-        super()._create_schema(cursor, ddl)
-
-    def _execute_many(self, cursor, statement: str, rows: Iterable[Sequence]) -> None:
-        from psycopg2.extras import execute_batch
-
-        execute_batch(cursor, self._sql(statement), [tuple(r) for r in rows], page_size=_BATCH)
-
-    def close(self) -> None:
-        connection = getattr(self._local, "connection", None)
-        if connection is not None:
-            connection.close()
-            self._local.connection = None
-
-
-def open_store(database: DatabaseSettings | None, data_home: Path) -> MetadataStore:
-    if database is None:
-        return SQLiteStore(Path(data_home) / "metadata.sqlite3")
-    return PostgresStore(database)
