@@ -95,10 +95,18 @@ class PostgresStore(MetadataStore):
                 self._local.connection = None
             raise self._unavailable(error) from None
 
-    def _create_schema(self, cursor, ddl: str) -> None:
-        # Serialise concurrent first runs: CREATE TABLE IF NOT EXISTS can race in PostgreSQL.
+    def _lock_schema(self, cursor) -> None:
+        # Serialise concurrent first opens: CREATE TABLE IF NOT EXISTS and the migrations can race in PostgreSQL.
+        # The lock is the transaction's, so it is released by the commit or the rollback.
         cursor.execute("SELECT pg_advisory_xact_lock(7461726)")
-        super()._create_schema(cursor, ddl)
+
+    def _has_table(self, cursor, name: str) -> bool:
+        # A query on the catalog, not to_regclass(): that reads the backend's catalog cache, which after waiting for
+        # the schema lock can still miss the table another process has just created and committed (with it, 3 of 3
+        # runs of test_concurrent_first_opens_migrate_once[postgres] failed: the second open migrated again).
+        self._execute(cursor, "SELECT 1 FROM pg_catalog.pg_tables WHERE schemaname = current_schema() AND "
+                              "tablename = ?", (name,))
+        return cursor.fetchone() is not None
 
     def _execute_many(self, cursor, statement: str, rows: Iterable[Sequence]) -> None:
         from psycopg2.extras import execute_batch

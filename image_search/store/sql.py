@@ -13,8 +13,8 @@ from datetime import datetime, timezone
 from typing import Iterable, Sequence
 
 from ..errors import DatasetExistsError, DatasetNotFoundError, ImageSearchError
+from . import schema
 from .records import DatasetRecord, ImageRecord, NewDataset, decode_path, encode_path
-from .schema import SCHEMA
 
 _DATASET_COLUMNS = ("id, name, uid, model, dim, root, image_count, generation, next_vector_id, index_kind, "
                     "created_at, updated_at")
@@ -77,17 +77,26 @@ class MetadataStore:
             cursor.executemany(sql, batch)
 
     def ensure_schema(self) -> None:
+        """Create the tables, or migrate an older store, on the first use by this process (image_search.store.schema).
+
+        The common case, a store already at the latest version, costs one read and takes no lock."""
         if self._schema_ready:
             return
-        ddl = SCHEMA.format(serial_pk=self.serial_pk, blob=self.blob)
-        with self._cursor(write=True) as cursor:
-            self._create_schema(cursor, ddl)
+        with self._cursor() as cursor:
+            version = schema.stored_version(self, cursor)
+        schema.refuse_newer(self, version)
+        if version != schema.latest_version():
+            with self._cursor(write=True) as cursor:
+                self._lock_schema(cursor)
+                schema.bring_up_to_date(self, cursor)
         self._schema_ready = True
 
-    def _create_schema(self, cursor, ddl: str) -> None:
-        for statement in ddl.split(";"):
-            if statement.strip():
-                cursor.execute(statement)
+    def _lock_schema(self, cursor) -> None:  # pragma: no cover - abstract
+        """Start the schema transaction holding a lock that serialises concurrent first opens."""
+        raise NotImplementedError
+
+    def _has_table(self, cursor, name: str) -> bool:  # pragma: no cover - abstract
+        raise NotImplementedError
 
     # -- datasets ---------------------------------------------------------------------------------------------
     def get_dataset(self, name: str) -> DatasetRecord | None:

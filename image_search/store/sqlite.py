@@ -43,3 +43,12 @@ class SQLiteStore(MetadataStore):
         if connection is not None:
             connection.close()
             self._local.connection = None
+
+    def _lock_schema(self, cursor) -> None:
+        # Take the write lock now rather than at the first write, so a second process opening the same new or old
+        # store waits here (up to the connection's timeout) and then finds it up to date.
+        cursor.execute("BEGIN IMMEDIATE")
+
+    def _has_table(self, cursor, name: str) -> bool:
+        self._execute(cursor, "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?", (name,))
+        return cursor.fetchone() is not None
