@@ -365,6 +365,21 @@ def test_a_failing_migration_leaves_the_store_at_version_1_with_its_data(make_pl
         store.close()
 
 
+def test_a_failing_first_open_leaves_a_new_store_empty(make_place, monkeypatch):
+    place = make_place()
+    monkeypatch.setattr(schema, "MIGRATIONS", [*schema.MIGRATIONS, (2, fails_in_python)])
+    store = new_store(place)
+    try:
+        with pytest.raises(StoreUnavailableError) as failed:
+            store.ensure_schema()
+        assert str(failed.value) == (f"Creating the tables of the {store.description} failed (the disk is on fire); "
+                                     "it was rolled back and nothing was changed, so fix the cause and run "
+                                     "image-search again.")
+        assert tables(store) == []  # not even the version 1 tables
+    finally:
+        store.close()
+
+
 def test_sqlite_users_never_import_psycopg2(tmp_path):
     check = ("import sys; from image_search.store import open_store; store = open_store(None, sys.argv[1]); "
              "store.ensure_schema(); store.list_datasets(); store.close(); "

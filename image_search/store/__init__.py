@@ -5,7 +5,7 @@ embedded SQLite file in the data directory. Other modules import from here, neve
 
 - records.py: what the store hands out and takes in (DatasetRecord, ImageRecord, NewDataset); paths as raw bytes
 - sql.py: the backend-neutral MetadataStore, every statement written once with '?' placeholders
-- schema.py: the tables
+- schema.py: the tables, the schema version and the ordered migrations that bring an older store up to it
 - sqlite.py, postgres.py: each backend's connections and dialect
 """
 
