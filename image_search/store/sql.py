@@ -1,0 +1,208 @@
+"""The backend-neutral metadata store: every statement, written once with '?' placeholders.
+
+Every value is passed as a parameter; a backend only supplies connections and its dialect (placeholder, the
+serial primary key and the binary column type). An ingest commits its new rows, its removals and the new
+generation in one transaction, which is what keeps the index file and the metadata in step (see
+image_search.index).
+"""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+from datetime import datetime, timezone
+from typing import Iterable, Sequence
+
+from ..errors import DatasetExistsError, DatasetNotFoundError, ImageSearchError
+from . import schema
+from .records import DatasetRecord, ImageRecord, NewDataset, decode_path, encode_path
+
+_DATASET_COLUMNS = ("id, name, uid, model, dim, root, image_count, generation, next_vector_id, index_kind, "
+                    "created_at, updated_at")
+
+BATCH = 1000
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+class MetadataStore:
+    """Backend-neutral operations; subclasses supply connections and the dialect."""
+
+    placeholder = "?"
+    serial_pk = "INTEGER PRIMARY KEY"
+    blob = "BLOB"
+    description = ""
+
+    def __init__(self) -> None:
+        self._schema_ready = False
+
+    # -- connection handling (backend specific) -------------------------------------------------------------
+    @contextmanager
+    def _connection(self):  # pragma: no cover - abstract
+        raise NotImplementedError
+        yield
+
+    def close(self) -> None:
+        pass
+
+    def _sql(self, statement: str) -> str:
+        return statement if self.placeholder == "?" else statement.replace("?", self.placeholder)
+
+    @contextmanager
+    def _cursor(self, *, write: bool = False):
+        with self._connection() as connection:
+            cursor = connection.cursor()
+            try:
+                yield cursor
+                connection.commit()
+            except BaseException:
+                connection.rollback()
+                raise
+            finally:
+                cursor.close()
+
+    def _execute(self, cursor, statement: str, params: Sequence = ()) -> None:
+        cursor.execute(self._sql(statement), tuple(params))
+
+    def _execute_many(self, cursor, statement: str, rows: Iterable[Sequence]) -> None:
+        batch: list[tuple] = []
+        sql = self._sql(statement)
+        for row in rows:
+            batch.append(tuple(row))
+            if len(batch) >= BATCH:
+                cursor.executemany(sql, batch)
+                batch.clear()
+        if batch:
+            cursor.executemany(sql, batch)
+
+    def ensure_schema(self) -> None:
+        """Create the tables, or migrate an older store, on the first use by this process (image_search.store.schema).
+
+        The common case, a store already at the latest version, costs one read and takes no lock."""
+        if self._schema_ready:
+            return
+        with self._cursor() as cursor:
+            version = schema.stored_version(self, cursor)
+        schema.refuse_newer(self, version)
+        if version != schema.latest_version():
+            with self._cursor(write=True) as cursor:
+                self._lock_schema(cursor)
+                schema.bring_up_to_date(self, cursor)
+        self._schema_ready = True
+
+    def _lock_schema(self, cursor) -> None:  # pragma: no cover - abstract
+        """Start the schema transaction holding a lock that serialises concurrent first opens."""
+        raise NotImplementedError
+
+    def _has_table(self, cursor, name: str) -> bool:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    # -- datasets ---------------------------------------------------------------------------------------------
+    def get_dataset(self, name: str) -> DatasetRecord | None:
+        self.ensure_schema()
+        with self._cursor() as cursor:
+            self._execute(cursor, f"SELECT {_DATASET_COLUMNS} FROM datasets WHERE name = ?", (name,))
+            row = cursor.fetchone()
+        return DatasetRecord.from_row(row) if row else None
+
+    def require_dataset(self, name: str) -> DatasetRecord:
+        record = self.get_dataset(name)
+        if record is None:
+            known = [d.name for d in self.list_datasets()]
+            hint = f"known datasets: {', '.join(known)}" if known else "there are no datasets yet; ingest a folder first"
+            raise DatasetNotFoundError(f"There is no dataset named '{name}' ({hint}).")
+        return record
+
+    def list_datasets(self) -> list[DatasetRecord]:
+        self.ensure_schema()
+        with self._cursor() as cursor:
+            self._execute(cursor, f"SELECT {_DATASET_COLUMNS} FROM datasets ORDER BY name")
+            rows = cursor.fetchall()
+        return [DatasetRecord.from_row(row) for row in rows]
+
+    def delete_dataset(self, name: str) -> DatasetRecord:
+        record = self.require_dataset(name)
+        with self._cursor(write=True) as cursor:
+            self._execute(cursor, "DELETE FROM images WHERE dataset_id = ?", (record.id,))
+            self._execute(cursor, "DELETE FROM datasets WHERE id = ?", (record.id,))
+        return record
+
+    # -- images -----------------------------------------------------------------------------------------------
+    def image_records(self, dataset_id: int) -> list[ImageRecord]:
+        with self._cursor() as cursor:
+            self._execute(cursor, "SELECT vector_id, path, size, mtime_ns FROM images WHERE dataset_id = ?",
+                          (dataset_id,))
+            rows = cursor.fetchall()
+        return [ImageRecord(int(v), decode_path(p), int(s), int(m)) for v, p, s, m in rows]
+
+    def vector_ids(self, dataset_id: int) -> list[int]:
+        with self._cursor() as cursor:
+            self._execute(cursor, "SELECT vector_id FROM images WHERE dataset_id = ?", (dataset_id,))
+            return [int(row[0]) for row in cursor.fetchall()]
+
+    def lookup_paths(self, dataset_id: int, vector_ids: Sequence[int],
+                     uid: str | None = None) -> tuple[dict[int, str], int | None]:
+        """Paths of the given vector ids plus the dataset's current generation, in one query.
+
+        The generation is None when the dataset is gone (or, given its uid, was replaced by another dataset that
+        reuses the id), so a caller holding an index in memory learns in the same query whether it is current.
+        """
+        ids = [int(v) for v in vector_ids]
+        marks = ", ".join("?" for _ in ids)
+        join = f"LEFT JOIN images i ON i.dataset_id = d.id AND i.vector_id IN ({marks})" if ids else ""
+        columns = "d.generation, i.vector_id, i.path" if ids else "d.generation, NULL, NULL"
+        same_uid = " AND d.uid = ?" if uid is not None else ""
+        statement = f"SELECT {columns} FROM datasets d {join} WHERE d.id = ?{same_uid}"
+        with self._cursor() as cursor:
+            self._execute(cursor, statement, (*ids, dataset_id, *([uid] if uid is not None else [])))
+            rows = cursor.fetchall()
+        if not rows:
+            return {}, None
+        generation = int(rows[0][0])
+        return {int(v): decode_path(p) for _, v, p in rows if v is not None}, generation
+
+    def commit_generation(self, *, dataset: DatasetRecord | NewDataset, base_generation: int, new_generation: int,
+                          added: Iterable[ImageRecord], removed_ids: Sequence[int], image_count: int,
+                          next_vector_id: int) -> DatasetRecord:
+        """Atomically apply one ingest: insert added rows, drop removed ones, move the dataset to new_generation.
+
+        For an existing dataset the update only happens if it is still at base_generation, so two writers can
+        never both believe they committed on top of the same state.
+        """
+        self.ensure_schema()
+        now = _now()
+        with self._cursor(write=True) as cursor:
+            if isinstance(dataset, NewDataset):
+                self._execute(cursor, "SELECT 1 FROM datasets WHERE name = ?", (dataset.name,))
+                if cursor.fetchone():
+                    raise DatasetExistsError(f"A dataset named '{dataset.name}' was created meanwhile; "
+                                             "ingest again to update it.")
+                self._execute(
+                    cursor,
+                    "INSERT INTO datasets (name, uid, model, dim, root, image_count, generation, next_vector_id, "
+                    "index_kind, created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    (dataset.name, dataset.uid, dataset.model, dataset.dim, encode_path(dataset.root), image_count,
+                     new_generation, next_vector_id, dataset.index_kind, now, now))
+                self._execute(cursor, "SELECT id FROM datasets WHERE uid = ?", (dataset.uid,))
+                dataset_id = int(cursor.fetchone()[0])
+                name = dataset.name
+            else:
+                dataset_id, name = dataset.id, dataset.name
+                self._execute(
+                    cursor,
+                    "UPDATE datasets SET generation = ?, image_count = ?, next_vector_id = ?, model = ?, dim = ?, "
+                    "root = ?, index_kind = ?, updated_at = ? WHERE id = ? AND generation = ?",
+                    (new_generation, image_count, next_vector_id, dataset.model, dataset.dim,
+                     encode_path(dataset.root), dataset.index_kind, now, dataset_id, base_generation))
+                if cursor.rowcount != 1:
+                    raise ImageSearchError(f"Dataset '{name}' was changed by another process during this ingest; "
+                                           "nothing was written, run the ingest again.")
+            self._execute_many(cursor, "DELETE FROM images WHERE dataset_id = ? AND vector_id = ?",
+                               ((dataset_id, vid) for vid in removed_ids))
+            self._execute_many(
+                cursor, "INSERT INTO images (dataset_id, vector_id, path, size, mtime_ns) VALUES (?, ?, ?, ?, ?)",
+                ((dataset_id, r.vector_id, encode_path(r.path), r.size, r.mtime_ns) for r in added))
+        record = self.get_dataset(name)
+        assert record is not None
+        return record
