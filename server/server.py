@@ -4,8 +4,9 @@ A thin layer over image_search: every task reads its inputs, calls the same core
 tools and turns the answer into flask-ml's response models. One ImageSearch serves every request, so each model
 is loaded once and each dataset's index stays in memory until that dataset changes (in this process or another).
 
-Errors: an ImageSearchError is the user's to fix and becomes HTTP 400 with its one-sentence message, which the app
-shows as the job's failure; anything else is a bug and becomes a 500 whose message still reads as a sentence.
+Errors: an ImageSearchError is the user's to fix and becomes HTTP 400 with its one-sentence message (with the app's
+spelling of its fix, APP_FIXES), which the app shows as the job's failure; anything else is a bug and becomes a 500
+whose message still reads as a sentence.
 """
 
 from __future__ import annotations
@@ -28,13 +29,14 @@ from flask_ml.flask_ml_server.models import (BatchFileResponse, DirectoryInput, 
                                              TextResponse)
 from werkzeug.serving import BaseWSGIServer, WSGIRequestHandler
 
-from cli.common import add_common_flags, open_engine, run
+from cli.common import add_common_flags, cli_message, open_engine, run
 from image_search import __version__
 from image_search.config import DEFAULT_NUM_RESULTS
 from image_search.cpu_threads import run_in_passing_thread
 from image_search.engine import ImageSearch
-from image_search.errors import ImageSearchError, InvalidInputError
+from image_search.errors import Fix, ImageSearchError, InvalidInputError
 from image_search.ingest import ingest_folder, printable
+from image_search.models import check_weights_obtainable, parse_model_name
 from image_search.search import SearchResult, check_num_results, search_by_image, search_by_text
 from image_search.store import DatasetRecord
 
@@ -113,6 +115,19 @@ class DatasetParameters(TypedDict):
 
 
 # -- errors -----------------------------------------------------------------------------------------------------
+# How someone in the app fixes what an ImageSearchError's `fix` names: no command-line flags, they may not run it.
+APP_FIXES = {
+    Fix.WEIGHTS_MISSING: "connect this server's machine to the internet once, or ask whoever runs the server to "
+                         "restart it with the checkpoint file copied to its machine, or with the offline image model "
+                         "efficientnet-lite0 (image search only, no text search).",
+}
+
+
+def app_message(error: ImageSearchError) -> str:
+    """An ImageSearchError as the app shows it: its message and, when it has one, the fix in the app's words."""
+    return error.with_fix(APP_FIXES)
+
+
 class UnexpectedError(Exception):
     """A bug or environment failure. flask-ml answers it with 500 and repr(error) as the message the app shows,
     so the repr is made the readable sentence itself."""
@@ -130,7 +145,7 @@ def task(action: str) -> Callable:
             try:
                 return handler(inputs, parameters)
             except ImageSearchError as error:
-                raise BadRequestError(str(error)) from None
+                raise BadRequestError(app_message(error)) from None
             except Exception as error:  # noqa: BLE001 - logged with its traceback by flask-ml
                 raise UnexpectedError(
                     f"The server failed unexpectedly while {action} ({type(error).__name__}: {error}); the "
@@ -155,7 +170,7 @@ def dataset_parameter(engine: ImageSearch) -> ParameterSchema:
         datasets = engine.datasets()
         when_empty = NO_DATASETS
     except ImageSearchError as error:  # the form still loads, and says why it cannot offer any dataset
-        datasets, when_empty = [], str(error)
+        datasets, when_empty = [], app_message(error)
     newest = max(datasets, key=lambda d: (d.created_at, d.name), default=None)
     return ParameterSchema(
         key="dataset_name", label="Dataset",
@@ -352,7 +367,16 @@ def warm_up(engine: ImageSearch, datasets: list[DatasetRecord]) -> None:
         try:
             engine.model(model).prepare_image_tower()
         except ImageSearchError as error:  # a search with this model will report it to the user
-            log.warning("%s", error)
+            log.warning("Searches of the datasets built with %s will fail: %s", model, cli_message(error))
+
+
+def warn_if_default_model_lacks_weights(engine: ImageSearch) -> None:
+    """Say once, at start-up, that new datasets cannot be ingested until the default model's weights are here
+    (in the operator's words: the server's own flags). The check takes about a second (models.py)."""
+    try:
+        check_weights_obtainable(parse_model_name(engine.settings.default_model))
+    except ImageSearchError as error:
+        log.warning("Ingests of new datasets will fail: %s", cli_message(error))
 
 
 def port_number(text: str) -> int:
@@ -383,6 +407,8 @@ def main(argv=None) -> int:
     engine = open_engine(args)
     datasets = engine.datasets()  # an unreachable store stops the start with one readable line
     http = PooledWSGIServer(args.host, args.port, create_server(engine).app)
+    threading.Thread(target=warn_if_default_model_lacks_weights, args=(engine,), name="weights-check",
+                     daemon=True).start()
     threading.Thread(target=warm_up, args=(engine, datasets), name="warm-up", daemon=True).start()
     print(f"image-search {__version__} serving RescueBox at http://{args.host}:{http.port} "
           f"({len(datasets)} datasets; {engine.store.description}). In RescueBox, register IP {args.host} and port "

@@ -22,7 +22,7 @@ import pytest
 import requests
 from flask_ml.flask_ml_client import MLClient
 
-from tests.conftest import REPO, _clear_postgres, run_tool, tool_env
+from tests.conftest import REPO, _clear_postgres, empty_cache_env, run_tool, tool_env
 
 ORIGINAL_TASKS = {0: "/dataset_processing", 1: "/search_by_text", 2: "/search_by_image"}
 
@@ -505,3 +505,59 @@ def test_an_ingest_runs_on_a_thread_that_ends_with_it(sqlite_engine, photos, tmp
     assert "3 images" in response.get_json()["value"]
     assert len(ingest_threads) == 1
     assert ingest_threads[0] is not threading.current_thread() and not ingest_threads[0].is_alive()
+
+
+# -- a server whose default model has no weights on this machine --------------------------------------------
+WEIGHTS_WARNING = "Ingests of new datasets will fail: "
+
+
+@pytest.fixture(scope="module")
+def weightless_server(photos, tmp_path_factory):
+    """The default model (ViT-B-32:laion2b_s34b_b79k) with empty download caches and this machine's real network
+    (no internet), on a store holding one dataset built with the image-only efficientnet-lite0."""
+    from image_search.config import Settings
+    from image_search.engine import ImageSearch
+    from image_search.ingest import ingest_folder
+
+    home = tmp_path_factory.mktemp("weightless-home")
+    env = empty_cache_env(home, tmp_path_factory.mktemp("weightless-caches"))
+    engine = ImageSearch(Settings(data_home=home, model_name=None, device="cpu", database=None))
+    try:
+        ingest_folder(engine, copy_photos(photos, tmp_path_factory.mktemp("pictures"), 2), "pictures",
+                      model_name="efficientnet-lite0", progress=False)
+    finally:
+        engine.close()
+    running = start_server(env, tmp_path_factory.mktemp("weightless-log") / "server.log")
+    yield running
+    stop_server(running.process)
+
+
+def test_missing_default_weights_are_said_once_at_start_and_on_every_ingest_at_once(weightless_server, photos,
+                                                                                    tmp_path):
+    server = weightless_server
+    wait_until(lambda: WEIGHTS_WARNING in server.log(), 30, "the start-up warning", server)
+    warning = next(line for line in server.log().splitlines() if WEIGHTS_WARNING in line)
+    assert "--model ViT-B-32:/path/to/checkpoint.bin" in warning and "--model efficientnet-lite0" in warning
+
+    folder = copy_photos(photos, tmp_path / "new case", 2)
+    for _attempt in range(2):
+        started = time.monotonic()
+        response = server.run("/dataset_processing", {"input_dir": {"path": str(folder)}},
+                              {"dataset_name": "newcase"}, timeout=60)
+        elapsed = time.monotonic() - started
+        assert elapsed < 5, f"the ingest answered after {elapsed:.1f} s"  # was ~50 s of download retries
+        assert_readable_400(response, "pretrained weights 'laion2b_s34b_b79k'")
+        message = response.json()["error"]
+        assert "huggingface.co cannot be reached" in message and "--" not in message  # no flags in the app
+        assert "ask whoever runs the server" in message and "efficientnet-lite0" in message
+        assert "checkpoint file" in message and "no text search" in message
+    assert server.log().count(WEIGHTS_WARNING) == 1
+
+
+def test_every_fix_is_spelled_by_both_faces():
+    from cli.common import CLI_FIXES
+    from image_search.errors import Fix
+    from server.server import APP_FIXES
+
+    assert set(CLI_FIXES) == set(Fix) == set(APP_FIXES)
+    assert all("--" not in spelling for spelling in APP_FIXES.values())
