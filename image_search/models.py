@@ -56,6 +56,11 @@ class ModelSpec:
         return self.weights is None
 
     @property
+    def supports_text(self) -> bool:
+        """CLIP models embed text as well as images; efficientnet-lite0 embeds images only."""
+        return self.kind == "clip"
+
+    @property
     def pretrained_tag(self) -> str | None:
         """The open_clip pretrained tag whose weights are downloaded on first use; None for the other weights."""
         if self.kind != "clip" or self.weights is None or _looks_like_path(self.weights):
@@ -86,6 +91,11 @@ def parse_model_name(name: str) -> ModelSpec:
 def _looks_like_path(weights: str) -> bool:
     return (os.sep in weights or "/" in weights or weights.startswith(".")
             or weights.endswith((".pt", ".pth", ".bin", ".safetensors")))
+
+
+def model_supports_text(name: str) -> bool:
+    """Whether the model with this name can answer text queries, without loading it."""
+    return parse_model_name(name).supports_text
 
 
 # -- can the weights be had? --------------------------------------------------------------------------------------
@@ -228,11 +238,14 @@ class Embedder:
     std: tuple[float, float, float]
     geometry: Callable  # PIL RGB image -> PIL image of input_size x input_size
     device: str
-    supports_text: bool = False
 
     @property
     def name(self) -> str:
         return self.spec.name
+
+    @property
+    def supports_text(self) -> bool:
+        return self.spec.supports_text
 
     def encode_pixels(self, pixels) -> np.ndarray:
         """uint8 tensor [N, 3, H, W] -> float32 [N, dim], L2-normalised."""
@@ -258,8 +271,6 @@ class Embedder:
 
 
 class ClipEmbedder(Embedder):
-    supports_text = True
-
     def __init__(self, spec: ModelSpec, model, preprocess, tokenizer, device: str) -> None:
         import torch
 

@@ -36,7 +36,7 @@ from image_search.cpu_threads import run_in_passing_thread
 from image_search.engine import ImageSearch
 from image_search.errors import Fix, ImageSearchError, InvalidInputError
 from image_search.ingest import ingest_folder, printable
-from image_search.models import check_weights_obtainable, parse_model_name
+from image_search.models import check_weights_obtainable, model_supports_text, parse_model_name
 from image_search.search import SearchResult, check_num_results, search_by_image, search_by_text
 from image_search.store import DatasetRecord
 
@@ -53,6 +53,8 @@ LIST_TITLE = "List Datasets"
 DELETE_TITLE = "Delete a Dataset"
 
 NO_DATASETS = f"No datasets yet: run '{INGEST_TITLE}' on a folder of images first."
+NO_TEXT_DATASETS = ("No dataset can be searched by text: every dataset was built with an image-only model "
+                    f"(efficientnet-lite0); use '{IMAGE_SEARCH_TITLE}' instead.")
 
 INFO = f"""# Image Search
 
@@ -164,19 +166,27 @@ def number_of_results(value) -> int:
 
 
 # -- task schemas -----------------------------------------------------------------------------------------------
-def dataset_parameter(engine: ImageSearch) -> ParameterSchema:
-    """The dataset drop-down, read from the store each time the app asks, so new datasets show up at once."""
+def dataset_parameter(engine: ImageSearch, *, text_queries: bool = False,
+                      preselect: bool = True) -> ParameterSchema:
+    """The dataset drop-down, read from the store each time the app asks, so new datasets show up at once.
+
+    text_queries: offer only datasets whose model embeds text. preselect: start on the newest dataset (not for a
+    delete, which one click must never do to a dataset nobody chose).
+    """
     try:
         datasets = engine.datasets()
         when_empty = NO_DATASETS
     except ImageSearchError as error:  # the form still loads, and says why it cannot offer any dataset
         datasets, when_empty = [], app_message(error)
+    if text_queries and datasets:
+        datasets = [d for d in datasets if model_supports_text(d.model)]
+        when_empty = NO_TEXT_DATASETS
     newest = max(datasets, key=lambda d: (d.created_at, d.name), default=None)
     return ParameterSchema(
         key="dataset_name", label="Dataset",
         value=EnumParameterDescriptor(
             enum_vals=[EnumVal(key=d.name, label=f"{d.name} ({d.image_count} images)") for d in datasets],
-            default=newest.name if newest else "", message_when_empty=when_empty))
+            default=newest.name if newest and preselect else "", message_when_empty=when_empty))
 
 
 def num_results_parameter() -> ParameterSchema:
@@ -261,7 +271,9 @@ def create_server(engine: ImageSearch) -> MLServer:
                                  [item.key for item in sample.parameters])
 
     def search_schema(query: InputSchema) -> Callable[[], TaskSchema]:
-        return lambda: TaskSchema(inputs=[query], parameters=[dataset_parameter(engine), num_results_parameter()])
+        text_queries = query.input_type == InputType.TEXT
+        return lambda: TaskSchema(inputs=[query], parameters=[dataset_parameter(engine, text_queries=text_queries),
+                                                              num_results_parameter()])
 
     @task("ingesting the folder")
     def ingest_dataset(inputs: IngestInputs, parameters: IngestParameters) -> ResponseBody:
@@ -290,6 +302,8 @@ def create_server(engine: ImageSearch) -> MLServer:
 
     @task("deleting the dataset")
     def delete_dataset(inputs: NoInputs, parameters: DatasetParameters) -> ResponseBody:
+        if parameters["dataset_name"] == "":  # the form starts with none chosen (dataset_parameter)
+            raise InvalidInputError("No dataset was chosen; pick the dataset to delete from the list.")
         record = engine.delete_dataset(parameters["dataset_name"])
         log.info("Deleted dataset %r", record.name)
         return ResponseBody(root=TextResponse(
@@ -305,7 +319,7 @@ def create_server(engine: ImageSearch) -> MLServer:
              search_image)
     add_task("/list_datasets", 3, LIST_TITLE, lambda: TaskSchema(inputs=[], parameters=[]), list_datasets)
     add_task("/delete_dataset", 4, DELETE_TITLE,
-             lambda: TaskSchema(inputs=[], parameters=[dataset_parameter(engine)]), delete_dataset)
+             lambda: TaskSchema(inputs=[], parameters=[dataset_parameter(engine, preselect=False)]), delete_dataset)
 
     @server.app.before_request
     def refuse_malformed_bodies():

@@ -13,7 +13,7 @@ import pytest
 
 from cli.common import cli_message
 from image_search.errors import InvalidInputError, ModelError
-from image_search.models import WeightsSource, load_model, parse_model_name
+from image_search.models import WeightsSource, load_model, model_supports_text, parse_model_name
 from tests.conftest import REPO, empty_cache_env, run_tool
 
 DEFAULT_MODEL = "ViT-B-32:laion2b_s34b_b79k"
@@ -81,6 +81,13 @@ def test_cuda_request_without_gpu_is_a_clear_error():
         pytest.skip("this machine has a GPU")
     with pytest.raises(InvalidInputError, match="no CUDA GPU"):
         load_model("test-tiny", "cuda")
+
+
+def test_text_support_is_known_without_loading_the_model():
+    assert model_supports_text("test-tiny") and model_supports_text(DEFAULT_MODEL)
+    assert model_supports_text("ViT-B-32:random") and model_supports_text("ViT-B-32:/models/clip.bin")
+    assert not model_supports_text("efficientnet-lite0")
+    assert load_model("test-tiny", "cpu").supports_text
 
 
 # -- weights that cannot be had are reported at once ---------------------------------------------------------

@@ -44,10 +44,13 @@ class Server:
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
 
-    def choices(self, rule: str) -> list[str]:
+    def dataset_field(self, rule: str) -> dict:
+        """The dataset drop-down of a task's form: enum_vals, default, message_when_empty."""
         schema = self.get(rule + "/task_schema").json()
-        dataset = next(p for p in schema["parameters"] if p["key"] == "dataset_name")
-        return [value["key"] for value in dataset["value"]["enum_vals"]]
+        return next(p for p in schema["parameters"] if p["key"] == "dataset_name")["value"]
+
+    def choices(self, rule: str) -> list[str]:
+        return [value["key"] for value in self.dataset_field(rule)["enum_vals"]]
 
 
 def wait_until(condition, seconds: float, what: str, server: Server) -> None:
@@ -303,6 +306,8 @@ def test_text_search_on_an_image_only_dataset_says_why(server, store_env, photos
     assert result.returncode == 0, result.stderr
     response = server.run("/search_by_text", text_query("a cat"), {"dataset_name": "offline", "num_results": 2})
     assert_readable_400(response, "image-only model, so it cannot be searched by text")
+    assert "offline" not in server.choices("/search_by_text")  # the text form offers only datasets it can search
+    assert "offline" in server.choices("/search_by_image") and "offline" in server.choices("/delete_dataset")
     by_image = server.run("/search_by_image", image_query(folder / "photo_00000.jpg"),
                           {"dataset_name": "offline", "num_results": 1})
     assert by_image.status_code == 200 and by_image.json()["files"][0]["path"] == str(folder / "photo_00000.jpg")
@@ -326,6 +331,15 @@ def test_list_and_delete_tasks(server, photos, tmp_path):
     assert "| doomed |" not in server.run("/list_datasets", {}, {}).json()["value"]
     again = server.run("/delete_dataset", {}, {"dataset_name": "doomed"})
     assert again.status_code == 400 and "no dataset named 'doomed'" in again.json()["error"]
+
+
+def test_the_delete_form_starts_with_no_dataset_chosen(server, case):
+    delete = server.dataset_field("/delete_dataset")
+    assert "case" in [value["key"] for value in delete["enum_vals"]] and delete["default"] == ""
+    assert server.dataset_field("/search_by_image")["default"] != ""  # searches start on the newest dataset
+    assert_readable_400(server.run("/delete_dataset", {}, {"dataset_name": delete["default"]}),
+                        "No dataset was chosen; pick the dataset to delete")
+    assert "case" in server.choices("/delete_dataset")
 
 
 # -- bad input ---------------------------------------------------------------------------------------------------
@@ -552,6 +566,14 @@ def test_missing_default_weights_are_said_once_at_start_and_on_every_ingest_at_o
         assert "ask whoever runs the server" in message and "efficientnet-lite0" in message
         assert "checkpoint file" in message and "no text search" in message
     assert server.log().count(WEIGHTS_WARNING) == 1
+
+
+def test_text_form_says_why_when_no_dataset_can_answer_text(weightless_server):
+    text = weightless_server.dataset_field("/search_by_text")
+    assert text["enum_vals"] == [] and text["default"] == ""
+    assert "No dataset can be searched by text" in text["message_when_empty"]
+    assert "Search Images by Image File" in text["message_when_empty"]
+    assert weightless_server.choices("/search_by_image") == ["pictures"]
 
 
 def test_every_fix_is_spelled_by_both_faces():
