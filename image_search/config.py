@@ -16,6 +16,7 @@ DEFAULT_MODEL = "ViT-B-32:laion2b_s34b_b79k"
 DEFAULT_NUM_RESULTS = 5
 DEFAULT_DB_NAME = "image_search"
 DEFAULT_DB_PORT = 5432
+DEFAULT_HUB_ENDPOINT = "https://huggingface.co"
 
 _dotenv_loaded = False
 
@@ -71,6 +72,38 @@ class Settings:
     @property
     def default_model(self) -> str:
         return self.model_name or DEFAULT_MODEL
+
+
+@dataclass(frozen=True)
+class HubSettings:
+    """Where pretrained weights download from (huggingface_hub reads the same variables when it is imported)."""
+    endpoint: str  # HF_ENDPOINT: the hub's address
+    offline: bool  # HF_HUB_OFFLINE (or TRANSFORMERS_OFFLINE): never download, use only the local cache
+
+
+_TRUE = {"1", "on", "yes", "true"}  # what huggingface_hub takes for true
+
+
+def load_hub_settings() -> HubSettings:
+    load_environment()
+    offline = any(os.environ.get(name, "").strip().lower() in _TRUE
+                  for name in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"))
+    return HubSettings(endpoint=os.environ.get("HF_ENDPOINT", "").strip().rstrip("/") or DEFAULT_HUB_ENDPOINT,
+                       offline=offline)
+
+
+def proxy_for(url: str) -> str | None:
+    """The proxy that a download from url goes through (HTTPS_PROXY, HTTP_PROXY or ALL_PROXY, unless NO_PROXY
+    names its host), as huggingface_hub's HTTP client and urllib choose it; None: a direct connection."""
+    from urllib.parse import urlsplit
+    from urllib.request import getproxies_environment, proxy_bypass_environment
+
+    load_environment()
+    parts = urlsplit(url)
+    if proxy_bypass_environment(parts.hostname or ""):
+        return None
+    proxies = getproxies_environment()
+    return proxies.get(parts.scheme) or proxies.get("all") or None
 
 
 def _int_env(name: str, default: int) -> int:

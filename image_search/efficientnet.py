@@ -62,8 +62,6 @@ class CenterCropResize:
 
 
 class EfficientNetEmbedder(Embedder):
-    supports_text = False
-
     def __init__(self, spec: ModelSpec, model, device: str) -> None:
         import torch
 

@@ -16,18 +16,25 @@ workers ship compact uint8 pixels instead of float tensors.
 
 from __future__ import annotations
 
+import builtins
+import importlib.util
 import logging
 import os
+import socket
 import sys
 import threading
+import types
 from dataclasses import dataclass
+from enum import Enum
 from pathlib import Path
 from typing import Callable, Sequence
+from urllib.parse import urlsplit
 
 import numpy as np
 
+from .config import load_hub_settings, proxy_for
 from .cpu_threads import run_in_passing_thread, run_query_work
-from .errors import InvalidInputError, ModelError
+from .errors import Fix, InvalidInputError, ModelError
 
 TEST_TINY = "test-tiny"
 EFFICIENTNET_LITE0 = "efficientnet-lite0"
@@ -47,6 +54,18 @@ class ModelSpec:
     @property
     def random_weights(self) -> bool:
         return self.weights is None
+
+    @property
+    def supports_text(self) -> bool:
+        """CLIP models embed text as well as images; efficientnet-lite0 embeds images only."""
+        return self.kind == "clip"
+
+    @property
+    def pretrained_tag(self) -> str | None:
+        """The open_clip pretrained tag whose weights are downloaded on first use; None for the other weights."""
+        if self.kind != "clip" or self.weights is None or _looks_like_path(self.weights):
+            return None
+        return self.weights
 
 
 def parse_model_name(name: str) -> ModelSpec:
@@ -72,6 +91,124 @@ def parse_model_name(name: str) -> ModelSpec:
 def _looks_like_path(weights: str) -> bool:
     return (os.sep in weights or "/" in weights or weights.startswith(".")
             or weights.endswith((".pt", ".pth", ".bin", ".safetensors")))
+
+
+def model_supports_text(name: str) -> bool:
+    """Whether the model with this name can answer text queries, without loading it."""
+    return parse_model_name(name).supports_text
+
+
+# -- can the weights be had? --------------------------------------------------------------------------------------
+class WeightsSource(Enum):
+    NOTHING_TO_DOWNLOAD = "nothing to download"  # random weights, a checkpoint file, weights in a pip package
+    CACHED = "cached"  # in the local download cache
+    DOWNLOAD = "download"  # not cached, and the hub answers: the load downloads them
+
+
+# A TCP handshake with the hub's CDN takes tens of milliseconds; 2.5 s allows a slow link and still reports
+# missing weights well within 5 s. It bounds the name lookup too, which alone can take 5 s per DNS server.
+HUB_CONNECT_TIMEOUT = 2.5
+_PRETRAINED_TABLE = "_image_search_open_clip"
+_table_lock = threading.Lock()
+
+
+def _open_clip_pretrained():
+    """open_clip's own table of pretrained weights (the module open_clip.pretrained), loaded without torch.
+
+    Importing open_clip takes 4.1 s on an idle machine (torch alone 1.8 s, 4 s on a busy one); the table itself
+    needs neither: loaded on its own, with its optional safetensors.torch import refused, it takes 0.3 s, so a tool
+    whose weights cannot be had stops within a second of starting (0.6-0.8 s, load average 4 on 2 cores). The copy
+    lives under a private package name, so it never stands in for the real open_clip, which another thread may be
+    importing.
+    """
+    with _table_lock:
+        table = sys.modules.get(f"{_PRETRAINED_TABLE}.pretrained")
+        if table is None:
+            folder = list(importlib.util.find_spec("open_clip").submodule_search_locations)
+            package = types.ModuleType(_PRETRAINED_TABLE)
+            package.__path__ = folder
+            sys.modules[_PRETRAINED_TABLE] = package
+            found = importlib.util.spec_from_file_location(f"{_PRETRAINED_TABLE}.pretrained",
+                                                           os.path.join(folder[0], "pretrained.py"))
+            table = importlib.util.module_from_spec(found)
+            table.__builtins__ = {**builtins.__dict__, "__import__": _import_without_torch}
+            found.loader.exec_module(table)
+            sys.modules[found.name] = table
+        return table
+
+
+def _import_without_torch(name, globals=None, locals=None, fromlist=(), level=0):
+    if level == 0 and (name == "torch" or name.startswith(("torch.", "safetensors.torch"))):
+        raise ImportError(f"{name} is not needed to read open_clip's table of pretrained weights")
+    return builtins.__import__(name, globals, locals, fromlist, level)
+
+
+def hub_reachable(url: str, timeout: float = HUB_CONNECT_TIMEOUT) -> bool:
+    """Whether a TCP connection to url's server (or to the proxy that downloads from url use) opens within
+    timeout seconds, name lookup included. One attempt: this decides whether to try a download at all."""
+    address = urlsplit(proxy_for(url) or url)
+    port = address.port or (443 if address.scheme == "https" else 80)
+    answer: list[bool] = []
+
+    def connect() -> None:
+        try:
+            socket.create_connection((address.hostname, port), timeout=timeout).close()
+            answer.append(True)
+        except OSError:
+            answer.append(False)
+
+    attempt = threading.Thread(target=connect, name="hub-check", daemon=True)  # a stuck name lookup is left
+    attempt.start()
+    attempt.join(timeout)
+    return bool(answer and answer[0])
+
+
+def _cached_weights(cfg: dict) -> tuple[bool, str]:
+    """(whether the weights of this open_clip pretrained config are in the local cache, where they download from),
+    looked up where open_clip's download_pretrained would put them."""
+    table = _open_clip_pretrained()
+    if cfg.get("hf_hub"):  # open_clip prefers the hub when a config names both
+        from huggingface_hub import try_to_load_from_cache
+
+        repo, filename = os.path.split(cfg["hf_hub"])  # "org/repo/" names the default file
+        filename = filename or table.HF_WEIGHTS_NAME
+        alternatives = getattr(table, "_get_safe_alternatives", lambda name: ())
+        cached = any(isinstance(try_to_load_from_cache(repo, candidate), str)
+                     for candidate in (*alternatives(filename), filename))
+        return cached, f"{load_hub_settings().endpoint}/{repo}"
+    url = cfg["url"]
+    return Path("~/.cache/clip", os.path.basename(url)).expanduser().is_file(), url  # open_clip's default folder
+
+
+def check_weights_obtainable(spec: ModelSpec) -> WeightsSource:
+    """Where spec's weights will come from, decided in about a second and without a download attempt.
+
+    Raises ModelError (Fix.WEIGHTS_MISSING) when pretrained weights are not in the local cache and cannot be
+    downloaded now: downloads are switched off (HF_HUB_OFFLINE), or the hub does not answer within
+    HUB_CONNECT_TIMEOUT. Without this check, open_clip would spend 46 s retrying the download before failing.
+    """
+    if spec.pretrained_tag is None:
+        return WeightsSource.NOTHING_TO_DOWNLOAD
+    table = _open_clip_pretrained()
+    tags = table.list_pretrained_tags_by_model(spec.architecture)
+    if not tags:  # not an architecture with pretrained weights: the load names the problem at once
+        return WeightsSource.NOTHING_TO_DOWNLOAD
+    cfg = table.get_pretrained_cfg(spec.architecture, spec.pretrained_tag)
+    if not cfg:
+        raise ModelError(f"'{spec.pretrained_tag}' is not a pretrained tag of {spec.architecture} in model "
+                         f"'{spec.name}'; use one of: {', '.join(tags)}.")
+    cached, source = _cached_weights(cfg)
+    if cached:
+        return WeightsSource.CACHED
+    if load_hub_settings().offline and cfg.get("hf_hub"):
+        reason = "HF_HUB_OFFLINE turns downloads off"
+    elif not hub_reachable(source):
+        reason = f"{urlsplit(source).hostname} cannot be reached"
+    else:
+        return WeightsSource.DOWNLOAD
+    raise ModelError(f"The pretrained weights '{spec.pretrained_tag}' of model '{spec.name}' are not on this "
+                     f"machine and cannot be downloaded ({reason}).", fix=Fix.WEIGHTS_MISSING,
+                     architecture=spec.architecture)
 
 
 def resolve_device(requested: str | None) -> str:
@@ -101,11 +238,14 @@ class Embedder:
     std: tuple[float, float, float]
     geometry: Callable  # PIL RGB image -> PIL image of input_size x input_size
     device: str
-    supports_text: bool = False
 
     @property
     def name(self) -> str:
         return self.spec.name
+
+    @property
+    def supports_text(self) -> bool:
+        return self.spec.supports_text
 
     def encode_pixels(self, pixels) -> np.ndarray:
         """uint8 tensor [N, 3, H, W] -> float32 [N, dim], L2-normalised."""
@@ -131,8 +271,6 @@ class Embedder:
 
 
 class ClipEmbedder(Embedder):
-    supports_text = True
-
     def __init__(self, spec: ModelSpec, model, preprocess, tokenizer, device: str) -> None:
         import torch
 
@@ -257,6 +395,7 @@ def split_open_clip_transform(preprocess):
 
 
 _cache: dict[tuple[str, str], Embedder] = {}
+_built: set[str] = set()  # names of the models in _cache, whatever their device
 _loading_locks: dict[tuple[str, str], threading.Lock] = {}
 _cache_lock = threading.Lock()
 
@@ -268,6 +407,9 @@ def load_model(name: str, device: str | None = None) -> Embedder:
     use a model which is already loaded.
     """
     spec = parse_model_name(name)
+    if spec.name not in _built:
+        # before resolve_device imports torch: weights that cannot be had are reported within a second
+        check_weights_obtainable(spec)
     key = (spec.name, resolve_device(device))
     cached = _cache.get(key)
     if cached is not None:
@@ -277,6 +419,7 @@ def load_model(name: str, device: str | None = None) -> Embedder:
     with loading:
         if key not in _cache:
             _cache[key] = run_in_passing_thread(_build, spec, key[1])
+            _built.add(spec.name)
         return _cache[key]
 
 
@@ -294,7 +437,9 @@ def _build(spec: ModelSpec, device: str) -> Embedder:
 def build_reference_model(name: str, device: str | None = None) -> ClipEmbedder:
     """A CLIP model exactly as open_clip builds it, in fp32 on the CPU and without packed weights: what the
     original system ran. Benchmarks compare against it; searches use load_model."""
-    return _build_clip(parse_model_name(name), resolve_device(device), tuned_for_cpu=False)
+    spec = parse_model_name(name)
+    check_weights_obtainable(spec)
+    return _build_clip(spec, resolve_device(device), tuned_for_cpu=False)
 
 
 def _build_clip(spec: ModelSpec, device: str, *, tuned_for_cpu: bool = True) -> ClipEmbedder:
@@ -321,7 +466,7 @@ def _build_clip(spec: ModelSpec, device: str, *, tuned_for_cpu: bool = True) -> 
             model, _, preprocess = open_clip.create_model_and_transforms(
                 spec.architecture, pretrained=spec.weights, precision=precision, device=device)
     except Exception as error:  # noqa: BLE001 - every failure here becomes one actionable sentence
-        raise ModelError(_weights_help(spec, error)) from None
+        raise _weights_error(spec, error) from None
     finally:
         for logger, level in zip(noisy, previous_levels):
             logger.setLevel(level)
@@ -336,13 +481,12 @@ def _build_clip(spec: ModelSpec, device: str, *, tuned_for_cpu: bool = True) -> 
     return embedder
 
 
-def _weights_help(spec: ModelSpec, error: Exception) -> str:
+def _weights_error(spec: ModelSpec, error: Exception) -> ModelError:
     reason = str(error).strip().splitlines()[0][:300] if str(error).strip() else type(error).__name__
     if "download" in reason.lower():
         reason = "they are not in the local cache and could not be downloaded"
     if spec.weights and _looks_like_path(spec.weights):
-        return (f"Cannot load the weights file {spec.weights} for model '{spec.name}' ({reason}); check that it "
-                f"is an open_clip checkpoint for {spec.architecture}.")
-    return (f"Cannot load the pretrained weights '{spec.weights}' for model '{spec.name}' ({reason}). They are "
-            "downloaded from the Hugging Face hub on first use: connect to the internet once, or copy the "
-            f"checkpoint file to this machine and use --model {spec.architecture}:/path/to/checkpoint.bin.")
+        return ModelError(f"Cannot load the weights file {spec.weights} for model '{spec.name}' ({reason}); check "
+                          f"that it is an open_clip checkpoint for {spec.architecture}.")
+    return ModelError(f"Cannot load the pretrained weights '{spec.weights}' of model '{spec.name}' ({reason}).",
+                      fix=Fix.WEIGHTS_MISSING, architecture=spec.architecture)

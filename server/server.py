@@ -4,8 +4,9 @@ A thin layer over image_search: every task reads its inputs, calls the same core
 tools and turns the answer into flask-ml's response models. One ImageSearch serves every request, so each model
 is loaded once and each dataset's index stays in memory until that dataset changes (in this process or another).
 
-Errors: an ImageSearchError is the user's to fix and becomes HTTP 400 with its one-sentence message, which the app
-shows as the job's failure; anything else is a bug and becomes a 500 whose message still reads as a sentence.
+Errors: an ImageSearchError is the user's to fix and becomes HTTP 400 with its one-sentence message (with the app's
+spelling of its fix, APP_FIXES), which the app shows as the job's failure; anything else is a bug and becomes a 500
+whose message still reads as a sentence.
 """
 
 from __future__ import annotations
@@ -28,13 +29,14 @@ from flask_ml.flask_ml_server.models import (BatchFileResponse, DirectoryInput, 
                                              TextResponse)
 from werkzeug.serving import BaseWSGIServer, WSGIRequestHandler
 
-from cli.common import add_common_flags, open_engine, run
+from cli.common import add_common_flags, cli_message, open_engine, run
 from image_search import __version__
 from image_search.config import DEFAULT_NUM_RESULTS
 from image_search.cpu_threads import run_in_passing_thread
 from image_search.engine import ImageSearch
-from image_search.errors import ImageSearchError, InvalidInputError
+from image_search.errors import Fix, ImageSearchError, InvalidInputError
 from image_search.ingest import ingest_folder, printable
+from image_search.models import check_weights_obtainable, model_supports_text, parse_model_name
 from image_search.search import SearchResult, check_num_results, search_by_image, search_by_text
 from image_search.store import DatasetRecord
 
@@ -51,6 +53,8 @@ LIST_TITLE = "List Datasets"
 DELETE_TITLE = "Delete a Dataset"
 
 NO_DATASETS = f"No datasets yet: run '{INGEST_TITLE}' on a folder of images first."
+NO_TEXT_DATASETS = ("No dataset can be searched by text: every dataset was built with an image-only model "
+                    f"(efficientnet-lite0); use '{IMAGE_SEARCH_TITLE}' instead.")
 
 INFO = f"""# Image Search
 
@@ -113,6 +117,19 @@ class DatasetParameters(TypedDict):
 
 
 # -- errors -----------------------------------------------------------------------------------------------------
+# How someone in the app fixes what an ImageSearchError's `fix` names: no command-line flags, they may not run it.
+APP_FIXES = {
+    Fix.WEIGHTS_MISSING: "connect this server's machine to the internet once, or ask whoever runs the server to "
+                         "restart it with the checkpoint file copied to its machine, or with the offline image model "
+                         "efficientnet-lite0 (image search only, no text search).",
+}
+
+
+def app_message(error: ImageSearchError) -> str:
+    """An ImageSearchError as the app shows it: its message and, when it has one, the fix in the app's words."""
+    return error.with_fix(APP_FIXES)
+
+
 class UnexpectedError(Exception):
     """A bug or environment failure. flask-ml answers it with 500 and repr(error) as the message the app shows,
     so the repr is made the readable sentence itself."""
@@ -130,7 +147,7 @@ def task(action: str) -> Callable:
             try:
                 return handler(inputs, parameters)
             except ImageSearchError as error:
-                raise BadRequestError(str(error)) from None
+                raise BadRequestError(app_message(error)) from None
             except Exception as error:  # noqa: BLE001 - logged with its traceback by flask-ml
                 raise UnexpectedError(
                     f"The server failed unexpectedly while {action} ({type(error).__name__}: {error}); the "
@@ -149,19 +166,27 @@ def number_of_results(value) -> int:
 
 
 # -- task schemas -----------------------------------------------------------------------------------------------
-def dataset_parameter(engine: ImageSearch) -> ParameterSchema:
-    """The dataset drop-down, read from the store each time the app asks, so new datasets show up at once."""
+def dataset_parameter(engine: ImageSearch, *, text_queries: bool = False,
+                      preselect: bool = True) -> ParameterSchema:
+    """The dataset drop-down, read from the store each time the app asks, so new datasets show up at once.
+
+    text_queries: offer only datasets whose model embeds text. preselect: start on the newest dataset (not for a
+    delete, which one click must never do to a dataset nobody chose).
+    """
     try:
         datasets = engine.datasets()
         when_empty = NO_DATASETS
     except ImageSearchError as error:  # the form still loads, and says why it cannot offer any dataset
-        datasets, when_empty = [], str(error)
+        datasets, when_empty = [], app_message(error)
+    if text_queries and datasets:
+        datasets = [d for d in datasets if model_supports_text(d.model)]
+        when_empty = NO_TEXT_DATASETS
     newest = max(datasets, key=lambda d: (d.created_at, d.name), default=None)
     return ParameterSchema(
         key="dataset_name", label="Dataset",
         value=EnumParameterDescriptor(
             enum_vals=[EnumVal(key=d.name, label=f"{d.name} ({d.image_count} images)") for d in datasets],
-            default=newest.name if newest else "", message_when_empty=when_empty))
+            default=newest.name if newest and preselect else "", message_when_empty=when_empty))
 
 
 def num_results_parameter() -> ParameterSchema:
@@ -246,7 +271,9 @@ def create_server(engine: ImageSearch) -> MLServer:
                                  [item.key for item in sample.parameters])
 
     def search_schema(query: InputSchema) -> Callable[[], TaskSchema]:
-        return lambda: TaskSchema(inputs=[query], parameters=[dataset_parameter(engine), num_results_parameter()])
+        text_queries = query.input_type == InputType.TEXT
+        return lambda: TaskSchema(inputs=[query], parameters=[dataset_parameter(engine, text_queries=text_queries),
+                                                              num_results_parameter()])
 
     @task("ingesting the folder")
     def ingest_dataset(inputs: IngestInputs, parameters: IngestParameters) -> ResponseBody:
@@ -275,6 +302,8 @@ def create_server(engine: ImageSearch) -> MLServer:
 
     @task("deleting the dataset")
     def delete_dataset(inputs: NoInputs, parameters: DatasetParameters) -> ResponseBody:
+        if parameters["dataset_name"] == "":  # the form starts with none chosen (dataset_parameter)
+            raise InvalidInputError("No dataset was chosen; pick the dataset to delete from the list.")
         record = engine.delete_dataset(parameters["dataset_name"])
         log.info("Deleted dataset %r", record.name)
         return ResponseBody(root=TextResponse(
@@ -290,7 +319,7 @@ def create_server(engine: ImageSearch) -> MLServer:
              search_image)
     add_task("/list_datasets", 3, LIST_TITLE, lambda: TaskSchema(inputs=[], parameters=[]), list_datasets)
     add_task("/delete_dataset", 4, DELETE_TITLE,
-             lambda: TaskSchema(inputs=[], parameters=[dataset_parameter(engine)]), delete_dataset)
+             lambda: TaskSchema(inputs=[], parameters=[dataset_parameter(engine, preselect=False)]), delete_dataset)
 
     @server.app.before_request
     def refuse_malformed_bodies():
@@ -352,7 +381,16 @@ def warm_up(engine: ImageSearch, datasets: list[DatasetRecord]) -> None:
         try:
             engine.model(model).prepare_image_tower()
         except ImageSearchError as error:  # a search with this model will report it to the user
-            log.warning("%s", error)
+            log.warning("Searches of the datasets built with %s will fail: %s", model, cli_message(error))
+
+
+def warn_if_default_model_lacks_weights(engine: ImageSearch) -> None:
+    """Say once, at start-up, that new datasets cannot be ingested until the default model's weights are here
+    (in the operator's words: the server's own flags). The check takes about a second (models.py)."""
+    try:
+        check_weights_obtainable(parse_model_name(engine.settings.default_model))
+    except ImageSearchError as error:
+        log.warning("Ingests of new datasets will fail: %s", cli_message(error))
 
 
 def port_number(text: str) -> int:
@@ -383,6 +421,8 @@ def main(argv=None) -> int:
     engine = open_engine(args)
     datasets = engine.datasets()  # an unreachable store stops the start with one readable line
     http = PooledWSGIServer(args.host, args.port, create_server(engine).app)
+    threading.Thread(target=warn_if_default_model_lacks_weights, args=(engine,), name="weights-check",
+                     daemon=True).start()
     threading.Thread(target=warm_up, args=(engine, datasets), name="warm-up", daemon=True).start()
     print(f"image-search {__version__} serving RescueBox at http://{args.host}:{http.port} "
           f"({len(datasets)} datasets; {engine.store.description}). In RescueBox, register IP {args.host} and port "

@@ -125,6 +125,23 @@ def tool_env(data_home: Path, database) -> dict:
     return env
 
 
+def empty_cache_env(data_home: Path, caches: Path) -> dict:
+    """tool_env for the default model (ViT-B-32:laion2b_s34b_b79k), with empty download caches under `caches` and
+    this machine's real network: no HF_HUB_OFFLINE, no HF_ENDPOINT. Skips the test where the hub answers, for then
+    the model would download its 600 MB."""
+    from image_search.config import DEFAULT_HUB_ENDPOINT
+    from image_search.models import hub_reachable
+
+    if hub_reachable(DEFAULT_HUB_ENDPOINT):
+        pytest.skip("this machine reaches the Hugging Face hub; the test needs a machine that cannot")
+    env = tool_env(data_home, None)
+    for name in ("IMAGE_SEARCH_MODEL", "HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_ENDPOINT", "HF_HUB_CACHE",
+                 "HUGGINGFACE_HUB_CACHE"):
+        env.pop(name, None)
+    env.update(HF_HOME=str(caches / "huggingface"), XDG_CACHE_HOME=str(caches))
+    return env
+
+
 @pytest.fixture
 def cli_env(backend, data_home) -> dict:
     """Environment for running the tools as subprocesses against the same store and data folder."""

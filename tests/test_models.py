@@ -3,12 +3,20 @@
 from __future__ import annotations
 
 import logging
+import socket
+import subprocess
+import sys
+import time
 
 import numpy as np
 import pytest
 
+from cli.common import cli_message
 from image_search.errors import InvalidInputError, ModelError
-from image_search.models import load_model, parse_model_name
+from image_search.models import WeightsSource, load_model, model_supports_text, parse_model_name
+from tests.conftest import REPO, empty_cache_env, run_tool
+
+DEFAULT_MODEL = "ViT-B-32:laion2b_s34b_b79k"
 
 
 def test_model_names_are_parsed():
@@ -33,7 +41,8 @@ def test_undownloadable_pretrained_weights_say_how_to_fix(monkeypatch, caplog):
     with caplog.at_level(logging.WARNING), pytest.raises(ModelError) as failure:
         load_model("ViT-B-32:laion2b_s34b_b79k", "cpu")
     assert caplog.records == []  # the failure is said once, by the error, not also by the libraries' logs
-    message = str(failure.value)
+    assert "laion2b_s34b_b79k" in str(failure.value) and "--" not in str(failure.value)  # the fix is the face's
+    message = cli_message(failure.value)
     assert "laion2b_s34b_b79k" in message and "connect to the internet once" in message
     assert "--model ViT-B-32:/path/to/checkpoint" in message and "\n" not in message
 
@@ -72,3 +81,107 @@ def test_cuda_request_without_gpu_is_a_clear_error():
         pytest.skip("this machine has a GPU")
     with pytest.raises(InvalidInputError, match="no CUDA GPU"):
         load_model("test-tiny", "cuda")
+
+
+def test_text_support_is_known_without_loading_the_model():
+    assert model_supports_text("test-tiny") and model_supports_text(DEFAULT_MODEL)
+    assert model_supports_text("ViT-B-32:random") and model_supports_text("ViT-B-32:/models/clip.bin")
+    assert not model_supports_text("efficientnet-lite0")
+    assert load_model("test-tiny", "cpu").supports_text
+
+
+# -- weights that cannot be had are reported at once ---------------------------------------------------------
+@pytest.mark.parametrize("offline", [False, True], ids=["real network", "HF_HUB_OFFLINE"])
+def test_default_model_without_weights_fails_fast_naming_both_fixes(offline, data_home, tmp_path, photos):
+    env = empty_cache_env(data_home, tmp_path / "caches")
+    if offline:
+        env["HF_HUB_OFFLINE"] = "1"
+    started = time.monotonic()
+    result = run_tool("cli.cli_preprocess", "-i", photos, "-n", "case", "--no-progress", env=env, timeout=60)
+    elapsed = time.monotonic() - started
+    assert result.returncode == 2, result.stderr
+    assert elapsed < 5, f"took {elapsed:.1f} s"  # was 56 s (46 s of download retries), 9.8 s with HF_HUB_OFFLINE
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
+    line = lines[0]
+    assert f"'{DEFAULT_MODEL}'" in line and "not on this machine" in line
+    assert ("HF_HUB_OFFLINE" if offline else "huggingface.co cannot be reached") in line
+    assert "copy the checkpoint file to this machine and use --model ViT-B-32:/path/to/checkpoint.bin" in line
+    assert "--model efficientnet-lite0" in line and "no text search" in line
+
+
+def weights_check(env: dict, model: str = DEFAULT_MODEL) -> str:
+    """check_weights_obtainable in a fresh process (huggingface_hub reads its cache folder when imported): the
+    WeightsSource's value, or the error's message."""
+    code = ("from image_search.errors import ModelError\n"
+            "from image_search.models import check_weights_obtainable, parse_model_name\n"
+            "try:\n"
+            f"    print(check_weights_obtainable(parse_model_name({model!r})).value)\n"
+            "except ModelError as error:\n"
+            "    print(error)\n")
+    started = time.monotonic()
+    result = subprocess.run([sys.executable, "-c", code], env=env, cwd=REPO, capture_output=True, text=True,
+                            timeout=60)
+    assert result.returncode == 0 and time.monotonic() - started < 5, result.stderr
+    return result.stdout.strip()
+
+
+@pytest.fixture
+def listening_port():
+    """A port on which something accepts connections, standing in for a reachable hub."""
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen()
+        yield listener.getsockname()[1]
+
+
+def closed_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def test_the_check_passes_when_the_hub_answers(data_home, tmp_path, listening_port):
+    env = empty_cache_env(data_home, tmp_path / "caches")
+    assert "huggingface.co cannot be reached" in weights_check(env)
+    env["HF_ENDPOINT"] = f"http://127.0.0.1:{listening_port}"
+    assert weights_check(env) == WeightsSource.DOWNLOAD.value
+    env["HF_ENDPOINT"] = f"http://127.0.0.1:{closed_port()}"
+    assert "127.0.0.1 cannot be reached" in weights_check(env)
+
+
+def test_the_check_goes_through_the_configured_proxy(data_home, tmp_path, listening_port):
+    env = empty_cache_env(data_home, tmp_path / "caches")
+    env.update(HTTPS_PROXY=f"http://127.0.0.1:{listening_port}", NO_PROXY="")
+    assert weights_check(env) == WeightsSource.DOWNLOAD.value  # huggingface.co is unknown here, the proxy answers
+    env["NO_PROXY"] = "huggingface.co"
+    assert "huggingface.co cannot be reached" in weights_check(env)
+
+
+def test_cached_weights_need_no_network(data_home, tmp_path):
+    """Weights in the Hugging Face cache (laid out as huggingface_hub writes it) pass offline and unreachable."""
+    env = empty_cache_env(data_home, tmp_path / "caches")
+    repo = tmp_path / "caches" / "huggingface" / "hub" / "models--laion--CLIP-ViT-B-32-laion2B-s34B-b79K"
+    (repo / "refs").mkdir(parents=True)
+    (repo / "refs" / "main").write_text("0123abcd")
+    (repo / "snapshots" / "0123abcd").mkdir(parents=True)
+    (repo / "snapshots" / "0123abcd" / "open_clip_model.safetensors").write_bytes(b"weights")
+    assert weights_check(env) == WeightsSource.CACHED.value
+    assert weights_check({**env, "HF_HUB_OFFLINE": "1"}) == WeightsSource.CACHED.value
+    assert weights_check(env, "ViT-B-32:openai") != WeightsSource.CACHED.value  # another tag's weights are not
+
+
+def test_url_weights_are_looked_up_in_open_clips_folder(monkeypatch, tmp_path):
+    from image_search.models import _cached_weights
+
+    url = "https://openaipublic.azureedge.net/clip/models/40d3657/ViT-B-32.pt"
+    monkeypatch.setenv("HOME", str(tmp_path))
+    assert _cached_weights({"url": url, "hf_hub": ""}) == (False, url)
+    (tmp_path / ".cache" / "clip").mkdir(parents=True)
+    (tmp_path / ".cache" / "clip" / "ViT-B-32.pt").write_bytes(b"weights")
+    assert _cached_weights({"url": url, "hf_hub": ""}) == (True, url)
+
+
+def test_unknown_pretrained_tag_lists_the_known_ones():
+    with pytest.raises(ModelError, match="'nosuchtag' is not a pretrained tag of ViT-B-32.*laion2b_s34b_b79k"):
+        load_model("ViT-B-32:nosuchtag", "cpu")

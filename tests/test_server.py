@@ -22,7 +22,7 @@ import pytest
 import requests
 from flask_ml.flask_ml_client import MLClient
 
-from tests.conftest import REPO, _clear_postgres, run_tool, tool_env
+from tests.conftest import REPO, _clear_postgres, empty_cache_env, run_tool, tool_env
 
 ORIGINAL_TASKS = {0: "/dataset_processing", 1: "/search_by_text", 2: "/search_by_image"}
 
@@ -44,10 +44,13 @@ class Server:
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
 
-    def choices(self, rule: str) -> list[str]:
+    def dataset_field(self, rule: str) -> dict:
+        """The dataset drop-down of a task's form: enum_vals, default, message_when_empty."""
         schema = self.get(rule + "/task_schema").json()
-        dataset = next(p for p in schema["parameters"] if p["key"] == "dataset_name")
-        return [value["key"] for value in dataset["value"]["enum_vals"]]
+        return next(p for p in schema["parameters"] if p["key"] == "dataset_name")["value"]
+
+    def choices(self, rule: str) -> list[str]:
+        return [value["key"] for value in self.dataset_field(rule)["enum_vals"]]
 
 
 def wait_until(condition, seconds: float, what: str, server: Server) -> None:
@@ -303,6 +306,8 @@ def test_text_search_on_an_image_only_dataset_says_why(server, store_env, photos
     assert result.returncode == 0, result.stderr
     response = server.run("/search_by_text", text_query("a cat"), {"dataset_name": "offline", "num_results": 2})
     assert_readable_400(response, "image-only model, so it cannot be searched by text")
+    assert "offline" not in server.choices("/search_by_text")  # the text form offers only datasets it can search
+    assert "offline" in server.choices("/search_by_image") and "offline" in server.choices("/delete_dataset")
     by_image = server.run("/search_by_image", image_query(folder / "photo_00000.jpg"),
                           {"dataset_name": "offline", "num_results": 1})
     assert by_image.status_code == 200 and by_image.json()["files"][0]["path"] == str(folder / "photo_00000.jpg")
@@ -326,6 +331,15 @@ def test_list_and_delete_tasks(server, photos, tmp_path):
     assert "| doomed |" not in server.run("/list_datasets", {}, {}).json()["value"]
     again = server.run("/delete_dataset", {}, {"dataset_name": "doomed"})
     assert again.status_code == 400 and "no dataset named 'doomed'" in again.json()["error"]
+
+
+def test_the_delete_form_starts_with_no_dataset_chosen(server, case):
+    delete = server.dataset_field("/delete_dataset")
+    assert "case" in [value["key"] for value in delete["enum_vals"]] and delete["default"] == ""
+    assert server.dataset_field("/search_by_image")["default"] != ""  # searches start on the newest dataset
+    assert_readable_400(server.run("/delete_dataset", {}, {"dataset_name": delete["default"]}),
+                        "No dataset was chosen; pick the dataset to delete")
+    assert "case" in server.choices("/delete_dataset")
 
 
 # -- bad input ---------------------------------------------------------------------------------------------------
@@ -505,3 +519,67 @@ def test_an_ingest_runs_on_a_thread_that_ends_with_it(sqlite_engine, photos, tmp
     assert "3 images" in response.get_json()["value"]
     assert len(ingest_threads) == 1
     assert ingest_threads[0] is not threading.current_thread() and not ingest_threads[0].is_alive()
+
+
+# -- a server whose default model has no weights on this machine --------------------------------------------
+WEIGHTS_WARNING = "Ingests of new datasets will fail: "
+
+
+@pytest.fixture(scope="module")
+def weightless_server(photos, tmp_path_factory):
+    """The default model (ViT-B-32:laion2b_s34b_b79k) with empty download caches and this machine's real network
+    (no internet), on a store holding one dataset built with the image-only efficientnet-lite0."""
+    from image_search.config import Settings
+    from image_search.engine import ImageSearch
+    from image_search.ingest import ingest_folder
+
+    home = tmp_path_factory.mktemp("weightless-home")
+    env = empty_cache_env(home, tmp_path_factory.mktemp("weightless-caches"))
+    engine = ImageSearch(Settings(data_home=home, model_name=None, device="cpu", database=None))
+    try:
+        ingest_folder(engine, copy_photos(photos, tmp_path_factory.mktemp("pictures"), 2), "pictures",
+                      model_name="efficientnet-lite0", progress=False)
+    finally:
+        engine.close()
+    running = start_server(env, tmp_path_factory.mktemp("weightless-log") / "server.log")
+    yield running
+    stop_server(running.process)
+
+
+def test_missing_default_weights_are_said_once_at_start_and_on_every_ingest_at_once(weightless_server, photos,
+                                                                                    tmp_path):
+    server = weightless_server
+    wait_until(lambda: WEIGHTS_WARNING in server.log(), 30, "the start-up warning", server)
+    warning = next(line for line in server.log().splitlines() if WEIGHTS_WARNING in line)
+    assert "--model ViT-B-32:/path/to/checkpoint.bin" in warning and "--model efficientnet-lite0" in warning
+
+    folder = copy_photos(photos, tmp_path / "new case", 2)
+    for _attempt in range(2):
+        started = time.monotonic()
+        response = server.run("/dataset_processing", {"input_dir": {"path": str(folder)}},
+                              {"dataset_name": "newcase"}, timeout=60)
+        elapsed = time.monotonic() - started
+        assert elapsed < 5, f"the ingest answered after {elapsed:.1f} s"  # was ~50 s of download retries
+        assert_readable_400(response, "pretrained weights 'laion2b_s34b_b79k'")
+        message = response.json()["error"]
+        assert "huggingface.co cannot be reached" in message and "--" not in message  # no flags in the app
+        assert "ask whoever runs the server" in message and "efficientnet-lite0" in message
+        assert "checkpoint file" in message and "no text search" in message
+    assert server.log().count(WEIGHTS_WARNING) == 1
+
+
+def test_text_form_says_why_when_no_dataset_can_answer_text(weightless_server):
+    text = weightless_server.dataset_field("/search_by_text")
+    assert text["enum_vals"] == [] and text["default"] == ""
+    assert "No dataset can be searched by text" in text["message_when_empty"]
+    assert "Search Images by Image File" in text["message_when_empty"]
+    assert weightless_server.choices("/search_by_image") == ["pictures"]
+
+
+def test_every_fix_is_spelled_by_both_faces():
+    from cli.common import CLI_FIXES
+    from image_search.errors import Fix
+    from server.server import APP_FIXES
+
+    assert set(CLI_FIXES) == set(Fix) == set(APP_FIXES)
+    assert all("--" not in spelling for spelling in APP_FIXES.values())
