@@ -13,10 +13,13 @@ import numpy as np
 import pytest
 import torch
 
-from tests.conftest import REPO, fresh_cpu_model
+from tests.conftest import REPO, cpu_without_bf16, fresh_cpu_model
 
 packed = pytest.importorskip("image_search.packed")
 needs_packing = pytest.mark.skipif(not packed.packing_available(), reason="this torch build has no oneDNN")
+needs_packed_bf16 = pytest.mark.skipif(
+    not packed.packed_bf16_available(), reason="oneDNN packs bf16 weights only on CPUs with AVX512 (BW, VL and DQ) "
+    "or AVX-NE-CONVERT, and this one has neither (or this torch build has no oneDNN)")
 
 
 # -- packed blocks compute what open_clip's blocks compute -------------------------------------------------------
@@ -86,7 +89,7 @@ def test_fp32_packed_towers_give_the_same_embeddings_as_open_clip(monkeypatch):
     assert np.allclose(fast.encode_pixels(pixels), reference.encode_pixels(pixels), atol=1e-5)
 
 
-@needs_packing
+@needs_packed_bf16
 def test_bf16_text_tower_stays_within_cosine_of_fp32(monkeypatch):
     from image_search.models import build_reference_model
 
@@ -95,6 +98,21 @@ def test_bf16_text_tower_stays_within_cosine_of_fp32(monkeypatch):
     assert fast.text_form == "bf16, packed"
     assert fast.model.transformer.get_cast_dtype() == torch.bfloat16
     assert fast.model.token_embedding.weight.dtype == torch.float32  # the small parts stay fp32
+    texts = QUERIES + [" ".join(["word"] * 70), "x"]
+    cosines = (fast.encode_texts(texts) * reference.encode_texts(texts)).sum(axis=1)
+    assert cosines.min() >= 0.999
+
+
+def test_bf16_text_tower_without_packed_bf16_is_unpacked_and_stays_within_cosine_of_fp32(monkeypatch, caplog):
+    """An AVX2-only CPU (cpu_without_bf16): forced bf16 leaves the weights unpacked instead of failing."""
+    from image_search.models import build_reference_model
+
+    cpu_without_bf16(monkeypatch)
+    reference = build_reference_model("ViT-B-32:random", "cpu")
+    fast = fresh_cpu_model("ViT-B-32:random", monkeypatch, "bf16")
+    assert fast.text_form == "bf16" and "failed" not in caplog.text
+    assert fast.model.transformer.get_cast_dtype() == torch.bfloat16
+    assert type(fast.model.transformer.resblocks[0].attn) is torch.nn.MultiheadAttention
     texts = QUERIES + [" ".join(["word"] * 70), "x"]
     cosines = (fast.encode_texts(texts) * reference.encode_texts(texts)).sum(axis=1)
     assert cosines.min() >= 0.999
