@@ -3,6 +3,7 @@ end with their work (image_search/packed.py, precision.py, cpu_threads.py)."""
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -299,33 +300,77 @@ def test_work_in_a_passing_thread_returns_or_raises_in_the_caller():
     assert all(thread is not threading.current_thread() and not thread.is_alive() for thread in threads)
 
 
-WORKER_COUNT = """
-import os, sys, time
+THREAD_NAMES = """
+import collections, json, os, sys, threading, time
 import torch
-torch.set_num_threads(2)
+torch.set_num_threads(2)  # even where this process may use one core: the workers are what is looked for
 from image_search import cpu_threads
-cpu_threads.QUERY_MAX_THREADS = 1  # the query thread then starts no OpenMP workers of its own
 
-def threads():
-    return len(os.listdir("/proc/self/task"))
+def thread_names():
+    names = collections.Counter()
+    for task in os.listdir("/proc/self/task"):
+        try:
+            with open(f"/proc/self/task/{task}/comm") as handle:
+                names[handle.read().strip()] += 1
+        except OSError:  # a thread that ended meanwhile
+            pass
+    return names
 
-before = threads()
-from image_search.models import load_model
-embedder = load_model("test-tiny", "cpu")
-embedder.encode_texts(["a dog"])
-deadline = time.time() + 10
-while threads() > before + 2 and time.time() < deadline:  # a passing thread's workers end just after it
-    time.sleep(0.05)
-print(threads() - before)
+def passing_threads():
+    return sum(count for name, count in thread_names().items() if name.startswith(cpu_threads.PASSING_THREAD_NAME))
+
+def wait_for_passing_threads(at_most):  # workers end a moment after the thread that started them
+    deadline = time.time() + 5
+    while passing_threads() > at_most and time.time() < deadline:
+        time.sleep(0.05)
+
+named = cpu_threads.run_in_passing_thread(passing_threads)  # a passing thread sees itself by its name
+if sys.argv[1] == "load":
+    from image_search.models import load_model
+    from image_search.precision import probe_pixels
+    embedder = load_model("test-tiny", "cpu")  # on a passing thread
+    embedder.encode_texts(["a dog"])  # on the query thread
+    embedder.encode_pixels(probe_pixels(embedder.input_size))  # readies the image tower on a passing thread
+    wait_for_passing_threads(0)
+else:  # the control: parallel work on a thread named like a passing thread, that stays alive
+    ready, stop = threading.Event(), threading.Event()
+    def long_lived():
+        cpu_threads.name_native_thread(cpu_threads.PASSING_THREAD_NAME)
+        for _ in range(10):
+            torch.ones(4_000_000).mul(2).sum()  # parallel elementwise work: libgomp starts this thread's pool
+        ready.set()
+        stop.wait()
+    threading.Thread(target=long_lived, daemon=True).start()
+    ready.wait()
+    wait_for_passing_threads(1)
+print(json.dumps({"torch_threads": torch.get_num_threads(), "named": named, "passing": passing_threads(),
+                  "names": thread_names()}))
 """
+
+
+def _thread_names_after(case: str, tmp_path) -> dict:
+    env = dict(os.environ, PYTHONPATH=str(REPO), XDG_CACHE_HOME=str(tmp_path))
+    result = subprocess.run([sys.executable, "-c", THREAD_NAMES, case], env=env, capture_output=True, text=True,
+                            timeout=300)
+    assert result.returncode == 0, result.stderr
+    return json.loads(result.stdout.splitlines()[-1])
+
+
+def test_openmp_workers_carry_the_name_of_the_thread_that_started_them(tmp_path):
+    """The control for the next test: Linux gives a new thread its creator's name, so a living passing-named
+    thread's OpenMP workers are visible by name."""
+    threads = _thread_names_after("control", tmp_path)
+    if threads["torch_threads"] < 2:
+        pytest.skip("PyTorch runs one thread here, so no OpenMP workers start")
+    assert threads["passing"] >= 2, threads  # the thread and at least one worker
 
 
 def test_loading_a_model_leaves_no_openmp_workers_behind(tmp_path):
     """OpenMP keeps a pool of workers for every thread that ran parallel work; extra pools make each operator of
-    a later query wait for a sleeping worker (cpu_threads.py). After a load, only the query thread and the busy
-    meter's are new."""
-    env = dict(os.environ, PYTHONPATH=str(REPO), XDG_CACHE_HOME=str(tmp_path))
-    result = subprocess.run([sys.executable, "-c", WORKER_COUNT], env=env, capture_output=True, text=True,
-                            timeout=300)
-    assert result.returncode == 0, result.stderr
-    assert result.stdout.split()[-1] == "2", result.stdout
+    a later query wait for a sleeping worker (cpu_threads.py). Once a load has returned, no passing thread and
+    none of its workers (named like it) remain; the query thread is there, by its name."""
+    from image_search.cpu_threads import QUERY_THREAD_NAME
+
+    threads = _thread_names_after("load", tmp_path)
+    assert threads["named"] == 1 and threads["passing"] == 0, threads
+    assert threads["names"].get(QUERY_THREAD_NAME, 0) >= 1, threads
