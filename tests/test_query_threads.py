@@ -90,11 +90,16 @@ def test_fp32_packed_towers_give_the_same_embeddings_as_open_clip(monkeypatch):
     assert np.allclose(fast.encode_pixels(pixels), reference.encode_pixels(pixels), atol=1e-5)
 
 
-@needs_packed_bf16
-def test_bf16_text_tower_stays_within_cosine_of_fp32(monkeypatch):
+@pytest.fixture(scope="module")
+def vit_reference():
     from image_search.models import build_reference_model
 
-    reference = build_reference_model("ViT-B-32:random", "cpu")
+    return build_reference_model("ViT-B-32:random", "cpu")
+
+
+@needs_packed_bf16
+def test_bf16_text_tower_stays_within_cosine_of_fp32(monkeypatch, vit_reference):
+    reference = vit_reference
     fast = fresh_cpu_model("ViT-B-32:random", monkeypatch, "bf16")
     assert fast.text_form == "bf16, packed"
     assert fast.model.transformer.get_cast_dtype() == torch.bfloat16
@@ -104,12 +109,11 @@ def test_bf16_text_tower_stays_within_cosine_of_fp32(monkeypatch):
     assert cosines.min() >= 0.999
 
 
-def test_bf16_text_tower_without_packed_bf16_is_unpacked_and_stays_within_cosine_of_fp32(monkeypatch, caplog):
+def test_bf16_text_tower_without_packed_bf16_is_unpacked_and_stays_within_cosine_of_fp32(monkeypatch, caplog,
+                                                                                          vit_reference):
     """An AVX2-only CPU (cpu_without_bf16): forced bf16 leaves the weights unpacked instead of failing."""
-    from image_search.models import build_reference_model
-
     cpu_without_bf16(monkeypatch)
-    reference = build_reference_model("ViT-B-32:random", "cpu")
+    reference = vit_reference
     fast = fresh_cpu_model("ViT-B-32:random", monkeypatch, "bf16")
     assert fast.text_form == "bf16" and "failed" not in caplog.text
     assert fast.model.transformer.get_cast_dtype() == torch.bfloat16
@@ -324,53 +328,59 @@ def wait_for_passing_threads(at_most):  # workers end a moment after the thread 
     while passing_threads() > at_most and time.time() < deadline:
         time.sleep(0.05)
 
+def report():
+    return {"torch_threads": torch.get_num_threads(), "passing": passing_threads(), "names": thread_names()}
+
 named = cpu_threads.run_in_passing_thread(passing_threads)  # a passing thread sees itself by its name
-if sys.argv[1] == "load":
-    from image_search.models import load_model
-    from image_search.precision import probe_pixels
-    embedder = load_model("test-tiny", "cpu")  # on a passing thread
-    embedder.encode_texts(["a dog"])  # on the query thread
-    embedder.encode_pixels(probe_pixels(embedder.input_size))  # readies the image tower on a passing thread
-    wait_for_passing_threads(0)
-else:  # the control: parallel work on a thread named like a passing thread, that stays alive
-    ready, stop = threading.Event(), threading.Event()
-    def long_lived():
-        cpu_threads.name_native_thread(cpu_threads.PASSING_THREAD_NAME)
-        for _ in range(10):
-            torch.ones(4_000_000).mul(2).sum()  # parallel elementwise work: libgomp starts this thread's pool
-        ready.set()
-        stop.wait()
-    threading.Thread(target=long_lived, daemon=True).start()
-    ready.wait()
-    wait_for_passing_threads(1)
-print(json.dumps({"torch_threads": torch.get_num_threads(), "named": named, "passing": passing_threads(),
-                  "names": thread_names()}))
+from image_search.models import load_model
+from image_search.precision import probe_pixels
+embedder = load_model("test-tiny", "cpu")  # on a passing thread
+embedder.encode_texts(["a dog"])  # on the query thread
+embedder.encode_pixels(probe_pixels(embedder.input_size))  # readies the image tower on a passing thread
+wait_for_passing_threads(0)
+after_load = dict(report(), named=named)
+
+# the control: parallel work on a thread named like a passing thread, that stays alive
+ready, stop = threading.Event(), threading.Event()
+def long_lived():
+    cpu_threads.name_native_thread(cpu_threads.PASSING_THREAD_NAME)
+    for _ in range(10):
+        torch.ones(4_000_000).mul(2).sum()  # parallel elementwise work: libgomp starts this thread's pool
+    ready.set()
+    stop.wait()
+threading.Thread(target=long_lived, daemon=True).start()
+ready.wait()
+wait_for_passing_threads(1)
+print(json.dumps({"load": after_load, "control": report()}))
 """
 
 
-def _thread_names_after(case: str, tmp_path) -> dict:
-    env = dict(os.environ, PYTHONPATH=str(REPO), XDG_CACHE_HOME=str(tmp_path))
-    result = subprocess.run([sys.executable, "-c", THREAD_NAMES, case], env=env, capture_output=True, text=True,
+@pytest.fixture(scope="module")
+def thread_names(tmp_path_factory) -> dict:
+    """The threads, by native name, of a process that loaded a model, then ran the control (one process: it
+    saves importing PyTorch twice)."""
+    env = dict(os.environ, PYTHONPATH=str(REPO), XDG_CACHE_HOME=str(tmp_path_factory.mktemp("cache")))
+    result = subprocess.run([sys.executable, "-c", THREAD_NAMES], env=env, capture_output=True, text=True,
                             timeout=300)
     assert result.returncode == 0, result.stderr
     return json.loads(result.stdout.splitlines()[-1])
 
 
-def test_openmp_workers_carry_the_name_of_the_thread_that_started_them(tmp_path):
+def test_openmp_workers_carry_the_name_of_the_thread_that_started_them(thread_names):
     """The control for the next test: Linux gives a new thread its creator's name, so a living passing-named
     thread's OpenMP workers are visible by name."""
-    threads = _thread_names_after("control", tmp_path)
+    threads = thread_names["control"]
     if threads["torch_threads"] < 2:
         pytest.skip("PyTorch runs one thread here, so no OpenMP workers start")
     assert threads["passing"] >= 2, threads  # the thread and at least one worker
 
 
-def test_loading_a_model_leaves_no_openmp_workers_behind(tmp_path):
+def test_loading_a_model_leaves_no_openmp_workers_behind(thread_names):
     """OpenMP keeps a pool of workers for every thread that ran parallel work; extra pools make each operator of
     a later query wait for a sleeping worker (cpu_threads.py). Once a load has returned, no passing thread and
     none of its workers (named like it) remain; the query thread is there, by its name."""
     from image_search.cpu_threads import QUERY_THREAD_NAME
 
-    threads = _thread_names_after("load", tmp_path)
+    threads = thread_names["load"]
     assert threads["named"] == 1 and threads["passing"] == 0, threads
     assert threads["names"].get(QUERY_THREAD_NAME, 0) >= 1, threads
