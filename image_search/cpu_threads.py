@@ -13,18 +13,26 @@ loaded) decide whether the second thread helps:
   each of a query's ~100 operators waits for a sleeping worker to wake: the two-thread query then took 18 ms, no
   faster than one thread. So queries run on one long-lived query thread, and other parallel work in a long-lived
   process (loading a model, a server's ingest) runs on a thread that ends with it, taking its pool along.
+
+Both kinds of thread carry a native (Linux) name, QUERY_THREAD_NAME and PASSING_THREAD_NAME, which the threads
+they create inherit: libgomp's workers of a passing thread are named like it, so anyone can see in
+/proc/<pid>/task/*/comm (or top -H) whose workers are alive.
 """
 
 from __future__ import annotations
 
+import ctypes
 import math
 import os
+import sys
 import threading
 import time
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 
 QUERY_MAX_THREADS = 2  # measured on 2 cores; on small products more threads mostly add synchronisation
+QUERY_THREAD_NAME = "query"  # native thread names: at most 15 bytes (Linux)
+PASSING_THREAD_NAME = "passing"
 
 _query_thread: ThreadPoolExecutor | None = None
 _query_threads = 1
@@ -45,7 +53,8 @@ def _query_executor() -> ThreadPoolExecutor:
 
             _process_threads = torch.get_num_threads()
             _query_threads = min(_process_threads, QUERY_MAX_THREADS)
-            _query_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="query")
+            _query_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="query",
+                                               initializer=name_native_thread, initargs=(QUERY_THREAD_NAME,))
             busy_meter.start()
         return _query_thread
 
@@ -107,6 +116,7 @@ def run_in_passing_thread(work, *args, **kwargs):
     outcome: dict = {}
 
     def run() -> None:
+        name_native_thread(PASSING_THREAD_NAME)
         try:
             outcome["value"] = work(*args, **kwargs)
         except BaseException as error:  # noqa: BLE001 - re-raised in the caller's thread
@@ -119,6 +129,25 @@ def run_in_passing_thread(work, *args, **kwargs):
     if "error" in outcome:
         raise outcome["error"]
     return outcome["value"]
+
+
+def name_native_thread(name: str) -> None:
+    """Give the calling thread a native name (Linux prctl PR_SET_NAME; elsewhere nothing happens). Threads it
+    creates from then on start with the same name."""
+    global _prctl
+    if _prctl is False:
+        _prctl = None
+        if sys.platform.startswith("linux"):
+            try:
+                _prctl = ctypes.CDLL(None, use_errno=True).prctl
+            except (OSError, AttributeError):
+                pass
+    if _prctl is not None:
+        _prctl(_PR_SET_NAME, ctypes.c_char_p(name.encode()[:15]), 0, 0, 0)
+
+
+_PR_SET_NAME = 15  # linux/prctl.h
+_prctl = False  # not looked up yet
 
 
 # -- how busy the cores are -------------------------------------------------------------------------------------

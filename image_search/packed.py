@@ -20,6 +20,18 @@ def packing_available() -> bool:
             and hasattr(torch.ops.mkldnn, "_linear_pointwise"))
 
 
+def packed_bf16_available() -> bool:
+    """Whether the packed operators take bf16 weights on this CPU. PyTorch packs bf16 only where oneDNN has bf16
+    kernels (AVX512 BW+VL+DQ, or AVX-NE-CONVERT) and refuses elsewhere: on a 2-core AVX2 EPYC, "bf16 path needs
+    the cpu support avx_ne_convert or avx512bw, avx512vl and avx512dq". This asks PyTorch the same question."""
+    if not packing_available():
+        return False
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):  # a build without the query: assume the refusal
+        return False
+
+
 def _pack(weight: torch.Tensor) -> torch.Tensor:
     return torch.ops.mkldnn._reorder_linear_weight(weight.detach().contiguous())
 

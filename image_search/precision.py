@@ -6,9 +6,10 @@ small machine that read is most of its cost). Weights packed for oneDNN (packed.
 matrix product. A tower is switched only where that holds for the loaded weights: bf16 needs a CPU with native
 bf16 (emulated bf16 is slower than fp32), and every form must keep the tower's embeddings of a fixed set of probes
 (pictures for the image tower, queries for the text tower) within cosine PROBE_MIN_COSINE of the fp32 ones,
-checked once when the model loads.
+checked once when the model loads. What the CPU can do is decided in one place, cpu_support().
 
-IMAGE_SEARCH_CPU_PRECISION=fp32 turns bf16 off; =bf16 uses it without native support (still checked).
+IMAGE_SEARCH_CPU_PRECISION=fp32 turns bf16 off; =bf16 uses it without native support (still checked), with
+unpacked weights where oneDNN refuses to pack bf16 (AVX2-only CPUs).
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from __future__ import annotations
 import copy
 import logging
 import os
+from dataclasses import dataclass
 
 log = logging.getLogger(__name__)
 
@@ -42,14 +44,42 @@ def cpu_has_native_bf16() -> bool:
     return "avx512_bf16" in flags or "amx_bf16" in flags
 
 
+@dataclass(frozen=True)
+class CpuSupport:
+    """What this CPU, with this PyTorch build, can do for the towers."""
+
+    native_bf16: bool  # executes bf16 itself (AVX512-BF16, AMX); emulated bf16 is slower than fp32
+    packing: bool  # oneDNN's packed operators exist (packed.py)
+    packed_bf16: bool  # and take bf16 weights (AVX512 BW+VL+DQ or AVX-NE-CONVERT; not AVX2 alone)
+
+
+def cpu_support() -> CpuSupport:
+    """The one place that says what the CPU can do for the towers; the forms tried follow from it alone."""
+    from .packed import packed_bf16_available, packing_available
+
+    packing = packing_available()
+    return CpuSupport(native_bf16=cpu_has_native_bf16(), packing=packing,
+                      packed_bf16=packing and packed_bf16_available())
+
+
 def requested_precision() -> str:
     choice = os.environ.get("IMAGE_SEARCH_CPU_PRECISION", "").strip().lower() or "auto"
     return choice if choice in ("auto", "fp32", "bf16") else "auto"
 
 
-def bf16_wanted() -> bool:
+def bf16_wanted(support: CpuSupport) -> bool:
     choice = requested_precision()
-    return choice == "bf16" or (choice == "auto" and cpu_has_native_bf16())
+    return choice == "bf16" or (choice == "auto" and support.native_bf16)
+
+
+def tower_forms(support: CpuSupport, packable: bool) -> list[tuple[str, bool]]:
+    """The (number format, packed) forms worth trying for a tower, fastest first; plain fp32 is the fallback.
+
+    bf16 is packed only where oneDNN packs bf16, and otherwise still tried unpacked where it is wanted: a
+    packing refusal says nothing about bf16 itself."""
+    pack = support.packing and packable
+    forms = [("bf16", pack and support.packed_bf16)] if bf16_wanted(support) else []
+    return forms + ([("fp32", True)] if pack else [])
 
 
 def probe_pixels(side: int, count: int = PROBE_PICTURES):
@@ -96,21 +126,21 @@ def prepare_text_tower(embedder) -> str:
 def _fastest_faithful_form(embedder, label: str, tower, blocks, embed_probes, set_dtype) -> str:
     """Switch a tower to its fastest form that stays faithful to the loaded fp32 weights; returns its name.
 
-    The forms, fastest first: bf16 (where the CPU has it natively), then fp32, each with its transformer's weights
-    packed for oneDNN (packed.py) where that is possible. A form is kept when its embeddings of the probes stay
-    within cosine PROBE_MIN_COSINE of the fp32 tower's.
+    The forms (tower_forms, from cpu_support): bf16 where the CPU has it natively or it is asked for, then fp32,
+    with the transformer's weights packed for oneDNN (packed.py) where that is possible. A form is kept when its
+    embeddings of the probes stay within cosine PROBE_MIN_COSINE of the fp32 tower's.
     """
     import torch
 
-    from .packed import packable, pack_transformer, packing_available
+    from .packed import packable, pack_transformer
 
     get_tower, set_tower = tower
     original = get_tower()
-    pack = packing_available() and blocks(original) is not None and packable(blocks(original))
-    forms = ([torch.bfloat16] if bf16_wanted() else []) + ([torch.float32] if pack else [])
+    forms = tower_forms(cpu_support(), blocks(original) is not None and packable(blocks(original)))
     reference = embed_probes() if forms else None
-    for dtype in forms:
-        name = f"{'bf16' if dtype == torch.bfloat16 else 'fp32'}{', packed' if pack else ''}"
+    for number_format, pack in forms:
+        dtype = torch.bfloat16 if number_format == "bf16" else torch.float32
+        name = f"{number_format}{', packed' if pack else ''}"
         try:
             candidate = copy.deepcopy(original).to(dtype)
             if pack:
@@ -118,7 +148,7 @@ def _fastest_faithful_form(embedder, label: str, tower, blocks, embed_probes, se
             set_tower(candidate)
             set_dtype(dtype)
             cosine = float((embed_probes() * reference).sum(axis=1).min())
-        except RuntimeError as error:  # a oneDNN build that refuses the packed operators
+        except RuntimeError as error:  # an operator this CPU or oneDNN build refuses
             log.warning("The %s %s tower of model %s failed (%s); trying the next form.", name, label,
                         embedder.name, error)
             cosine = None

@@ -190,3 +190,28 @@ def fresh_cpu_model(name: str, monkeypatch, precision: str):
     embedder = _build_clip(parse_model_name(name), "cpu")
     embedder.prepare_image_tower()  # otherwise done on the first image, when the setting may be gone
     return embedder
+
+
+# PyTorch's words where oneDNN cannot pack bf16 (reported from a 2-core AVX2 AMD EPYC)
+BF16_PACKING_REFUSAL = ("mkldnn_reorder_linear_weight: bf16 path needs the cpu support avx_ne_convert or avx512bw, "
+                        "avx512vl and avx512dq")
+
+
+def cpu_without_bf16(monkeypatch) -> None:
+    """Make this CPU look like an AVX2-only one, so that the fallback is tested on every machine: no native bf16,
+    no packed bf16 (precision.cpu_support), and oneDNN refusing to pack bf16 weights as PyTorch does there."""
+    import torch
+
+    from image_search import packed, precision
+
+    real = precision.cpu_support()
+    monkeypatch.setattr(precision, "cpu_support", lambda: precision.CpuSupport(
+        native_bf16=False, packing=real.packing, packed_bf16=False))
+    pack = packed._pack
+
+    def refuse_bf16(weight):
+        if weight.dtype == torch.bfloat16:
+            raise RuntimeError(BF16_PACKING_REFUSAL)
+        return pack(weight)
+
+    monkeypatch.setattr(packed, "_pack", refuse_bf16)

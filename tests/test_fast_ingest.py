@@ -18,7 +18,7 @@ from image_search.device_decode import EncodedJpeg, decode_batch, pack, read_enc
 from image_search.embedding import embed_files
 from image_search.models import load_model
 from image_search.reader import read_pixels
-from tests.conftest import fresh_cpu_model, run_tool
+from tests.conftest import cpu_without_bf16, fresh_cpu_model, run_tool
 
 # (width, height, EXIF orientation, progressive): landscape and portrait phone shots, a panorama, a tall
 # screenshot-like strip, a tiny image smaller than the model input, and a 12 MP photo.
@@ -296,6 +296,15 @@ def _tool_env(tmp_path) -> dict:
 
 
 # -- CPU precision ----------------------------------------------------------------------------------------------
+def _native_bf16() -> bool:
+    from image_search.precision import cpu_support
+
+    return cpu_support().native_bf16
+
+
+@pytest.mark.skipif(not _native_bf16(), reason="this CPU has no native bf16 (AVX512-BF16/AMX), so its image tower "
+                    "never runs in bf16 unasked; test_forced_bf16_without_bf16_support_runs_unpacked_and_stays_"
+                    "within_cosine covers the fallback")
 def test_bf16_image_tower_stays_within_cosine_of_fp32_on_photos(monkeypatch, varied_photos):
     fp32 = fresh_cpu_model("ViT-B-32:random", monkeypatch, "fp32")
     bf16 = fresh_cpu_model("ViT-B-32:random", monkeypatch, "bf16")
@@ -320,10 +329,48 @@ def test_bf16_is_refused_when_probe_embeddings_drift(monkeypatch, caplog):
 def test_auto_precision_follows_the_cpu(monkeypatch):
     from image_search import precision
 
+    native = fresh_cpu_model("test-tiny", monkeypatch, "auto")  # this CPU as it is
+    assert native.dtype == (torch.bfloat16 if precision.cpu_has_native_bf16() else torch.float32)
     monkeypatch.setattr(precision, "cpu_has_native_bf16", lambda: False)
     assert fresh_cpu_model("test-tiny", monkeypatch, "auto").dtype == torch.float32
     monkeypatch.setattr(precision, "cpu_has_native_bf16", lambda: True)
     assert fresh_cpu_model("test-tiny", monkeypatch, "auto").dtype == torch.bfloat16
+
+
+def _cosines(embedder, reference, varied_photos, texts=("a dog", "red car at night", "x")):
+    pixels = torch.from_numpy(np.stack([read_pixels(p, embedder.geometry, embedder.input_size)
+                                        for p in varied_photos]))
+    images = (embedder.encode_pixels(pixels) * reference.encode_pixels(pixels)).sum(axis=1)
+    return images, (embedder.encode_texts(list(texts)) * reference.encode_texts(list(texts))).sum(axis=1)
+
+
+def test_forced_bf16_without_bf16_support_runs_unpacked_and_stays_within_cosine(monkeypatch, caplog,
+                                                                                  varied_photos):
+    """On an AVX2-only CPU, IMAGE_SEARCH_CPU_PRECISION=bf16 gives bf16 towers with unpacked weights, without first
+    trying the packing that PyTorch refuses there, and they still embed like fp32."""
+    from image_search.models import build_reference_model
+
+    cpu_without_bf16(monkeypatch)
+    bf16 = fresh_cpu_model("test-tiny", monkeypatch, "bf16")
+    assert (bf16.image_form, bf16.text_form) == ("bf16", "bf16") and bf16.dtype == torch.bfloat16
+    assert "failed" not in caplog.text
+    assert next(bf16.model.visual.parameters()).dtype == torch.bfloat16
+    assert type(bf16.model.transformer.resblocks[0].attn) is torch.nn.MultiheadAttention
+    images, texts = _cosines(bf16, build_reference_model("test-tiny", "cpu"), varied_photos)
+    assert images.min() >= 0.99 and texts.min() >= 0.99, (images, texts)
+
+
+def test_auto_precision_without_bf16_support_is_fp32_and_embeds(monkeypatch, caplog, varied_photos):
+    from image_search.models import build_reference_model
+    from image_search.packed import packing_available
+
+    cpu_without_bf16(monkeypatch)
+    auto = fresh_cpu_model("test-tiny", monkeypatch, "auto")
+    form = "fp32, packed" if packing_available() else "fp32"
+    assert (auto.image_form, auto.text_form) == (form, form) and auto.dtype == torch.float32
+    assert "failed" not in caplog.text
+    images, texts = _cosines(auto, build_reference_model("test-tiny", "cpu"), varied_photos)
+    assert images.min() >= 0.9999 and texts.min() >= 0.9999, (images, texts)
 
 
 def test_small_reader_batches_are_regrouped_for_the_model(tiny, photos, monkeypatch):

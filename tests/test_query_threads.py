@@ -3,6 +3,7 @@ end with their work (image_search/packed.py, precision.py, cpu_threads.py)."""
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -13,10 +14,13 @@ import numpy as np
 import pytest
 import torch
 
-from tests.conftest import REPO, fresh_cpu_model
+from tests.conftest import REPO, cpu_without_bf16, fresh_cpu_model
 
 packed = pytest.importorskip("image_search.packed")
 needs_packing = pytest.mark.skipif(not packed.packing_available(), reason="this torch build has no oneDNN")
+needs_packed_bf16 = pytest.mark.skipif(
+    not packed.packed_bf16_available(), reason="oneDNN packs bf16 weights only on CPUs with AVX512 (BW, VL and DQ) "
+    "or AVX-NE-CONVERT, and this one has neither (or this torch build has no oneDNN)")
 
 
 # -- packed blocks compute what open_clip's blocks compute -------------------------------------------------------
@@ -86,15 +90,34 @@ def test_fp32_packed_towers_give_the_same_embeddings_as_open_clip(monkeypatch):
     assert np.allclose(fast.encode_pixels(pixels), reference.encode_pixels(pixels), atol=1e-5)
 
 
-@needs_packing
-def test_bf16_text_tower_stays_within_cosine_of_fp32(monkeypatch):
+@pytest.fixture(scope="module")
+def vit_reference():
     from image_search.models import build_reference_model
 
-    reference = build_reference_model("ViT-B-32:random", "cpu")
+    return build_reference_model("ViT-B-32:random", "cpu")
+
+
+@needs_packed_bf16
+def test_bf16_text_tower_stays_within_cosine_of_fp32(monkeypatch, vit_reference):
+    reference = vit_reference
     fast = fresh_cpu_model("ViT-B-32:random", monkeypatch, "bf16")
     assert fast.text_form == "bf16, packed"
     assert fast.model.transformer.get_cast_dtype() == torch.bfloat16
     assert fast.model.token_embedding.weight.dtype == torch.float32  # the small parts stay fp32
+    texts = QUERIES + [" ".join(["word"] * 70), "x"]
+    cosines = (fast.encode_texts(texts) * reference.encode_texts(texts)).sum(axis=1)
+    assert cosines.min() >= 0.999
+
+
+def test_bf16_text_tower_without_packed_bf16_is_unpacked_and_stays_within_cosine_of_fp32(monkeypatch, caplog,
+                                                                                          vit_reference):
+    """An AVX2-only CPU (cpu_without_bf16): forced bf16 leaves the weights unpacked instead of failing."""
+    cpu_without_bf16(monkeypatch)
+    reference = vit_reference
+    fast = fresh_cpu_model("ViT-B-32:random", monkeypatch, "bf16")
+    assert fast.text_form == "bf16" and "failed" not in caplog.text
+    assert fast.model.transformer.get_cast_dtype() == torch.bfloat16
+    assert type(fast.model.transformer.resblocks[0].attn) is torch.nn.MultiheadAttention
     texts = QUERIES + [" ".join(["word"] * 70), "x"]
     cosines = (fast.encode_texts(texts) * reference.encode_texts(texts)).sum(axis=1)
     assert cosines.min() >= 0.999
@@ -205,31 +228,63 @@ def test_idle_cores_counts_sustained_work_by_other_processes():
     time.sleep(BusyMeter.WINDOW + 2 * BusyMeter.PERIOD)  # a whole window of samples
     cores = len(busy_meter.cpus)
     assert 0 <= idle_cores() <= cores
-    spin = "import time\nend = time.time() + 30\nwhile time.time() < end: pass"
-    busy = [subprocess.Popen([sys.executable, "-c", spin]) for _ in range(cores)]
+    spin = "import time\nprint('spinning', flush=True)\nend = time.time() + 30\nwhile time.time() < end: pass"
+    busy = [subprocess.Popen([sys.executable, "-c", spin], stdout=subprocess.PIPE, text=True) for _ in range(cores)]
     try:
+        for process in busy:  # a loaded machine can take a while to start Python: count from the spinning
+            process.stdout.readline()
         time.sleep(BusyMeter.WINDOW + 2 * BusyMeter.PERIOD)
-        samples = [idle_cores() for _ in range(5)]
+        samples = []
+        for _ in range(5):  # over a whole second: sustained work counts in every reading
+            samples.append(idle_cores())
+            time.sleep(BusyMeter.PERIOD)
     finally:
         for process in busy:
             process.kill()
             process.wait()
+            process.stdout.close()
     assert samples == [0] * 5, samples
 
 
+def _spin(seconds):
+    end = time.monotonic() + seconds
+    while time.monotonic() < end:
+        pass
+
+
+def _others_busy_after_a_window_of_spinning(run_chunk) -> float:
+    """One core spins for a whole window of the busy meter, 0.1 s at a time through run_chunk(work, seconds);
+    then what the meter counts as other work than the queries."""
+    from image_search.cpu_threads import BusyMeter, busy_meter
+
+    for _ in range(round((BusyMeter.WINDOW + 2 * BusyMeter.PERIOD) / 0.1)):
+        run_chunk(_spin, 0.1)
+    busy = busy_meter.others_busy()
+    assert busy is not None, "the busy meter had no window of samples"
+    return busy
+
+
+def _on_a_plain_thread() -> float:
+    reading = []
+    thread = threading.Thread(target=lambda: reading.append(
+        _others_busy_after_a_window_of_spinning(lambda work, *args: work(*args))))
+    thread.start()
+    thread.join()
+    return reading[0]
+
+
 def test_query_work_is_not_counted_as_other_work():
+    """A core spinning in query work reads about one core less of other work than the same spin on a plain
+    thread. Comparing the two holds whatever else the machine runs (idle, every core busy, pinned to one core);
+    in the order plain, query, query, plain, a load that rises or falls steadily meanwhile cancels out."""
     from image_search.cpu_threads import BusyMeter, busy_meter, run_query_work
 
     busy_meter.start()
-
-    def spin(seconds):
-        end = time.monotonic() + seconds
-        while time.monotonic() < end:
-            pass
-
-    for _ in range(int(BusyMeter.WINDOW / 0.1) + 3):
-        run_query_work(spin, 0.1)  # one core fully busy, with queries only
-    assert busy_meter.others_busy() < BusyMeter.TRANSIENT
+    time.sleep(BusyMeter.WINDOW + 2 * BusyMeter.PERIOD)  # a whole window of samples
+    readings = [_on_a_plain_thread(), _others_busy_after_a_window_of_spinning(run_query_work),
+                _others_busy_after_a_window_of_spinning(run_query_work), _on_a_plain_thread()]
+    plain, query = (readings[0] + readings[3]) / 2, (readings[1] + readings[2]) / 2
+    assert plain - query >= 0.5, readings
 
 
 def test_work_in_a_passing_thread_returns_or_raises_in_the_caller():
@@ -249,33 +304,83 @@ def test_work_in_a_passing_thread_returns_or_raises_in_the_caller():
     assert all(thread is not threading.current_thread() and not thread.is_alive() for thread in threads)
 
 
-WORKER_COUNT = """
-import os, sys, time
+THREAD_NAMES = """
+import collections, json, os, sys, threading, time
 import torch
-torch.set_num_threads(2)
+torch.set_num_threads(2)  # even where this process may use one core: the workers are what is looked for
 from image_search import cpu_threads
-cpu_threads.QUERY_MAX_THREADS = 1  # the query thread then starts no OpenMP workers of its own
 
-def threads():
-    return len(os.listdir("/proc/self/task"))
+def thread_names():
+    names = collections.Counter()
+    for task in os.listdir("/proc/self/task"):
+        try:
+            with open(f"/proc/self/task/{task}/comm") as handle:
+                names[handle.read().strip()] += 1
+        except OSError:  # a thread that ended meanwhile
+            pass
+    return names
 
-before = threads()
+def passing_threads():
+    return sum(count for name, count in thread_names().items() if name.startswith(cpu_threads.PASSING_THREAD_NAME))
+
+def wait_for_passing_threads(at_most):  # workers end a moment after the thread that started them
+    deadline = time.time() + 5
+    while passing_threads() > at_most and time.time() < deadline:
+        time.sleep(0.05)
+
+def report():
+    return {"torch_threads": torch.get_num_threads(), "passing": passing_threads(), "names": thread_names()}
+
+named = cpu_threads.run_in_passing_thread(passing_threads)  # a passing thread sees itself by its name
 from image_search.models import load_model
-embedder = load_model("test-tiny", "cpu")
-embedder.encode_texts(["a dog"])
-deadline = time.time() + 10
-while threads() > before + 2 and time.time() < deadline:  # a passing thread's workers end just after it
-    time.sleep(0.05)
-print(threads() - before)
+from image_search.precision import probe_pixels
+embedder = load_model("test-tiny", "cpu")  # on a passing thread
+embedder.encode_texts(["a dog"])  # on the query thread
+embedder.encode_pixels(probe_pixels(embedder.input_size))  # readies the image tower on a passing thread
+wait_for_passing_threads(0)
+after_load = dict(report(), named=named)
+
+# the control: parallel work on a thread named like a passing thread, that stays alive
+ready, stop = threading.Event(), threading.Event()
+def long_lived():
+    cpu_threads.name_native_thread(cpu_threads.PASSING_THREAD_NAME)
+    for _ in range(10):
+        torch.ones(4_000_000).mul(2).sum()  # parallel elementwise work: libgomp starts this thread's pool
+    ready.set()
+    stop.wait()
+threading.Thread(target=long_lived, daemon=True).start()
+ready.wait()
+wait_for_passing_threads(1)
+print(json.dumps({"load": after_load, "control": report()}))
 """
 
 
-def test_loading_a_model_leaves_no_openmp_workers_behind(tmp_path):
-    """OpenMP keeps a pool of workers for every thread that ran parallel work; extra pools make each operator of
-    a later query wait for a sleeping worker (cpu_threads.py). After a load, only the query thread and the busy
-    meter's are new."""
-    env = dict(os.environ, PYTHONPATH=str(REPO), XDG_CACHE_HOME=str(tmp_path))
-    result = subprocess.run([sys.executable, "-c", WORKER_COUNT], env=env, capture_output=True, text=True,
+@pytest.fixture(scope="module")
+def thread_names(tmp_path_factory) -> dict:
+    """The threads, by native name, of a process that loaded a model, then ran the control (one process: it
+    saves importing PyTorch twice)."""
+    env = dict(os.environ, PYTHONPATH=str(REPO), XDG_CACHE_HOME=str(tmp_path_factory.mktemp("cache")))
+    result = subprocess.run([sys.executable, "-c", THREAD_NAMES], env=env, capture_output=True, text=True,
                             timeout=300)
     assert result.returncode == 0, result.stderr
-    assert result.stdout.split()[-1] == "2", result.stdout
+    return json.loads(result.stdout.splitlines()[-1])
+
+
+def test_openmp_workers_carry_the_name_of_the_thread_that_started_them(thread_names):
+    """The control for the next test: Linux gives a new thread its creator's name, so a living passing-named
+    thread's OpenMP workers are visible by name."""
+    threads = thread_names["control"]
+    if threads["torch_threads"] < 2:
+        pytest.skip("PyTorch runs one thread here, so no OpenMP workers start")
+    assert threads["passing"] >= 2, threads  # the thread and at least one worker
+
+
+def test_loading_a_model_leaves_no_openmp_workers_behind(thread_names):
+    """OpenMP keeps a pool of workers for every thread that ran parallel work; extra pools make each operator of
+    a later query wait for a sleeping worker (cpu_threads.py). Once a load has returned, no passing thread and
+    none of its workers (named like it) remain; the query thread is there, by its name."""
+    from image_search.cpu_threads import QUERY_THREAD_NAME
+
+    threads = thread_names["load"]
+    assert threads["named"] == 1 and threads["passing"] == 0, threads
+    assert threads["names"].get(QUERY_THREAD_NAME, 0) >= 1, threads
