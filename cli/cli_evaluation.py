@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import argparse
-import json
 
-from cli.common import add_common_flags, open_engine, run
+from cli.common import ToolParser, add_common_flags, add_json_flag, json_to_stdout, open_engine, print_result, run
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = ToolParser(
         prog="python -m cli.cli_evaluation",
         description="Query dataset NAME with every image of DIR (ingesting DIR as NAME first if NAME does not "
                     "exist) and report how often each image finds itself: Hits@1, Hits@5 and Recall@10.")
@@ -17,7 +16,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--name", "-n", required=True, help="dataset to query")
     parser.add_argument("--batch-size", "--batch_size", type=int, default=None, help="images per model batch")
     parser.add_argument("--workers", type=int, default=None, help="image decoding processes")
-    parser.add_argument("--json", action="store_true", help="print the metrics as JSON")
+    add_json_flag(parser, "the metrics")
     add_common_flags(parser)
     return parser
 
@@ -27,11 +26,9 @@ def main(argv=None) -> int:
     from image_search.evaluation import evaluate_self_retrieval
 
     result = evaluate_self_retrieval(open_engine(args), args.input_dir, args.name, model_name=args.model,
-                                     batch_size=args.batch_size, workers=args.workers, progress=not args.json)
-    if args.json:
-        print(json.dumps(result.__dict__, indent=2))
-    else:
-        print("\n".join(result.lines()))
+                                     batch_size=args.batch_size, workers=args.workers,
+                                     progress=not json_to_stdout(args))
+    print_result(args, lambda: "\n".join(result.lines()), result.__dict__)
     return 0
 
 

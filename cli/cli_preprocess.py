@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import argparse
-import json
 
-from cli.common import add_common_flags, open_engine, run
+from cli.common import ToolParser, add_common_flags, add_json_flag, open_engine, print_result, run
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = ToolParser(
         prog="python -m cli.cli_preprocess",
         description="Embed every image under a folder (recursively) and store it as a searchable dataset. "
                     "Running it again on the same folder updates the dataset: only new and changed images are "
@@ -25,7 +24,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--follow-symlinks", action="store_true",
                         help="follow symbolic links that stay inside the folder (default: not followed)")
     parser.add_argument("--no-progress", action="store_true", help="do not show a progress bar")
-    parser.add_argument("--json", action="store_true", help="print the summary as JSON")
+    add_json_flag(parser, "the summary")
     add_common_flags(parser)
     return parser
 
@@ -38,10 +37,7 @@ def main(argv=None) -> int:
     report = ingest_folder(engine, args.input_dir, args.name, model_name=args.model, batch_size=args.batch_size,
                            workers=args.workers, rebuild=args.rebuild, follow_symlinks=args.follow_symlinks,
                            progress=not args.no_progress)
-    if args.json:
-        print(json.dumps(report.to_dict(), indent=2))
-    else:
-        print("\n".join(report.lines()))
+    print_result(args, lambda: "\n".join(report.lines()), report.to_dict())
     return 0
 
 

@@ -3,41 +3,34 @@
 from __future__ import annotations
 
 import argparse
-import json
 
-from cli.common import add_common_flags, open_engine, run
+from cli.common import ToolParser, add_common_flags, add_json_flag, format_table, open_engine, print_result, run
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = ToolParser(
         prog="python -m cli.cli_search",
         description="Find the images of a dataset that best match a description or an example image.")
     query = parser.add_mutually_exclusive_group(required=True)
     query.add_argument("--query", "-q", help='describe the image, e.g. "red car at night"')
     query.add_argument("--image", "-i", help="path of an example image")
-    parser.add_argument("--name", "-n", help="dataset to search")
+    parser.add_argument("--name", "-n", required=True, help="dataset to search")
     parser.add_argument("--num_results", "--num-results", "-k", default=5,
                         help="how many results to show (default 5)")
-    parser.add_argument("--json", action="store_true", help='print a JSON list of {"path", "score", "title"}')
+    add_json_flag(parser, 'the results (a list of {"path", "score", "title"})')
     add_common_flags(parser)
     return parser
 
 
-def format_table(results) -> str:
+def results_table(results) -> str:
     if not results:
         return "No results: the dataset is empty."
-    rows = [(str(rank), f"{r.score:.4f}", r.to_dict()["path"]) for rank, r in enumerate(results, 1)]
-    widths = [max(len(h), *(len(row[i]) for row in rows)) for i, h in enumerate(("#", "score", "path"))]
-    lines = [f"{'#':>{widths[0]}}  {'score':>{widths[1]}}  path"]
-    lines += [f"{a:>{widths[0]}}  {b:>{widths[1]}}  {c}" for a, b, c in rows]
-    return "\n".join(lines)
+    rows = [[str(rank), f"{r.score:.4f}", r.to_dict()["path"]] for rank, r in enumerate(results, 1)]
+    return format_table(["#", "score", "path"], rows, right={0, 1})
 
 
 def main(argv=None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    if not args.name:
-        parser.error("the following arguments are required: --name/-n")
+    args = build_parser().parse_args(argv)
     from image_search.search import search_by_image, search_by_text
 
     engine = open_engine(args, map_indexes=True)  # one search: page in the lists it probes, not the whole index
@@ -45,10 +38,7 @@ def main(argv=None) -> int:
         results = search_by_text(engine, args.name, args.query, args.num_results, model_name=args.model)
     else:
         results = search_by_image(engine, args.name, args.image, args.num_results, model_name=args.model)
-    if args.json:
-        print(json.dumps([r.to_dict() for r in results], indent=2, ensure_ascii=False))
-    else:
-        print(format_table(results))
+    print_result(args, lambda: results_table(results), [r.to_dict() for r in results])
     return 0
 
 

@@ -1,4 +1,4 @@
-"""Ingest speed benchmark: python -m evaluation.benchmark_ingest [--sizes 0.3,2,12] [--count N] [--json PATH]
+"""Ingest speed benchmark: python -m evaluation.benchmark_ingest [--sizes 0.3,2,12] [--count N] [--json [FILE]]
 
 For each size of photo-like JPEGs (generated once and cached, or your own folders with --images), measures in one
 run on this machine, with the same model and settings:
@@ -480,8 +480,10 @@ def _positive(text: str) -> int:
 
 
 def parse_args(argv=None):
-    parser = argparse.ArgumentParser(prog="python -m evaluation.benchmark_ingest", description=__doc__.strip(),
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    from cli.common import ToolParser, add_json_flag
+
+    parser = ToolParser(prog="python -m evaluation.benchmark_ingest", description=__doc__.strip(),
+                        formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default=DEFAULT_MODEL, help=f"model to embed with (default: {DEFAULT_MODEL})")
     parser.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: CUDA when available)")
     parser.add_argument("--sizes", type=_floats, default=_floats(DEFAULT_SIZES),
@@ -509,7 +511,7 @@ def parse_args(argv=None):
     parser.add_argument("--repeat", type=_positive, default=1,
                         help="measure (a), (b) and (d) this many times per size and keep the best (for shared "
                              "machines; default: 1)")
-    parser.add_argument("--json", metavar="PATH", help="also write the results as JSON to this file")
+    add_json_flag(parser)
     parser.add_argument("--memory", action="store_true",
                         help="instead of speed, measure peak memory of ingests of --memory-counts images")
     parser.add_argument("--memory-counts", type=_counts, default=_counts(DEFAULT_MEMORY_COUNTS),
@@ -528,10 +530,11 @@ def main(argv=None) -> int:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")  # random or local weights only: never wait on the network
     if args.memory_child:
         return memory_child(args)
-    result = run_memory(args) if args.memory else run_speed(args)
-    if args.json:
-        Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
-        print(f"Wrote {args.json}")
+    from cli.common import print_result, text_to_stderr_under_json
+
+    with text_to_stderr_under_json(args):
+        result = run_memory(args) if args.memory else run_speed(args)
+    print_result(args, None, result)
     return 0
 
 

@@ -13,14 +13,13 @@ default model, efficientnet-lite0, needs no download; CLIP models need their wei
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-from cli.common import run
+from cli.common import ToolParser, add_json_flag, print_result, run
 
 SEED_EVAL = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "seed-eval"
 DEFAULT_MODEL = "efficientnet-lite0"
@@ -31,7 +30,7 @@ CATEGORY_DATASET = "categories"
 def build_parser() -> argparse.ArgumentParser:
     from evaluation.edits import EDITS
 
-    parser = argparse.ArgumentParser(
+    parser = ToolParser(
         prog="python -m evaluation.benchmark_quality", description=__doc__.strip().splitlines()[0],
         epilog="Edits: " + "; ".join(f"{name}: {edit.description}" for name, edit in EDITS.items()))
     parser.add_argument("--photos", default=None,
@@ -45,7 +44,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: CUDA when available)")
     parser.add_argument("--batch-size", type=int, default=None, help="images per model batch")
     parser.add_argument("--workers", type=int, default=None, help="image decoding processes")
-    parser.add_argument("--json", default=None, help="also write every metric (and each miss) to this file")
+    add_json_flag(parser, "every metric (and each miss)")
     return parser
 
 
@@ -105,25 +104,22 @@ def main(argv=None) -> int:
             engine.close()
     seconds = time.perf_counter() - started
 
-    print(f"Model {model} on {device}; {len(originals) - len(unusable)} originals from {printable(photos)}")
-    print("\n".join(near_duplicates.lines()))
-    print()
-    print("\n".join(category_result.lines()) if category_result else
-          "Category retrieval skipped (no folder with train/ and val/; give one with --categories DIR).")
-    print(f"\nTook {seconds:.1f} s.")
-    if args.json:
-        report = {
-            "model": model, "device": device, "photos": printable(photos),
-            "originals": len(originals) - len(unusable),
-            "unusable": [{"path": printable(path), "reason": reason} for path, reason in unusable],
-            "edits": {name: edit.description for name, edit in EDITS.items()},
-            "near_duplicates": near_duplicates.to_dict(),
-            "categories": None if category_result is None else {
-                "folder": printable(os.path.abspath(categories)), **category_result.__dict__},
-            "seconds": round(seconds, 2),
-        }
-        with open(args.json, "w", encoding="utf-8") as handle:
-            json.dump(report, handle, indent=2, ensure_ascii=False)
+    text = [f"Model {model} on {device}; {len(originals) - len(unusable)} originals from {printable(photos)}",
+            *near_duplicates.lines(), "",
+            *(category_result.lines() if category_result else
+              ["Category retrieval skipped (no folder with train/ and val/; give one with --categories DIR)."]),
+            f"\nTook {seconds:.1f} s."]
+    report = {
+        "model": model, "device": device, "photos": printable(photos),
+        "originals": len(originals) - len(unusable),
+        "unusable": [{"path": printable(path), "reason": reason} for path, reason in unusable],
+        "edits": {name: edit.description for name, edit in EDITS.items()},
+        "near_duplicates": near_duplicates.to_dict(),
+        "categories": None if category_result is None else {
+            "folder": printable(os.path.abspath(categories)), **category_result.__dict__},
+        "seconds": round(seconds, 2),
+    }
+    print_result(args, "\n".join(text), report)
     return 0
 
 

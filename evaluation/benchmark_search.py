@@ -39,6 +39,7 @@ from pathlib import Path
 
 import numpy as np
 
+from cli.common import ToolParser, add_json_flag, print_result, text_to_stderr_under_json
 from evaluation.synthetic_vectors import DIM, SyntheticCollection
 from image_search import index as faiss_index
 from image_search.config import IndexSettings, Settings, load_index_settings
@@ -378,7 +379,7 @@ def table(report: dict) -> str:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m evaluation.benchmark_search", description=__doc__.split("\n")[0])
+    parser = ToolParser(prog="python -m evaluation.benchmark_search", description=__doc__.split("\n")[0])
     parser.add_argument("--sizes", default=DEFAULT_SIZES, help=f"comma-separated sizes (default {DEFAULT_SIZES})")
     parser.add_argument("--kinds", default=",".join(faiss_index.KINDS),
                         help="index kinds to compare (default: all; the automatic one is always included)")
@@ -394,21 +395,29 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--no-http", action="store_true", help="skip the timings through the HTTP server")
     parser.add_argument("--cli-runs", type=int, default=3, help="cli_search start-up runs (0: skip; default 3)")
     parser.add_argument("--quick", action="store_true", help="few queries, no sweep, no start-up runs (smoke test)")
-    parser.add_argument("--json", dest="json_path", help="write the results to this JSON file")
+    add_json_flag(parser)
     parser.add_argument("--keep", help="build in this folder and keep it (default: a temporary folder, removed)")
     return parser
 
 
 def main(argv=None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
     try:
         sizes = [int(s.replace("_", "")) for s in args.sizes.split(",") if s.strip()]
     except ValueError:
-        raise SystemExit(f"error: --sizes {args.sizes!r} is not a list of whole numbers, e.g. 10000,100000")
+        parser.error(f"--sizes {args.sizes!r} is not a list of whole numbers, e.g. 10000,100000")
     kinds = [k.strip() for k in args.kinds.split(",") if k.strip()]
     unknown = [k for k in kinds if k not in faiss_index.KINDS]
     if not sizes or min(sizes) < 100 or unknown:
-        raise SystemExit(f"error: sizes must be >= 100 and kinds among {', '.join(faiss_index.KINDS)}")
+        parser.error(f"sizes must be >= 100 and kinds among {', '.join(faiss_index.KINDS)}")
+    with text_to_stderr_under_json(args):
+        report = run_benchmark(args, sizes, kinds)
+    print_result(args, None, report)
+    return 0
+
+
+def run_benchmark(args, sizes: list[int], kinds: list[str]) -> dict:
     if args.quick:
         args.queries, args.text_queries, args.sweep, args.cli_runs = min(args.queries, 50), min(args.text_queries,
                                                                                              10), False, 0
@@ -458,10 +467,7 @@ def main(argv=None) -> int:
             shutil.rmtree(home, ignore_errors=True)
     print()
     print(table(report))
-    if args.json_path:
-        Path(args.json_path).write_text(json.dumps(report, indent=2))
-        print(f"\nWrote {args.json_path}")
-    return 0
+    return report
 
 
 if __name__ == "__main__":

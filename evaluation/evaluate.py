@@ -1,31 +1,45 @@
 """Category-retrieval evaluation like the original's (python -m evaluation.evaluate --dataset DIR).
 
 DIR holds train/ and val/ folders of images named CATEGORY_N.ext; train is ingested, each val image is a query.
+The train dataset is a throwaway, deleted when the evaluation ends, unless --keep keeps it. A set to try it on:
+../shared/datasets/seed-eval beside the checkout (the original's 110 photos), or one generated with
+python -m evaluation.sample_images --categories DIR.
 """
 
 from __future__ import annotations
 
-import argparse
-import json
+from cli.common import ToolParser, add_common_flags, add_json_flag, open_engine, print_result, run
 
-from cli.common import add_common_flags, open_engine, run
+
+def build_parser() -> ToolParser:
+    parser = ToolParser(prog="python -m evaluation.evaluate", description=__doc__.strip())
+    parser.add_argument("--dataset", "-d", required=True, help="folder with train/ and val/")
+    parser.add_argument("--keep", action="store_true",
+                        help="keep the dataset built from train/ afterwards (default: it is deleted)")
+    parser.add_argument("--name", "-n", default=None,
+                        help="name of the dataset built from train/ (default: evaluation-train with --keep, "
+                             "else a unique throwaway name); with --keep an existing one is rebuilt")
+    add_json_flag(parser, "the metrics and per-query results")
+    add_common_flags(parser)
+    return parser
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m evaluation.evaluate", description=__doc__.strip())
-    parser.add_argument("--dataset", "-d", required=True, help="folder with train/ and val/")
-    parser.add_argument("--name", "-n", default="evaluation-train",
-                        help="dataset name to (re)build from train/ (default: evaluation-train)")
-    parser.add_argument("--json", default=None, help="also write the metrics and per-query results to this file")
-    add_common_flags(parser)
-    args = parser.parse_args(argv)
-    from image_search.evaluation import evaluate_categories
+    args = build_parser().parse_args(argv)
+    from image_search.evaluation import KEPT_CATEGORY_DATASET, evaluate_categories
 
-    result = evaluate_categories(open_engine(args), args.dataset, args.name, model_name=args.model)
-    print("\n".join(result.lines()))
-    if args.json:
-        with open(args.json, "w") as handle:
-            json.dump(result.__dict__, handle, indent=2)
+    engine = open_engine(args)
+    name = args.name or (KEPT_CATEGORY_DATASET if args.keep else None)
+    result = evaluate_categories(engine, args.dataset, name, keep=args.keep, model_name=args.model)
+
+    def text() -> str:
+        lines = result.lines()
+        if args.keep:
+            lines.append(f"Kept dataset '{name}'; search it with python -m cli.cli_search -n {name}, delete it "
+                         f"with python -m cli.cli_datasets delete {name}.")
+        return "\n".join(lines)
+
+    print_result(args, text, result.__dict__)
     return 0
 
 

@@ -1,13 +1,14 @@
 """Synthetic images for the quick start, the tests and the benchmarks (python -m evaluation.sample_images DIR).
 
 `write_demo_images` draws a small set of simple, nameable scenes (a red circle on grass, a yellow sun over the
-sea, ...) that a real CLIP model finds by description. `make_photo` draws photo-like pictures: smooth lighting,
-overlapping objects, texture and sensor noise, so JPEG file sizes and decode costs resemble real photographs.
+sea, ...) that a real CLIP model finds by description. `write_category_set` (--categories DIR) draws variants of
+those scenes as a train/ and val/ set for the category evaluation (python -m evaluation.evaluate). `make_photo`
+draws photo-like pictures: smooth lighting, overlapping objects, texture and sensor noise, so JPEG file sizes and
+decode costs resemble real photographs.
 """
 
 from __future__ import annotations
 
-import argparse
 import os
 from pathlib import Path
 
@@ -63,13 +64,60 @@ def _draw_scene(kind: str, background, color, size: int = 512) -> Image.Image:
 
 
 def write_demo_images(folder: str | os.PathLike) -> list[Path]:
+    """The demo scenes as folder/NAME.jpg. A file that already holds the same picture is left alone, so a second
+    run (of the demo, say) finds the folder unchanged and its ingest embeds nothing."""
+    import io
+
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     written = []
     for name, (background, kind, color) in DEMO_SCENES.items():
         path = folder / f"{name}.jpg"
-        _draw_scene(kind, background, color).save(path, quality=92)
+        encoded = io.BytesIO()
+        _draw_scene(kind, background, color).save(encoded, format="JPEG", quality=92)
+        if not (path.is_file() and path.read_bytes() == encoded.getvalue()):
+            path.write_bytes(encoded.getvalue())
         written.append(path)
+    return written
+
+
+def scene_variant(name: str, rng: np.random.Generator, size: int = 256) -> Image.Image:
+    """Demo scene `name` as another photo of the same subject would show it: other shades, framing, tilt, side,
+    exposure and noise. Variants of one scene stay closer to each other than to any other scene, so an image
+    model (efficientnet-lite0) retrieves them by category."""
+    background, kind, color = DEMO_SCENES[name]
+    cast = rng.integers(-20, 21, size=3)  # one colour cast over the whole picture, as a different light gives
+
+    def shade(rgb):
+        return tuple(int(np.clip(v + d, 0, 255)) for v, d in zip(rgb, cast + rng.integers(-12, 13, size=3)))
+
+    canvas, ground = 512, shade(background)
+    image = _draw_scene(kind, ground, shade(color), size=canvas)
+    side = int(canvas * rng.uniform(0.75, 1.0))  # framed closer, off centre
+    left, top = (int(v) for v in rng.integers(0, canvas - side + 1, size=2))
+    image = image.crop((left, top, left + side, top + side))
+    image = image.rotate(float(rng.uniform(-10, 10)), resample=Image.Resampling.BICUBIC, fillcolor=ground)
+    if rng.random() < 0.5:
+        image = image.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
+    image = image.resize((size, size), Image.Resampling.LANCZOS)
+    pixels = np.asarray(image, dtype=np.float32) * rng.uniform(0.85, 1.15)  # exposure
+    pixels += rng.standard_normal(pixels.shape, dtype=np.float32) * 6.0  # sensor noise
+    return Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8))
+
+
+def write_category_set(folder: str | os.PathLike, *, train: int = 5, val: int = 2, seed: int = 0) -> list[Path]:
+    """A category-retrieval set like the original's evaluation set: folder/train and folder/val of CATEGORY_N.jpg,
+    one category per demo scene, every image a different variant (val continues train's numbering)."""
+    folder = Path(folder)
+    rng = np.random.default_rng(seed)
+    written = []
+    for split, first, count in (("train", 1, train), ("val", train + 1, val)):
+        (folder / split).mkdir(parents=True, exist_ok=True)
+        for name in DEMO_SCENES:
+            for number in range(first, first + count):
+                path = folder / split / f"{name}_{number}.jpg"
+                scene_variant(name, rng).save(path, quality=90)
+                written.append(path)
     return written
 
 
@@ -145,15 +193,28 @@ def write_photos(folder: str | os.PathLike, count: int, *, megapixels: float = 0
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m evaluation.sample_images", description=__doc__.strip())
-    parser.add_argument("folder", help="where to write the images")
+    from cli.common import ToolParser
+
+    parser = ToolParser(prog="python -m evaluation.sample_images", description=__doc__.strip())
+    parser.add_argument("folder", nargs="?", help="where to write the demo scenes")
     parser.add_argument("--photos", type=int, default=0, help="also write this many photo-like JPEGs")
     parser.add_argument("--megapixels", type=float, default=0.3, help="size of the photo-like JPEGs")
+    parser.add_argument("--categories", metavar="DIR",
+                        help="write a category-retrieval set for python -m evaluation.evaluate: DIR/train and "
+                             "DIR/val of CATEGORY_N.jpg, variants of the demo scenes")
     args = parser.parse_args(argv)
-    written = write_demo_images(args.folder)
-    if args.photos:
-        written += write_photos(args.folder, args.photos, megapixels=args.megapixels)
-    print(f"Wrote {len(written)} images to {os.path.abspath(args.folder)}")
+    if args.folder is None and args.categories is None:
+        parser.error("give a folder for the demo scenes, or --categories DIR")
+    if args.folder is not None:
+        written = write_demo_images(args.folder)
+        if args.photos:
+            written += write_photos(args.folder, args.photos, megapixels=args.megapixels)
+        print(f"Wrote {len(written)} images to {os.path.abspath(args.folder)}")
+    if args.categories is not None:
+        written = write_category_set(args.categories)
+        print(f"Wrote a category set of {len(written)} images ({len(DEMO_SCENES)} categories) to "
+              f"{os.path.abspath(args.categories)}; evaluate with: python -m evaluation.evaluate --dataset "
+              f"{args.categories}")
     return 0
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 import re
+import uuid
 from dataclasses import dataclass
 from typing import Sequence
 
@@ -22,9 +23,11 @@ from .engine import ImageSearch
 from .errors import InvalidInputError
 from .files import scan_folder
 from .ingest import check_input_folder, ingest_folder, printable
+from .names import validate_dataset_name
 from .search import SearchResult, search_vectors
 
 _TRAILING_NUMBER = re.compile(r"_\d+$")
+KEPT_CATEGORY_DATASET = "evaluation-train"  # the original's name for the category evaluation's dataset
 
 
 def category_of(path: str) -> str:
@@ -126,18 +129,41 @@ class CategoryRetrievalResult:
                 f"mAP:         {self.mean_average_precision:.4f}"]
 
 
-def evaluate_categories(engine: ImageSearch, dataset_dir, name: str, *, model_name: str | None = None,
-                        batch_size=None, workers=None, progress=False) -> CategoryRetrievalResult:
+def evaluate_categories(engine: ImageSearch, dataset_dir, name: str | None = None, *, keep: bool = False,
+                        model_name: str | None = None, batch_size=None, workers=None,
+                        progress=False) -> CategoryRetrievalResult:
+    """Ingest DIR/train as dataset NAME, query it with every DIR/val image, and score by category.
+
+    Without keep the dataset is a throwaway: NAME (by default a fresh unique name) must not exist yet, so no
+    dataset of the user's is ever replaced, and it is deleted afterwards whatever happens. With keep it is
+    (re)built as NAME (by default KEPT_CATEGORY_DATASET) and stays, to be searched with the other tools.
+    """
     root = check_input_folder(dataset_dir)
     train, val = os.path.join(root, "train"), os.path.join(root, "val")
     if not (os.path.isdir(train) and os.path.isdir(val)):
         raise InvalidInputError(f"{root} must hold a train/ and a val/ folder of images named CATEGORY_N.ext.")
-    report = ingest_folder(engine, train, name, model_name=model_name, batch_size=batch_size, workers=workers,
-                           progress=progress, rebuild=True)
+    if name is None:
+        name = KEPT_CATEGORY_DATASET if keep else f"evaluation-{uuid.uuid4().hex[:12]}"
+    name = validate_dataset_name(name)
+    if not keep and engine.store.get_dataset(name) is not None:
+        raise InvalidInputError(f"Dataset '{name}' already exists, and the evaluation deletes its dataset when it "
+                                "ends; choose another name, or keep the dataset (--keep) to rebuild it.")
+    try:
+        report = ingest_folder(engine, train, name, model_name=model_name, batch_size=batch_size, workers=workers,
+                               progress=progress, rebuild=True)
+        return _score_categories(engine, name, val, report.total, batch_size=batch_size, workers=workers,
+                                 progress=progress)
+    finally:
+        if not keep and engine.store.get_dataset(name) is not None:
+            engine.delete_dataset(name)
+
+
+def _score_categories(engine: ImageSearch, name: str, val: str, depth: int, *, batch_size, workers,
+                      progress) -> CategoryRetrievalResult:
     record = engine.dataset(name)
     paths, queries = _embed_folder(engine, val, record.model, batch_size=batch_size, workers=workers,
                                    progress=progress)
-    results = search_vectors(engine, name, queries, report.total)
+    results = search_vectors(engine, name, queries, depth)
     per_query, p1, p5, aps = [], [], [], []
     train_categories = [category_of(p) for p in (r.path for r in results[0])] if results else []
     for path, row in zip(paths, results):

@@ -35,6 +35,8 @@ class IngestReport:
     root: str
     model: str
     indexed: int = 0  # embedded in this run
+    to_embed: int = 0  # new or changed files read for embedding (indexed, or skipped as unreadable)
+    model_seconds: float = 0.0  # loading the model (about 0 when the process had it loaded already)
     embed_seconds: float = 0.0  # reading and embedding only (no model loading, scanning or committing)
     reused: int = 0  # unchanged since the last ingest, not embedded again
     removed: int = 0  # gone from the folder (or changed) since the last ingest
@@ -58,8 +60,7 @@ class IngestReport:
         verb = "Created" if self.created else ("Updated" if self.changed else "Checked")
         lines.append(f"{verb} dataset '{self.dataset}' from {self.root} with model {self.model}: "
                      f"{self.total} images in the dataset.")
-        lines.append(f"Indexed {self.indexed} images in {self.seconds:.1f} s (embedding at {self.images_per_second:.1f} "
-                     f"images/s); "
+        lines.append(f"Indexed {self.indexed} images in {self.seconds:.1f} s ({self._time_split()}); "
                      f"reused {self.reused} unchanged; removed {self.removed}.")
         if self.skipped:
             lines.append(f"Skipped {len(self.skipped)} files that could not be read:")
@@ -74,12 +75,24 @@ class IngestReport:
                          "links that stay inside the folder).")
         return lines
 
+    def _time_split(self) -> str:
+        """Where the time went: model loading apart from embedding, and a rate only when images were embedded."""
+        parts = [] if self.to_embed else ["nothing new or changed to embed"]
+        if self.model_seconds >= 0.05:  # a server has its model loaded already: nothing to report
+            parts.append(f"model loading {self.model_seconds:.1f} s")
+        if self.indexed:
+            parts.append(f"embedding {self.embed_seconds:.1f} s at {self.images_per_second:.1f} images/s")
+        elif self.to_embed:
+            parts.append(f"reading {self.embed_seconds:.1f} s, no file usable")
+        return ", ".join(parts)
+
     def to_dict(self) -> dict:
         return {
             "dataset": self.dataset, "root": printable(self.root), "model": self.model, "indexed": self.indexed,
             "reused": self.reused, "removed": self.removed, "total": self.total, "seconds": round(self.seconds, 3),
+            "model_seconds": round(self.model_seconds, 3), "to_embed": self.to_embed,
             "embed_seconds": round(self.embed_seconds, 3),
-            "images_per_second": round(self.images_per_second, 2), "ignored": self.ignored,
+            "images_per_second": round(self.images_per_second, 2) if self.indexed else None, "ignored": self.ignored,
             "skipped": [{"path": printable(p), "reason": r} for p, r in self.skipped],
             "symlinks_skipped": self.symlinks_skipped, "created": self.created, "changed": self.changed,
             "recovered": self.recovered,
@@ -179,8 +192,10 @@ def ingest_folder(engine: ImageSearch, input_dir, name: str, *, model_name: str 
             model_id = explicit_model or existing.model
         else:
             model_id = explicit_model or engine.settings.model_name or DEFAULT_MODEL
+        model_started = time.perf_counter()
         embedder = engine.model(model_id)
-        report = IngestReport(dataset=name, root=root, model=embedder.name, recovered=recovered)
+        report = IngestReport(dataset=name, root=root, model=embedder.name, recovered=recovered,
+                              model_seconds=time.perf_counter() - model_started)
 
         scan = scan_folder(root, follow_symlinks=follow_symlinks)
         report.skipped.extend(scan.problems)
@@ -200,6 +215,7 @@ def ingest_folder(engine: ImageSearch, input_dir, name: str, *, model_name: str 
         if existing is not None and rebuild:
             removed_ids = engine.store.vector_ids(existing.id)
         report.reused = len(keep_ids)
+        report.to_embed = len(to_embed)
 
         if incremental:
             working_index = faiss_index.copy_without(engine.load_index(name).index, removed_ids)

@@ -7,6 +7,7 @@ import threading
 from collections import OrderedDict
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
@@ -14,7 +15,7 @@ from . import index as faiss_index
 from .config import DEFAULT_NUM_RESULTS
 from .engine import ImageSearch, LoadedIndex
 from .errors import ImageSearchError, InvalidInputError, ModelMismatchError, UnsupportedQueryError
-from .images import NotAnImage, UnreadableImage
+from .images import _HEADER_BYTES, IMAGE_EXTENSIONS, NotAnImage, UnreadableImage, sniff_format
 from .files import printable
 from .models import Embedder, parse_model_name
 from .reader import read_pixels
@@ -105,8 +106,9 @@ def search_by_text(engine: ImageSearch, name: str, text: str, k=DEFAULT_NUM_RESU
     return _search(engine, name, k, model_name, embed)
 
 
-def search_by_image(engine: ImageSearch, name: str, image_path, k=DEFAULT_NUM_RESULTS, *,
-                    model_name: str | None = None) -> list[SearchResult]:
+def check_query_image(image_path) -> str:
+    """The query image's absolute path, after checking by its content that it is an image: a wrong file is
+    refused at once, before the dataset's model is loaded (seconds, or a download) only to be told so."""
     if not image_path or not str(image_path).strip():
         raise InvalidInputError("No query image was given; pass the path of an image file.")
     path = os.path.abspath(os.path.expanduser(str(image_path)))
@@ -114,6 +116,25 @@ def search_by_image(engine: ImageSearch, name: str, image_path, k=DEFAULT_NUM_RE
         raise InvalidInputError(f"The query image {printable(path)} does not exist; check the path.")
     if os.path.isdir(path):
         raise InvalidInputError(f"The query image {printable(path)} is a folder; give an image file.")
+    try:
+        with open(path, "rb") as handle:
+            header = handle.read(_HEADER_BYTES)
+    except OSError as error:
+        raise InvalidInputError(f"The query image {printable(path)} cannot be read ({error.strerror or error}); "
+                                "check its permissions.") from None
+    if sniff_format(header) is None:  # the same verdicts as the reader's (images.load_rgb), given early
+        if Path(path).suffix.lower() not in IMAGE_EXTENSIONS:
+            raise InvalidInputError(f"The query file {printable(path)} is not an image (JPEG, PNG, WebP, BMP, GIF "
+                                    "or TIFF); give an image file.")
+        reason = ("empty file (0 bytes)" if not header
+                  else "not an image: its content is not JPEG, PNG, WebP, BMP, GIF or TIFF")
+        raise InvalidInputError(f"The query image {printable(path)} cannot be used: {reason}.")
+    return path
+
+
+def search_by_image(engine: ImageSearch, name: str, image_path, k=DEFAULT_NUM_RESULTS, *,
+                    model_name: str | None = None) -> list[SearchResult]:
+    path = check_query_image(image_path)
     k = check_num_results(k)
 
     def embed(embedder: Embedder, _record) -> np.ndarray:

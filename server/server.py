@@ -29,7 +29,7 @@ from flask_ml.flask_ml_server.models import (BatchFileResponse, DirectoryInput, 
                                              TextResponse)
 from werkzeug.serving import BaseWSGIServer, WSGIRequestHandler
 
-from cli.common import add_common_flags, cli_message, open_engine, run
+from cli.common import ToolParser, add_common_flags, cli_message, open_engine, run
 from image_search import __version__
 from image_search.config import DEFAULT_NUM_RESULTS
 from image_search.cpu_threads import run_in_passing_thread
@@ -404,7 +404,7 @@ def port_number(text: str) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = ToolParser(
         prog="python -m server.server",
         description="Serve image search to the RescueBox desktop app: register this server's address in the app.")
     parser.add_argument("--host", default=DEFAULT_HOST,

@@ -1,0 +1,132 @@
+"""A first run that works offline (python -m cli.cli_demo): sample pictures, an ingest and a search.
+
+It writes the demo scenes to ./samples, ingests them into your data folder, and searches them by text with the
+default CLIP model. Without that model's weights on this machine it says so in one line and shows image search
+with efficientnet-lite0 instead (its weights ship with a pip package): an edited copy of one sample finds the
+original.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+from pathlib import Path
+
+from cli.common import ToolParser, add_common_flags, open_engine, run
+
+TEXT_DATASET = "samples"
+OFFLINE_DATASET = "samples-offline"
+TEXT_QUERY = "a red circle"
+QUERY_SAMPLE = "red_circle_on_grass.jpg"  # the sample whose edited copy is the offline query
+OFFLINE_MODEL = "efficientnet-lite0"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = ToolParser(prog="python -m cli.cli_demo", description=__doc__.strip())
+    parser.add_argument("--samples", default="samples",
+                        help="folder to write the sample pictures to (default: ./samples)")
+    add_common_flags(parser, model=False)
+    return parser
+
+
+def text_search_problem(engine) -> str | None:
+    """Why the default CLIP model cannot search by text here (a sentence), or None when it can.
+
+    For now this loads the model (about 5 s on 2 cores when its weights are missing, offline); a check of the
+    weights' files alone can replace it."""
+    from image_search.errors import ModelError
+
+    name = engine.settings.default_model
+    try:
+        embedder = engine.model(name)
+    except ModelError as error:
+        return str(error)
+    if not embedder.supports_text:
+        return f"The default model {embedder.name} has no text side."
+    return None
+
+
+def ingest_samples(engine, folder: Path, name: str, model: str):
+    """Ingest the samples as dataset `name` with `model`; the demo owns the name, so a dataset of that name made
+    from another folder (an earlier demo run elsewhere) or with another model is rebuilt."""
+    from image_search.ingest import ingest_folder
+    from image_search.models import parse_model_name
+
+    existing = engine.store.get_dataset(name)
+    rebuild = existing is not None and (existing.root != os.path.realpath(folder)
+                                        or existing.model != parse_model_name(model).name)
+    report = ingest_folder(engine, folder, name, model_name=model, rebuild=rebuild, progress=False)
+    print("\n".join(report.lines()))
+
+
+def text_demo(engine, folder: Path) -> int:
+    from cli.cli_search import results_table
+    from image_search.search import search_by_text
+
+    ingest_samples(engine, folder, TEXT_DATASET, engine.settings.default_model)
+    print(f'\nSearching {TEXT_DATASET} for "{TEXT_QUERY}":')
+    print(results_table(search_by_text(engine, TEXT_DATASET, TEXT_QUERY, 3)))
+    _print_next_steps(folder, TEXT_DATASET, [f'python -m cli.cli_search -q "a yellow sun over the sea" -n '
+                                             f'{TEXT_DATASET}'])
+    return 0
+
+
+def image_demo(engine, folder: Path) -> int:
+    from cli.cli_search import results_table
+    from evaluation.edits import brighten_30, downscale_half
+    from image_search.images import load_rgb
+    from image_search.search import search_by_image
+
+    ingest_samples(engine, folder, OFFLINE_DATASET, OFFLINE_MODEL)
+    original = folder / QUERY_SAMPLE
+    with tempfile.TemporaryDirectory(prefix="image-search-demo-") as scratch:
+        query = Path(scratch) / f"edited-{QUERY_SAMPLE}"
+        brighten_30(downscale_half(load_rgb(str(original)))).save(query, quality=90)
+        print(f"\nSearching {OFFLINE_DATASET} with an edited copy of {QUERY_SAMPLE} (half the size, 30% brighter):")
+        results = search_by_image(engine, OFFLINE_DATASET, query, 3)
+    print(results_table(results))
+    if not results or not os.path.samefile(results[0].path, original):
+        top = results[0].path if results else "nothing"
+        print(f"error: the top hit is {top}, not the original {original}; the image model is not working as it "
+              "should here.", file=sys.stderr)
+        return 1
+    print(f"The top hit is the original: {original} (score {results[0].score:.3f}).")
+    _print_next_steps(folder, OFFLINE_DATASET, [], model=OFFLINE_MODEL)
+    return 0
+
+
+def _print_next_steps(folder: Path, dataset: str, extra: list[str], model: str | None = None) -> None:
+    ingest = "python -m cli.cli_preprocess -i /path/to/photos -n myphotos" + (f" --model {model}" if model else "")
+    commands = [*extra, f"python -m cli.cli_search -i {folder / 'purple_flower.jpg'} -n {dataset}", ingest,
+                "python -m cli.cli_datasets list", "python -m server.server   # for the RescueBox app"]
+    print("\nNext (inside the project's environment: pipenv shell, or pipenv run in front of each):")
+    print("\n".join(f"  {command}" for command in commands))
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    # The demo must end quickly with no internet, so it never tries the hub (a download and its retries) unless
+    # the user says so; set before huggingface_hub is imported, which reads it once.
+    chose_offline = "HF_HUB_OFFLINE" not in os.environ
+    if chose_offline:
+        os.environ["HF_HUB_OFFLINE"] = "1"
+    from evaluation.sample_images import write_demo_images
+
+    folder = Path(args.samples)
+    written = write_demo_images(folder)
+    print(f"{len(written)} sample pictures in {folder.resolve()}.")
+    engine = open_engine(args)
+    problem = text_search_problem(engine)
+    if problem is None:
+        return text_demo(engine, folder)
+    how = (" (The demo itself never downloads: with internet access, HF_HUB_OFFLINE=0 python -m cli.cli_demo "
+           "fetches them, about 600 MB.)" if chose_offline else "")
+    print(f"No text search here: {problem}{how} Showing image search with {OFFLINE_MODEL} instead, which works "
+          "offline.")
+    return image_demo(engine, folder)
+
+
+if __name__ == "__main__":
+    run(main)
