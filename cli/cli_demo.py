@@ -32,17 +32,18 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def text_search_problem(engine) -> str | None:
-    """Why the default CLIP model cannot search by text here (a sentence), or None when it can.
+    """Why the default CLIP model cannot search by text here (a sentence in the CLI's words), or None when it can.
 
-    For now this loads the model (about 5 s on 2 cores when its weights are missing, offline); a check of the
-    weights' files alone can replace it."""
+    Loading the model checks first that its weights are cached or can be downloaded (image_search.models), so
+    missing weights are known within a second, offline too."""
+    from cli.common import cli_message
     from image_search.errors import ModelError
 
     name = engine.settings.default_model
     try:
         embedder = engine.model(name)
     except ModelError as error:
-        return str(error)
+        return cli_message(error)
     if not embedder.supports_text:
         return f"The default model {embedder.name} has no text side."
     return None
@@ -107,11 +108,8 @@ def _print_next_steps(folder: Path, dataset: str, extra: list[str], model: str |
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
-    # The demo must end quickly with no internet, so it never tries the hub (a download and its retries) unless
-    # the user says so; set before huggingface_hub is imported, which reads it once.
-    chose_offline = "HF_HUB_OFFLINE" not in os.environ
-    if chose_offline:
-        os.environ["HF_HUB_OFFLINE"] = "1"
+    # With no internet the weights check fails within a second (image_search.models), so the demo needs no
+    # offline switch: where the hub answers, the default model downloads once (about 600 MB) and is cached.
     from evaluation.sample_images import write_demo_images
 
     folder = Path(args.samples)
@@ -121,9 +119,7 @@ def main(argv=None) -> int:
     problem = text_search_problem(engine)
     if problem is None:
         return text_demo(engine, folder)
-    how = (" (The demo itself never downloads: with internet access, HF_HUB_OFFLINE=0 python -m cli.cli_demo "
-           "fetches them, about 600 MB.)" if chose_offline else "")
-    print(f"No text search here: {problem}{how} Showing image search with {OFFLINE_MODEL} instead, which works "
+    print(f"No text search here: {problem} Showing image search with {OFFLINE_MODEL} instead, which works "
           "offline.")
     return image_demo(engine, folder)
 
