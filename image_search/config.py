@@ -12,6 +12,8 @@ from pathlib import Path
 
 from dotenv import find_dotenv, load_dotenv
 
+from .vectors.kinds import AUTO, KINDS
+
 DEFAULT_MODEL = "ViT-B-32:laion2b_s34b_b79k"
 DEFAULT_NUM_RESULTS = 5
 DEFAULT_DB_NAME = "image_search"
@@ -95,8 +97,6 @@ def _positive_int_env(name: str) -> int | None:
 
 
 def load_index_settings() -> IndexSettings:
-    from .index import AUTO, KINDS
-
     kind = os.environ.get("IMAGE_SEARCH_INDEX", "").strip().lower() or AUTO
     if kind not in (AUTO, *KINDS):
         from .errors import InvalidInputError

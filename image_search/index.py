@@ -19,14 +19,7 @@ from typing import Callable, Iterator
 import numpy as np
 
 from .config import IndexSettings
-
-# Index kinds (the value stored as the dataset's index_kind). All use inner product on normalised vectors.
-FLAT = "flat"  # exact: every query scans every vector
-IVF = "ivf"  # approximate: vectors grouped around k-means centroids, a query scans the nprobe nearest groups
-IVF_SQ8 = "ivf-sq8"  # IVF storing each vector as 8-bit codes: a quarter of the memory, slightly lower recall
-HNSW = "hnsw"  # approximate: a navigable graph; fastest queries, slow to build, a removal rebuilds the graph
-AUTO = "auto"
-KINDS = (FLAT, IVF, IVF_SQ8, HNSW)
+from .vectors.kinds import AUTO, FLAT, HNSW, IVF, IVF_SQ8, KINDS  # noqa: F401 (re-exported)
 
 # Auto choice, from evaluation/benchmark_search.py (README, "Large collections"): on the 2-core machine an exact
 # scan for one query took 1.7-6.6 ms at 20k vectors, 5.5-8 ms at 50k and 75 ms at 1M, while IVF stayed at 1-1.4 ms
