@@ -126,3 +126,86 @@ def test_the_engine_applies_the_search_effort_settings(settings, photos):
     finally:
         builder.close()
         searcher.close()
+
+
+# -- searching among allowed ids only -----------------------------------------------------------------------------
+def allowed_sample(ids: np.ndarray, count: int) -> np.ndarray:
+    return np.sort(np.random.default_rng(3).choice(ids, count, replace=False))
+
+
+def recall(rows, truth) -> float:
+    return float(np.mean([len(set(row.ids.tolist()) & set(best.ids.tolist())) / len(best.ids)
+                          for row, best in zip(rows, truth)]))
+
+
+@pytest.mark.parametrize("kind", vectors.KINDS)
+def test_a_search_with_ids_returns_the_best_allowed_ids_only(kind):
+    exact, ids, _ = synthetic_index(3000)
+    index = exact if kind == vectors.FLAT else vectors.fit(exact, kind)
+    index.set_search_effort(nprobe=index.lists, ef_search=index.count)  # exhaustive: exact among the allowed
+    queries = SyntheticCollection(64).queries(20)
+    allowed = allowed_sample(ids, 150)
+    stored = all_vectors(index)  # as the index holds them: decoded 8-bit codes for ivf-sq8
+    scores = queries @ np.stack([stored[i] for i in allowed.tolist()]).T
+    rows = index.search(queries, 10, ids=allowed)
+    assert len(rows) == len(queries)
+    for row, expected in zip(rows, scores):
+        best = np.argsort(-expected)[:10]
+        assert row.ids.tolist() == allowed[best].tolist()
+        assert np.allclose(row.scores, expected[best], atol=1e-4)
+    one = index.search(queries[:1], 10, ids=allowed)  # one query runs on one thread: the same answer
+    assert one[0].ids.tolist() == rows[0].ids.tolist()
+
+    few = allowed[:7]  # more results asked for than there are allowed ids: all of them, no -1 padding
+    for row in index.search(queries, 50, ids=few) + index.search(queries[:1], 50, ids=few):
+        assert sorted(row.ids.tolist()) == few.tolist() and np.all(np.diff(row.scores) <= 0)
+    absent = np.arange(10 ** 9, 10 ** 9 + 5)  # allowed, but not in the index: FAISS pads the rows with -1
+    for row in index.search(queries, 50, ids=np.concatenate([few, absent])):
+        assert sorted(row.ids.tolist()) == few.tolist()
+    nothing = np.zeros(0, dtype=np.int64)
+    assert [len(row.ids) for row in index.search(queries, 5, ids=nothing)] == [0] * len(queries)
+    assert [len(row.ids) for row in index.search(queries[:1], 5, ids=nothing)] == [0]
+
+
+@pytest.mark.parametrize("kind", [vectors.IVF, vectors.IVF_SQ8])
+def test_a_filtered_ivf_search_scans_as_many_lists_as_nprobe_says(kind):
+    exact, ids, _ = synthetic_index(3000)
+    index = vectors.fit(exact, kind)
+    queries = SyntheticCollection(64).queries(20)
+    allowed = allowed_sample(ids, 600)
+    for nprobe in (3, index.lists // 4):
+        index.set_search_effort(nprobe=nprobe)
+        # asked for every vector, a search returns those of the lists it scans; a filtered search with the same
+        # nprobe finds the best allowed ids among exactly those
+        scanned = index.search(queries, index.count)
+        assert max(len(row.ids) for row in scanned) < index.count
+        for row, everything in zip(index.search(queries, 10, ids=allowed), scanned):
+            assert row.ids.tolist() == everything.ids[np.isin(everything.ids, allowed)][:10].tolist()
+
+
+def test_a_filtered_hnsw_search_looks_as_wide_as_ef_search_says():
+    exact, ids, _ = synthetic_index(3000)
+    hnsw = vectors.fit(exact, vectors.HNSW)
+    queries = SyntheticCollection(64).queries(20)
+    allowed = allowed_sample(ids, 150)
+    truth = exact.search(queries, 10, ids=allowed)
+
+    def filtered_recall(ef_search: int) -> float:
+        hnsw.set_search_effort(ef_search=ef_search)
+        return recall(hnsw.search(queries, 10, ids=allowed), truth)
+
+    assert filtered_recall(hnsw.count) == 1.0  # at FAISS' own default (16) it would not be
+    assert filtered_recall(16) < 1.0
+
+
+@pytest.mark.parametrize("kind", vectors.KINDS)
+def test_a_filtered_search_of_a_saved_index_read_or_mapped(kind, tmp_path):
+    exact, ids, _ = synthetic_index(2000)
+    index = exact if kind == vectors.FLAT else vectors.fit(exact, kind)
+    queries = SyntheticCollection(64).queries(5)
+    allowed = allowed_sample(ids, 300)
+    expected = [row.ids.tolist() for row in index.search(queries, 10, ids=allowed)]
+    index.save(tmp_path / "index.faiss")
+    for mapped in (False, True):
+        loaded = vectors.load_index(tmp_path / "index.faiss", mapped=mapped)
+        assert [row.ids.tolist() for row in loaded.search(queries, 10, ids=allowed)] == expected

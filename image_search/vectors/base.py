@@ -123,5 +123,6 @@ class VectorIndex(ABC):
 
     # -- searching --------------------------------------------------------------------------------------------
     @abstractmethod
-    def search(self, queries: np.ndarray, k: int) -> list[Neighbours]:
-        """The k best for each query (a row of `queries`), best first."""
+    def search(self, queries: np.ndarray, k: int, ids: np.ndarray | None = None) -> list[Neighbours]:
+        """The k best for each query (a row of `queries`), best first. `ids`: a sorted int64 array of the only
+        ids that may be returned (None: any id); the search effort (nprobe, ef_search) is the same either way."""

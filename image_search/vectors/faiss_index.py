@@ -210,15 +210,20 @@ class FaissIndex(VectorIndex):
             yield ids.astype(np.int64), index.sa_decode(np.ascontiguousarray(full_codes))
 
     # -- searching --------------------------------------------------------------------------------------------
-    def search(self, queries: np.ndarray, k: int) -> list[Neighbours]:
+    def search(self, queries: np.ndarray, k: int, ids: np.ndarray | None = None) -> list[Neighbours]:
         import faiss
 
         queries = np.ascontiguousarray(queries, dtype=np.float32)
         k = min(int(k), self.count)
+        params = None
+        if ids is not None:
+            allowed = np.ascontiguousarray(ids, dtype=np.int64).reshape(-1)
+            k = min(k, len(allowed))
+            params = self._search_parameters(allowed) if k > 0 else None
         if k <= 0:
             return [_NOTHING] * len(queries)
         if len(queries) > 1:
-            scores, found = self._index.search(queries, k)
+            scores, found = self._index.search(queries, k, params=params)
         else:
             # One query has nothing to share between threads, yet FAISS still opens an OpenMP team and waits for
             # all of it at the end: on a busy machine (an ingest running beside the server) that wait cost 10-50 ms
@@ -227,10 +232,28 @@ class FaissIndex(VectorIndex):
             threads = faiss.omp_get_max_threads()
             faiss.omp_set_num_threads(1)
             try:
-                scores, found = self._index.search(queries, k)
+                scores, found = self._index.search(queries, k, params=params)
             finally:
                 faiss.omp_set_num_threads(threads)
         return _neighbours(scores, found)
+
+    def _search_parameters(self, allowed: np.ndarray):
+        """Parameters that admit only the `allowed` ids. They replace the index's own search effort rather than
+        adding to it (SearchParametersIVF's nprobe is 1 unless set, SearchParametersHNSW's efSearch 16), so they
+        carry the index's effort. IDSelectorBatch tests an id with a hash set; IndexIDMap2 (flat, hnsw) translates
+        its positions to ids before asking it."""
+        import faiss
+
+        selector = faiss.IDSelectorBatch(allowed)
+        if self._kind in _IVF:
+            return faiss.SearchParametersIVF(sel=selector, nprobe=self._index.nprobe,
+                                             max_codes=self._index.max_codes)
+        if self._kind == HNSW:
+            graph = self._graph().hnsw
+            return faiss.SearchParametersHNSW(sel=selector, efSearch=graph.efSearch,
+                                              check_relative_distance=graph.check_relative_distance,
+                                              bounded_queue=graph.search_bounded_queue)
+        return faiss.SearchParameters(sel=selector)
 
 
 _NOTHING = Neighbours(np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.float32))
