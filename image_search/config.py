@@ -55,7 +55,7 @@ class DatabaseSettings:
 
 @dataclass(frozen=True)
 class IndexSettings:
-    """Which FAISS index an ingest builds ("auto": by size, see image_search.index) and how hard a search
+    """Which FAISS index an ingest builds ("auto": by size, see image_search.vectors.policy) and how hard a search
     looks (None: the nprobe / efSearch each index was built with)."""
     kind: str = "auto"
     nprobe: int | None = None
