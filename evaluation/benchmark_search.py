@@ -41,8 +41,8 @@ import numpy as np
 
 from cli.common import ToolParser, add_json_flag, print_result, text_to_stderr_under_json
 from evaluation.synthetic_vectors import DIM, SyntheticCollection
-from image_search import index as faiss_index
-from image_search.config import IndexSettings, Settings, load_index_settings
+from image_search import vectors
+from image_search.config import Settings, load_index_settings
 from image_search.cpu_threads import BusyMeter, run_in_passing_thread
 from image_search.engine import ImageSearch
 from image_search.store import ImageRecord, NewDataset
@@ -75,9 +75,9 @@ def percentiles(seconds: list[float]) -> tuple[float, float]:
     return round(float(np.percentile(values, 50)), 3), round(float(np.percentile(values, 99)), 3)
 
 
-def recall_at_k(found: np.ndarray, exact: np.ndarray) -> float:
-    hits = [len(set(row[row >= 0].tolist()) & set(truth.tolist())) for row, truth in zip(found, exact)]
-    return round(float(np.mean(hits)) / exact.shape[1], 4)
+def recall_at_k(found: list[vectors.Neighbours], exact: list[vectors.Neighbours]) -> float:
+    hits = [len(set(row.ids.tolist()) & set(truth.ids.tolist())) for row, truth in zip(found, exact)]
+    return round(float(np.mean(hits)) / K, 4)
 
 
 def timed(function, *args):
@@ -92,7 +92,7 @@ class SizeBenchmark:
                  model: str = TEXT_MODEL, dim: int = DIM, log=print) -> None:
         self.engine, self.size, self.sweep, self.model, self.dim, self.log = engine, size, sweep, model, dim, log
         self.name = f"synthetic-{size}"
-        automatic = faiss_index.choose_kind(size)
+        automatic = vectors.policy.choose_kind(size)
         # the kind auto picks goes last, so it is the dataset's index when the end-to-end timings run
         self.kinds = [k for k in kinds if k != automatic] + [automatic]
         self.collection = SyntheticCollection(dim)
@@ -109,7 +109,7 @@ class SizeBenchmark:
     def run(self) -> dict:
         self.log(f"[{self.size}] generating {self.size} vectors and the exact index")
         started = time.perf_counter()
-        exact = faiss_index.new_index(self.dim)
+        exact = vectors.new_index(self.dim)
         generation_s = 0.0
         chunks = self.vector_chunks()
         while True:
@@ -117,16 +117,16 @@ class SizeBenchmark:
             generation_s += seconds
             if chunk is None:
                 break
-            faiss_index.add_vectors(exact, chunk[1], chunk[0])
+            exact.add(chunk[1], chunk[0])
         exact_build_s = time.perf_counter() - started - generation_s
-        _, truth = faiss_index.search(exact, self.queries, K)
+        truth = exact.search(self.queries, K)
         results = {}
         for kind in self.kinds:
-            if kind == faiss_index.FLAT:
+            if kind == vectors.FLAT:
                 built, build_s = exact, exact_build_s
             else:
                 self.log(f"[{self.size}] building {kind}")
-                built, build_s = timed(faiss_index.fit_index, exact, IndexSettings(kind=kind))
+                built, build_s = timed(vectors.fit, exact, kind)
             results[kind] = self.measure(kind, built, build_s, truth)
             del built
         del exact
@@ -140,9 +140,9 @@ class SizeBenchmark:
             if store.get_dataset(self.name) is not None:  # left by an earlier run with --keep
                 self.engine.delete_dataset(self.name)
             uid = f"bench{self.size}"
-            faiss_index.remove_dataset_folder(home, uid)
-            path = faiss_index.index_file(home, uid, 1)
-            faiss_index.write_index(built, path)
+            vectors.layout.remove_dataset_folder(home, uid)
+            path = vectors.layout.index_file(home, uid, 1)
+            built.save(path)
             target = NewDataset(self.name, uid, self.model, self.dim, f"/synthetic/{self.size}", kind)
             rows = (ImageRecord(i, f"/synthetic/{self.size}/{i:07d}.jpg", 0, 0) for i in range(1, self.size + 1))
             self.record = store.commit_generation(dataset=target, base_generation=0, new_generation=1, added=rows,
@@ -150,31 +150,32 @@ class SizeBenchmark:
                                                   next_vector_id=self.size + 1)
         else:
             generation = self.record.generation + 1
-            path = faiss_index.index_file(home, self.record.uid, generation)
-            faiss_index.write_index(built, path)
+            path = vectors.layout.index_file(home, self.record.uid, generation)
+            built.save(path)
             self.record = store.commit_generation(dataset=replace(self.record, index_kind=kind),
                                                   base_generation=self.record.generation, new_generation=generation,
                                                   added=[], removed_ids=[], image_count=self.size,
                                                   next_vector_id=self.size + 1)
-            faiss_index.remove_other_generations(home, self.record.uid, generation)
+            vectors.layout.remove_other_generations(home, self.record.uid, generation)
         return path.stat().st_size, time.perf_counter() - started
 
-    def measure(self, kind: str, built, build_s: float, truth: np.ndarray) -> dict:
+    def measure(self, kind: str, built: vectors.VectorIndex, build_s: float,
+                truth: list[vectors.Neighbours]) -> dict:
         from image_search.search import search_vectors
 
         file_bytes, commit_s = self.commit(built, kind)
         self.engine.forget_index(self.name)
         loaded, load_s = timed(self.engine.load_index, self.name)
-        _, found = faiss_index.search(loaded.index, self.queries, K)
+        found = loaded.index.search(self.queries, K)
         index_seconds, core_seconds = [], []
         for query in self.queries[:10]:  # warm caches and the store connection
             search_vectors(self.engine, self.name, query[None], K)
         for query in self.queries:
-            index_seconds.append(timed(faiss_index.search, loaded.index, query[None], K)[1])
+            index_seconds.append(timed(loaded.index.search, query[None], K)[1])
             core_seconds.append(timed(search_vectors, self.engine, self.name, query[None], K)[1])
         p50, p99 = percentiles(core_seconds)
         result = {
-            "index": faiss_index.describe(loaded.index),
+            "index": loaded.index.describe(),
             "recall_at_10": recall_at_k(found, truth),
             "p50_ms": p50, "p99_ms": p99,
             "index_p50_ms": percentiles(index_seconds)[0],
@@ -183,27 +184,25 @@ class SizeBenchmark:
             "load_s": round(load_s, 3),
             "store_s": round(commit_s, 2),
         }
-        if self.sweep and kind != faiss_index.FLAT:
+        if self.sweep and kind != vectors.FLAT:
             result["sweep"] = self.sweep_effort(kind, loaded.index, truth)
         self.log(f"[{self.size}] {kind}: {result}")
         return result
 
-    def sweep_effort(self, kind: str, index, truth: np.ndarray) -> list[dict]:
+    def sweep_effort(self, kind: str, index: vectors.VectorIndex, truth: list[vectors.Neighbours]) -> list[dict]:
         """Recall and latency at other search efforts (nprobe for IVF, efSearch for HNSW)."""
         rows = []
-        if kind == faiss_index.HNSW:
-            graph = faiss_index._graph(index)
-            original, values, field = graph.hnsw.efSearch, [32, 64, 128, 256, 512, 1024], "ef_search"
-            setter = lambda value: setattr(graph.hnsw, "efSearch", value)  # noqa: E731
+        if kind == vectors.HNSW:
+            original, values, field = index.ef_search, [32, 64, 128, 256, 512, 1024], "ef_search"
         else:
             original, field = index.nprobe, "nprobe"
-            values = sorted({max(1, index.nlist // d) for d in (256, 128, 64, 32, 16, 8)} | {index.nprobe})
-            setter = lambda value: setattr(index, "nprobe", value)  # noqa: E731
+            values = sorted({max(1, index.lists // d) for d in (256, 128, 64, 32, 16, 8)} | {index.nprobe})
+        setter = lambda value: index.set_search_effort(**{field: value})  # noqa: E731
         try:
             for value in values:
                 setter(value)
-                _, found = faiss_index.search(index, self.queries, K)
-                seconds = [timed(faiss_index.search, index, q[None], K)[1] for q in self.queries]
+                found = index.search(self.queries, K)
+                seconds = [timed(index.search, q[None], K)[1] for q in self.queries]
                 rows.append({field: value, "recall_at_10": recall_at_k(found, truth),
                              "index_p50_ms": percentiles(seconds)[0]})
         finally:
@@ -381,7 +380,7 @@ def table(report: dict) -> str:
 def build_parser() -> argparse.ArgumentParser:
     parser = ToolParser(prog="python -m evaluation.benchmark_search", description=__doc__.split("\n")[0])
     parser.add_argument("--sizes", default=DEFAULT_SIZES, help=f"comma-separated sizes (default {DEFAULT_SIZES})")
-    parser.add_argument("--kinds", default=",".join(faiss_index.KINDS),
+    parser.add_argument("--kinds", default=",".join(vectors.KINDS),
                         help="index kinds to compare (default: all; the automatic one is always included)")
     parser.add_argument("--hnsw-max", type=int, default=HNSW_MAX_DEFAULT,
                         help=f"skip HNSW above this size (default {HNSW_MAX_DEFAULT}: its build takes many minutes)")
@@ -408,9 +407,9 @@ def main(argv=None) -> int:
     except ValueError:
         parser.error(f"--sizes {args.sizes!r} is not a list of whole numbers, e.g. 10000,100000")
     kinds = [k.strip() for k in args.kinds.split(",") if k.strip()]
-    unknown = [k for k in kinds if k not in faiss_index.KINDS]
+    unknown = [k for k in kinds if k not in vectors.KINDS]
     if not sizes or min(sizes) < 100 or unknown:
-        parser.error(f"sizes must be >= 100 and kinds among {', '.join(faiss_index.KINDS)}")
+        parser.error(f"sizes must be >= 100 and kinds among {', '.join(vectors.KINDS)}")
     with text_to_stderr_under_json(args):
         report = run_benchmark(args, sizes, kinds)
     print_result(args, None, report)
@@ -424,12 +423,12 @@ def run_benchmark(args, sizes: list[int], kinds: list[str]) -> dict:
     home = Path(args.keep) if args.keep else Path(tempfile.mkdtemp(prefix="image-search-bench-"))
     home.mkdir(parents=True, exist_ok=True)
     engine = ImageSearch(Settings(data_home=home.resolve(), model_name=None, device="cpu", database=None,
-                                  index=replace(load_index_settings(), kind=faiss_index.AUTO)))
+                                  index=replace(load_index_settings(), kind=vectors.AUTO)))
     report = {
         "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "processor": platform.processor(),
                     "python": platform.python_version()},
         "settings": {"k": K, "queries": args.queries, "text_queries": args.text_queries, "model": args.model,
-                     "store": "SQLite", "approximate_from": faiss_index.APPROXIMATE_FROM,
+                     "store": "SQLite", "approximate_from": vectors.policy.APPROXIMATE_FROM,
                      "nprobe_override": engine.settings.index.nprobe,
                      "ef_search_override": engine.settings.index.ef_search},
         "results": {}, "end_to_end": {},
@@ -438,7 +437,7 @@ def run_benchmark(args, sizes: list[int], kinds: list[str]) -> dict:
         dim = DIM if args.no_text else engine.model(args.model).dim
         report["settings"]["dim"] = dim
         for size in sizes:
-            size_kinds = [k for k in kinds if k != faiss_index.HNSW or size <= args.hnsw_max]
+            size_kinds = [k for k in kinds if k != vectors.HNSW or size <= args.hnsw_max]
             bench = SizeBenchmark(engine, size, size_kinds, args.queries, args.sweep, args.model, dim)
             # built on a thread that ends with the build, as a server's ingest is (image_search/cpu_threads.py):
             # FAISS runs on PyTorch's OpenMP runtime, and workers left on this thread would slow the queries

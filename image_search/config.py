@@ -12,6 +12,8 @@ from pathlib import Path
 
 from dotenv import find_dotenv, load_dotenv
 
+from .vectors.kinds import AUTO, KINDS
+
 DEFAULT_MODEL = "ViT-B-32:laion2b_s34b_b79k"
 DEFAULT_NUM_RESULTS = 5
 DEFAULT_DB_NAME = "image_search"
@@ -54,7 +56,7 @@ class DatabaseSettings:
 
 @dataclass(frozen=True)
 class IndexSettings:
-    """Which FAISS index an ingest builds ("auto": by size, see image_search.index) and how hard a search
+    """Which FAISS index an ingest builds ("auto": by size, see image_search.vectors.policy) and how hard a search
     looks (None: the nprobe / efSearch each index was built with)."""
     kind: str = "auto"
     nprobe: int | None = None
@@ -128,8 +130,6 @@ def _positive_int_env(name: str) -> int | None:
 
 
 def load_index_settings() -> IndexSettings:
-    from .index import AUTO, KINDS
-
     kind = os.environ.get("IMAGE_SEARCH_INDEX", "").strip().lower() or AUTO
     if kind not in (AUTO, *KINDS):
         from .errors import InvalidInputError

@@ -10,19 +10,20 @@ import threading
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import index as faiss_index
+from . import vectors
 from .config import Settings, load_settings
 from .errors import IndexCorruptError, ImageSearchError
 from .locks import dataset_lock
 from .models import Embedder, load_model
 from .names import validate_dataset_name
 from .store import DatasetRecord, MetadataStore, open_store
+from .vectors import UnreadableIndexFile, VectorIndex
 
 
 @dataclass
 class LoadedIndex:
     record: DatasetRecord
-    index: object  # faiss.Index
+    index: VectorIndex
 
 
 def repair_command(record: DatasetRecord) -> str:
@@ -32,7 +33,7 @@ def repair_command(record: DatasetRecord) -> str:
 class ImageSearch:
     def __init__(self, settings: Settings | None = None, store: MetadataStore | None = None, *,
                  map_indexes: bool = False) -> None:
-        """map_indexes: map index files instead of reading them (image_search.index.read_index), for a process
+        """map_indexes: map index files instead of reading them (image_search.vectors.FaissIndex.load), for a process
         that searches once and never ingests (the command-line search)."""
         self.settings = settings or load_settings()
         self.map_indexes = map_indexes
@@ -74,7 +75,7 @@ class ImageSearch:
         name = validate_dataset_name(name)
         with self.lock(name, "delete"):
             record = self.store.delete_dataset(name)
-            faiss_index.remove_dataset_folder(self.data_home, record.uid)
+            vectors.layout.remove_dataset_folder(self.data_home, record.uid)
         self.forget_index(name)
         return record
 
@@ -99,10 +100,10 @@ class ImageSearch:
             cached = self.cached_index(name)
             if cached and cached.record.uid == record.uid and cached.record.generation == record.generation:
                 return cached
-            path = faiss_index.index_file(self.data_home, record.uid, record.generation)
+            path = vectors.layout.index_file(self.data_home, record.uid, record.generation)
             try:
-                loaded_index = faiss_index.read_index(path, mapped=self.map_indexes)
-            except RuntimeError:
+                loaded_index = vectors.load_index(path, mapped=self.map_indexes)
+            except UnreadableIndexFile:
                 if not path.exists():
                     current = self.dataset(name)
                     if (current.uid, current.generation) != (record.uid, record.generation):
@@ -112,7 +113,7 @@ class ImageSearch:
                 raise IndexCorruptError(f"The index file of dataset '{name}' ({path}) cannot be read; repair it "
                                         f"with: {repair_command(record)}") from None
             verify_index(record, loaded_index, path)
-            faiss_index.apply_search_settings(loaded_index, self.settings.index)
+            loaded_index.set_search_effort(nprobe=self.settings.index.nprobe, ef_search=self.settings.index.ef_search)
             loaded = LoadedIndex(record, loaded_index)
             with self._indexes_lock:
                 self._indexes[name] = loaded
@@ -120,12 +121,12 @@ class ImageSearch:
         raise ImageSearchError(f"Dataset '{name}' kept changing while it was being loaded; try again.")
 
 
-def verify_index(record: DatasetRecord, loaded_index, path: Path) -> None:
+def verify_index(record: DatasetRecord, loaded_index: VectorIndex, path: Path) -> None:
     problems = []
-    if loaded_index.d != record.dim:
-        problems.append(f"index has {loaded_index.d}-d vectors, metadata says {record.dim}-d")
-    if loaded_index.ntotal != record.image_count:
-        problems.append(f"index holds {loaded_index.ntotal} vectors, metadata lists {record.image_count} images")
+    if loaded_index.dim != record.dim:
+        problems.append(f"index has {loaded_index.dim}-d vectors, metadata says {record.dim}-d")
+    if loaded_index.count != record.image_count:
+        problems.append(f"index holds {loaded_index.count} vectors, metadata lists {record.image_count} images")
     if problems:
         raise IndexCorruptError(f"The index of dataset '{record.name}' does not match its metadata "
                                 f"({'; '.join(problems)}); repair it with: {repair_command(record)}")

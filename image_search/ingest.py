@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from . import index as faiss_index
+from . import vectors
 from .config import DEFAULT_MODEL
 from .engine import ImageSearch
 from .errors import InvalidInputError, ModelMismatchError
@@ -132,14 +132,14 @@ def recover_interrupted(engine: ImageSearch, name: str) -> str | None:
     record = engine.store.get_dataset(name)
     started = entry.get("started", "an earlier time")
     if record is not None and record.uid == entry["uid"] and record.generation == entry["new_generation"]:
-        faiss_index.remove_other_generations(engine.data_home, record.uid, record.generation)
+        vectors.layout.remove_other_generations(engine.data_home, record.uid, record.generation)
         message = (f"An earlier ingest of '{name}' (started {started}) was interrupted after it committed; "
                    "finished its clean-up.")
     else:
         if record is None or record.uid != entry["uid"]:
-            faiss_index.remove_dataset_folder(engine.data_home, entry["uid"])
+            vectors.layout.remove_dataset_folder(engine.data_home, entry["uid"])
         else:
-            faiss_index.remove_other_generations(engine.data_home, record.uid, record.generation)
+            vectors.layout.remove_other_generations(engine.data_home, record.uid, record.generation)
         message = (f"An earlier ingest of '{name}' (started {started}) was interrupted before it committed; "
                    "rolled it back, the dataset is as it was before it.")
     path.unlink(missing_ok=True)
@@ -218,9 +218,9 @@ def ingest_folder(engine: ImageSearch, input_dir, name: str, *, model_name: str 
         report.to_embed = len(to_embed)
 
         if incremental:
-            working_index = faiss_index.copy_without(engine.load_index(name).index, removed_ids)
+            working_index = engine.load_index(name).index.without(removed_ids)
         else:
-            working_index = faiss_index.new_index(embedder.dim)
+            working_index = vectors.new_index(embedder.dim)
         uid = existing.uid if existing else uuid.uuid4().hex
         base_generation = existing.generation if existing else 0
         new_generation = base_generation + 1
@@ -237,17 +237,17 @@ def ingest_folder(engine: ImageSearch, input_dir, name: str, *, model_name: str 
             if batch.positions:
                 ids = np.arange(next_id, next_id + len(batch.positions), dtype=np.int64)
                 next_id += len(batch.positions)
-                faiss_index.add_vectors(working_index, batch.vectors, ids)
+                working_index.add(batch.vectors, ids)
                 for vector_id, position in zip(ids.tolist(), batch.positions):
                     entry = to_embed[position]
                     added.append(ImageRecord(vector_id, entry.path, entry.size, entry.mtime_ns))
         report.embed_seconds = time.perf_counter() - embed_started
         report.indexed = len(added)
         report.removed = len(removed_ids)
-        report.total = int(working_index.ntotal)
+        report.total = working_index.count
         report.created = existing is None
         # the kind that suits the new size (or the one IMAGE_SEARCH_INDEX asks for); converting counts as a change
-        fitted_index = faiss_index.fit_index(working_index, engine.settings.index)
+        fitted_index = vectors.fit(working_index, engine.settings.index.kind)
         report.changed = bool(added or removed_ids or rebuild or existing is None or fitted_index is not working_index)
         working_index = fitted_index
 
@@ -263,16 +263,16 @@ def ingest_folder(engine: ImageSearch, input_dir, name: str, *, model_name: str 
             return report
 
         _pause_point("before-index-write")
-        faiss_index.write_index(working_index, faiss_index.index_file(engine.data_home, uid, new_generation))
+        working_index.save(vectors.layout.index_file(engine.data_home, uid, new_generation))
         _pause_point("before-commit")
-        kind = faiss_index.kind_of(working_index)
+        kind = working_index.kind
         target = (NewDataset(name, uid, embedder.name, embedder.dim, root, kind)
                   if existing is None else _updated(existing, embedder, root, kind))
         engine.store.commit_generation(dataset=target, base_generation=base_generation,
                                        new_generation=new_generation, added=added, removed_ids=removed_ids,
                                        image_count=report.total, next_vector_id=next_id)
         _pause_point("after-commit")
-        faiss_index.remove_other_generations(engine.data_home, uid, new_generation)
+        vectors.layout.remove_other_generations(engine.data_home, uid, new_generation)
         _journal_path(engine, name).unlink(missing_ok=True)
     engine.forget_index(name)
     report.seconds = time.perf_counter() - started

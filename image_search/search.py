@@ -11,7 +11,6 @@ from pathlib import Path
 
 import numpy as np
 
-from . import index as faiss_index
 from .config import DEFAULT_NUM_RESULTS
 from .engine import ImageSearch, LoadedIndex
 from .errors import ImageSearchError, InvalidInputError, ModelMismatchError, UnsupportedQueryError
@@ -187,9 +186,8 @@ def search_loaded(engine: ImageSearch, loaded: LoadedIndex, queries: np.ndarray,
     record = loaded.record
     hits: list[list[tuple[int, float]]] = [[] for _ in range(len(queries))]
     if record.image_count:
-        scores, ids = faiss_index.search(loaded.index, queries, min(k, record.image_count))
-        hits = [[(int(i), float(s)) for i, s in zip(id_row, score_row) if i >= 0]
-                for id_row, score_row in zip(ids, scores)]
+        hits = [[(int(i), float(s)) for i, s in zip(row.ids, row.scores)]
+                for row in loaded.index.search(queries, min(k, record.image_count))]
     # even with no hits: the lookup is what tells a cached index that its dataset changed
     wanted = sorted({i for row in hits for i, _ in row})
     paths, generation = engine.store.lookup_paths(record.id, wanted, uid=record.uid)

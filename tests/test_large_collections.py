@@ -12,8 +12,7 @@ import numpy as np
 import pytest
 
 from evaluation.sample_images import write_photos
-from evaluation.synthetic_vectors import SyntheticCollection
-from image_search import index as faiss_index
+from image_search import vectors
 from image_search.config import IndexSettings, load_settings
 from image_search.engine import ImageSearch
 from image_search.errors import DatasetNotFoundError, InvalidInputError
@@ -26,103 +25,7 @@ def engine_with(settings, kind: str) -> ImageSearch:
     return ImageSearch(replace(settings, index=IndexSettings(kind=kind)))
 
 
-def synthetic_index(count: int, dim: int = 64):
-    vectors = SyntheticCollection(dim).all_vectors(count)
-    ids = np.arange(100, 100 + count, dtype=np.int64)
-    exact = faiss_index.new_index(dim)
-    faiss_index.add_vectors(exact, vectors, ids)
-    return exact, ids, vectors
-
-
-def all_vectors(index) -> dict[int, np.ndarray]:
-    return {int(i): v for ids, vectors in faiss_index.export_vectors(index) for i, v in zip(ids, vectors)}
-
-
 # -- choosing the index ------------------------------------------------------------------------------------------
-def test_kind_follows_size_with_hysteresis_and_setting_overrides():
-    line = faiss_index.APPROXIMATE_FROM
-    assert faiss_index.choose_kind(line - 1) == faiss_index.FLAT
-    assert faiss_index.choose_kind(line) == faiss_index.APPROXIMATE_KIND
-    # an approximate dataset that shrinks a little stays approximate; one that halves goes back to exact
-    assert faiss_index.choose_kind(line - 1, current=faiss_index.IVF) == faiss_index.IVF
-    assert faiss_index.choose_kind(line // 2 - 1, current=faiss_index.IVF) == faiss_index.FLAT
-    # from COMPACT_FROM, 8-bit codes; a compact (or hand-picked) kind stays until the dataset is small again
-    compact = faiss_index.COMPACT_FROM
-    assert faiss_index.choose_kind(compact - 1) == faiss_index.IVF
-    assert faiss_index.choose_kind(compact) == faiss_index.COMPACT_KIND == faiss_index.IVF_SQ8
-    assert faiss_index.choose_kind(compact, current=faiss_index.IVF) == faiss_index.IVF_SQ8
-    assert faiss_index.choose_kind(compact, current=faiss_index.FLAT) == faiss_index.IVF_SQ8
-    for kept in (faiss_index.IVF_SQ8, faiss_index.HNSW):
-        assert faiss_index.choose_kind(line // 2, current=kept) == kept
-        assert faiss_index.choose_kind(line // 2 - 1, current=kept) == faiss_index.FLAT
-    for kind in faiss_index.KINDS:
-        assert faiss_index.choose_kind(10, kind) == kind
-        assert faiss_index.choose_kind(10 * line, kind) == kind
-    assert faiss_index.choose_kind(0, faiss_index.IVF) == faiss_index.FLAT  # nothing to train on
-
-
-def test_fit_index_converts_by_size_and_keeps_every_vector(monkeypatch):
-    exact, ids, vectors = synthetic_index(3000)
-    assert faiss_index.fit_index(exact) is exact  # small: stays exact, untouched
-    monkeypatch.setattr(faiss_index, "APPROXIMATE_FROM", 2000)
-    approximate = faiss_index.fit_index(exact)
-    assert faiss_index.kind_of(approximate) == faiss_index.IVF and approximate is not exact
-    assert approximate.nlist == faiss_index.lists_for(3000) and approximate.nprobe >= 1
-    stored = all_vectors(approximate)
-    assert sorted(stored) == ids.tolist()
-    assert np.allclose(np.stack([stored[i] for i in ids.tolist()]), vectors)  # IVF-Flat keeps vectors exactly
-    # shrinking below half the line brings back the exact index, with the same content
-    smaller = faiss_index.copy_without(approximate, ids[:2001])
-    back = faiss_index.fit_index(smaller)
-    assert faiss_index.kind_of(back) == faiss_index.FLAT and sorted(all_vectors(back)) == ids[2001:].tolist()
-
-
-def test_ivf_is_laid_out_again_when_the_dataset_outgrows_it():
-    exact, ids, vectors = synthetic_index(2000)
-    ivf = faiss_index.fit_index(exact, IndexSettings(kind=faiss_index.IVF))
-    small_lists = ivf.nlist
-    assert faiss_index.fit_index(ivf, IndexSettings(kind=faiss_index.IVF)) is ivf
-    more = SyntheticCollection(64, seed=5).all_vectors(30_000)
-    faiss_index.add_vectors(ivf, more, np.arange(10_000, 40_000))
-    grown = faiss_index.fit_index(ivf, IndexSettings(kind=faiss_index.IVF))
-    assert grown is not ivf and grown.nlist > small_lists and grown.ntotal == 32_000
-
-
-@pytest.mark.parametrize("kind", [faiss_index.IVF, faiss_index.IVF_SQ8, faiss_index.HNSW])
-def test_approximate_index_add_remove_and_recall(kind):
-    exact, ids, vectors = synthetic_index(5000)
-    index = faiss_index.fit_index(exact, IndexSettings(kind=kind))
-    assert faiss_index.kind_of(index) == kind
-    queries = SyntheticCollection(64).queries(100)
-    _, truth = faiss_index.search(exact, queries, 10)
-    _, found = faiss_index.search(index, queries, 10)
-    recall = np.mean([len(set(f) & set(t)) / 10 for f, t in zip(found, truth)])
-    assert recall >= 0.9, f"{kind} recall@10 {recall:.3f} against exact search"
-
-    removed = ids[:50]
-    smaller = faiss_index.copy_without(index, removed)
-    assert index.ntotal == 5000  # the original (perhaps serving searches) is untouched
-    assert smaller.ntotal == 4950 and not set(removed.tolist()) & set(faiss_index.stored_ids(smaller).tolist())
-    _, found = faiss_index.search(smaller, vectors[:50], 10)
-    assert not set(found.ravel().tolist()) & set(removed.tolist())
-    added = SyntheticCollection(64, seed=9).all_vectors(20)
-    faiss_index.add_vectors(smaller, added, np.arange(90_000, 90_020))
-    _, top = faiss_index.search(smaller, added, 1)
-    assert top[:, 0].tolist() == list(range(90_000, 90_020))
-
-
-def test_search_settings_override_the_built_effort():
-    exact, _, _ = synthetic_index(3000)
-    ivf = faiss_index.fit_index(exact, IndexSettings(kind=faiss_index.IVF))
-    faiss_index.apply_search_settings(ivf, IndexSettings(nprobe=3))
-    assert ivf.nprobe == 3
-    faiss_index.apply_search_settings(ivf, IndexSettings(nprobe=10 ** 6))
-    assert ivf.nprobe == ivf.nlist
-    hnsw = faiss_index.fit_index(exact, IndexSettings(kind=faiss_index.HNSW))
-    faiss_index.apply_search_settings(hnsw, IndexSettings(ef_search=77))
-    assert "efSearch 77" in faiss_index.describe(hnsw)
-
-
 def test_index_settings_from_the_environment(monkeypatch):
     monkeypatch.setenv("IMAGE_SEARCH_INDEX", "IVF-SQ8")
     monkeypatch.setenv("IMAGE_SEARCH_NPROBE", "32")
@@ -139,7 +42,7 @@ def test_index_settings_from_the_environment(monkeypatch):
 
 
 # -- through ingest ----------------------------------------------------------------------------------------------
-@pytest.mark.parametrize("kind", [faiss_index.IVF, faiss_index.HNSW])
+@pytest.mark.parametrize("kind", [vectors.IVF, vectors.HNSW])
 def test_incremental_ingest_on_an_approximate_index(settings, photos, tmp_path, kind):
     folder = tmp_path / "case"
     shutil.copytree(photos, folder)
@@ -148,7 +51,7 @@ def test_incremental_ingest_on_an_approximate_index(settings, photos, tmp_path, 
         report = ingest_folder(engine, folder, "case1", progress=False)
         record = engine.dataset("case1")
         assert report.total == 12 and record.index_kind == kind
-        assert faiss_index.kind_of(engine.load_index("case1").index) == kind
+        assert engine.load_index("case1").index.kind == kind
         gone = sorted(folder.iterdir())[:3]
         for path in gone:
             path.unlink()
@@ -168,15 +71,15 @@ def test_incremental_ingest_on_an_approximate_index(settings, photos, tmp_path, 
 def test_changing_the_setting_converts_an_unchanged_dataset(settings, photos):
     exact_engine = engine_with(settings, "auto")
     ingest_folder(exact_engine, photos, "case1", progress=False)
-    assert exact_engine.dataset("case1").index_kind == faiss_index.FLAT
+    assert exact_engine.dataset("case1").index_kind == vectors.FLAT
     before = {r.path for r in search_by_text(exact_engine, "case1", "a photo", 50)}
-    ivf_engine = engine_with(settings, faiss_index.IVF)
+    ivf_engine = engine_with(settings, vectors.IVF)
     report = ingest_folder(ivf_engine, photos, "case1", progress=False)
     assert report.changed and report.indexed == 0 and report.reused == 12
-    assert ivf_engine.dataset("case1").index_kind == faiss_index.IVF
+    assert ivf_engine.dataset("case1").index_kind == vectors.IVF
     # the warm exact engine notices the new generation and searches the converted index
     assert {r.path for r in search_by_text(exact_engine, "case1", "a photo", 50)} == before
-    assert faiss_index.kind_of(exact_engine.cached_index("case1").index) == faiss_index.IVF
+    assert exact_engine.cached_index("case1").index.kind == vectors.IVF
     exact_engine.close()
     ivf_engine.close()
 
@@ -192,7 +95,7 @@ def test_index_setting_through_the_command_line_tools(cli_env, photos):
     assert done.returncode == 2 and done.stderr.count("\n") == 1 and "IMAGE_SEARCH_INDEX='bogus'" in done.stderr
 
 
-@pytest.mark.parametrize("kind", ["auto", faiss_index.IVF, faiss_index.HNSW])
+@pytest.mark.parametrize("kind", ["auto", vectors.IVF, vectors.HNSW])
 def test_a_mapped_index_answers_like_a_read_one(settings, photos, kind):
     engine = engine_with(settings, kind)
     mapped = ImageSearch(settings, map_indexes=True)
@@ -221,7 +124,8 @@ def test_a_warm_search_makes_one_query_and_reads_no_file(engine, photos, monkeyp
     ingest_folder(engine, photos, "case1", progress=False)
     search_by_text(engine, "case1", "a photo", 3)
     counter = QueryCounter(engine.store, monkeypatch)
-    monkeypatch.setattr(faiss_index, "read_index", lambda path: pytest.fail(f"read {path} on a warm search"))
+    monkeypatch.setattr(vectors.FaissIndex, "load",
+                        classmethod(lambda cls, path, **_: pytest.fail(f"read {path} on a warm search")))
     results = search_by_text(engine, "case1", "another photo", 3)
     assert len(results) == 3 and len(counter.statements) == 1 and "JOIN images" in counter.statements[0]
 
@@ -366,7 +270,7 @@ def test_benchmark_runs_end_to_end_and_writes_json(tmp_path):
     assert done.returncode == 0, done.stderr[-2000:]
     report = json.loads(out.read_text())
     rows = report["results"]["2000"]
-    assert set(rows) == set(faiss_index.KINDS)
+    assert set(rows) == set(vectors.KINDS)
     for kind, row in rows.items():
         assert {"recall_at_10", "p50_ms", "p99_ms", "build_s", "bytes_per_vector"} <= set(row)
         assert 0.9 <= row["recall_at_10"] <= 1.0 and row["p50_ms"] > 0 and row["bytes_per_vector"] > 0

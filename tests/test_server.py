@@ -475,7 +475,7 @@ def test_unreachable_store_is_explained_in_the_form(engine, monkeypatch):
 
 def test_unexpected_failure_is_a_readable_500_that_leaves_nothing_half_written(engine, photos, tmp_path,
                                                                               monkeypatch):
-    import image_search.index
+    from image_search.vectors import FaissIndex
     from server.server import create_server
 
     def disk_full(*_args, **_kwargs):
@@ -485,7 +485,7 @@ def test_unexpected_failure_is_a_readable_500_that_leaves_nothing_half_written(e
     body = {"inputs": {"input_dir": {"path": str(folder)}}, "parameters": {"dataset_name": "full"}}
     client = create_server(engine).app.test_client()
     with monkeypatch.context() as patch:
-        patch.setattr(image_search.index, "write_index", disk_full)
+        patch.setattr(FaissIndex, "save", disk_full)
         response = client.post("/dataset_processing", json=body)
     assert response.status_code == 500
     error = response.get_json()["error"]

@@ -3,7 +3,7 @@
 Every value is passed as a parameter; a backend only supplies connections and its dialect (placeholder, the
 serial primary key and the binary column type). An ingest commits its new rows, its removals and the new
 generation in one transaction, which is what keeps the index file and the metadata in step (see
-image_search.index).
+image_search.vectors).
 """
 
 from __future__ import annotations

@@ -1,0 +1,128 @@
+"""What a vector index backend must do (image_search.vectors.faiss_index is the one there is).
+
+An index holds one L2-normalised vector per id (the store's vector ids, int64) and finds, for a query vector, the
+ids whose vectors have the highest inner product with it (cosine similarity). Ingest, search and the engine use
+only this interface, and policy.fit only this interface and build(), so another backend (pgvector, say) is a new
+subclass chosen in image_search.vectors, with no change to them.
+
+An index that serves searches is never changed in place: an ingest changes copy() or without() and shares the
+result only after save() and the store's commit. Searches may run concurrently with each other.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from pathlib import Path
+from typing import Callable, Iterable, Iterator, NamedTuple
+
+import numpy as np
+
+# (ids, vectors) pairs: int64 ids and the float32 vectors stored under them, a chunk at a time
+Chunks = Iterator[tuple[np.ndarray, np.ndarray]]
+
+
+class Neighbours(NamedTuple):
+    """One query's results, best first. Never padded: fewer than k when fewer could be found."""
+    ids: np.ndarray  # int64 vector ids
+    scores: np.ndarray  # float32 inner products
+
+
+class UnreadableIndexFile(Exception):
+    """load() could not read the file: it is missing, truncated or not an index."""
+
+
+class VectorIndex(ABC):
+    # -- making, reading and writing ------------------------------------------------------------------------------
+    @classmethod
+    @abstractmethod
+    def empty(cls, dim: int) -> VectorIndex:
+        """An exact index with no vectors, which takes vectors without training (policy.fit makes it the kind
+        its size calls for)."""
+
+    @classmethod
+    @abstractmethod
+    def build(cls, kind: str, dim: int, chunks: Callable[[], Chunks], count: int, *, lists: int | None = None,
+              nprobe: int | None = None) -> VectorIndex:
+        """An index of `kind` holding the `count` vectors that `chunks()` yields; IVF kinds need `lists` and
+        `nprobe` (policy.lists_for, policy.nprobe_for) and may call `chunks()` more than once (to train)."""
+
+    @classmethod
+    @abstractmethod
+    def load(cls, path: Path, *, mapped: bool = False) -> VectorIndex:
+        """Read an index written by save(); raises UnreadableIndexFile. `mapped`: page the vectors in as
+        searches touch them instead of reading them all; a mapped index is read-only."""
+
+    @abstractmethod
+    def save(self, path: Path) -> None:
+        """Write atomically: readers and crashes see the old file or the complete new one, never a part."""
+
+    # -- what it is -------------------------------------------------------------------------------------------
+    @property
+    @abstractmethod
+    def dim(self) -> int:
+        ...
+
+    @property
+    @abstractmethod
+    def count(self) -> int:
+        """How many vectors it holds."""
+
+    @property
+    @abstractmethod
+    def kind(self) -> str:
+        """One of image_search.vectors.kinds.KINDS."""
+
+    @property
+    def lists(self) -> int | None:
+        """IVF kinds: the number of lists the vectors are grouped in; None for other kinds."""
+        return None
+
+    @property
+    def nprobe(self) -> int | None:
+        """IVF kinds: the lists a query scans; None for other kinds."""
+        return None
+
+    @property
+    def ef_search(self) -> int | None:
+        """HNSW: the search breadth; None for other kinds."""
+        return None
+
+    def set_search_effort(self, *, nprobe: int | None = None, ef_search: int | None = None) -> None:
+        """Search harder or faster than the index was built to: nprobe for IVF kinds (at most `lists`),
+        ef_search for HNSW; a value that does not apply to this kind, or None, is ignored. Call it before the
+        index is shared."""
+
+    def describe(self) -> str:
+        """One line for people: the kind and its search parameters."""
+        return self.kind
+
+    # -- content ----------------------------------------------------------------------------------------------
+    @abstractmethod
+    def add(self, vectors: np.ndarray, ids: np.ndarray) -> None:
+        ...
+
+    @abstractmethod
+    def remove(self, ids: Iterable[int]) -> int:
+        """Remove these ids in place (how many were there); kinds that cannot raise ValueError (use without)."""
+
+    @abstractmethod
+    def without(self, removed_ids: Iterable[int]) -> VectorIndex:
+        """A copy without these ids; this index stays as it is (it may be serving searches)."""
+
+    @abstractmethod
+    def copy(self) -> VectorIndex:
+        ...
+
+    @abstractmethod
+    def stored_ids(self) -> np.ndarray:
+        """Every id it holds (int64, in no particular order)."""
+
+    @abstractmethod
+    def export(self) -> Chunks:
+        """Every (ids, vectors) it holds, in chunks; vectors as stored (decoded for compressed kinds)."""
+
+    # -- searching --------------------------------------------------------------------------------------------
+    @abstractmethod
+    def search(self, queries: np.ndarray, k: int, ids: np.ndarray | None = None) -> list[Neighbours]:
+        """The k best for each query (a row of `queries`), best first. `ids`: a sorted int64 array of the only
+        ids that may be returned (None: any id); the search effort (nprobe, ef_search) is the same either way."""

@@ -1,0 +1,303 @@
+"""The FAISS backend: one inner-product index per dataset, in one file per generation.
+
+flat and hnsw are an IndexIDMap2 (the store's ids) over an IndexFlatIP or an IndexHNSWFlat; ivf and ivf-sq8 are an
+IndexIVFFlat and an IndexIVFScalarQuantizer (8-bit codes), which keep the ids in their lists themselves.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Callable, Iterable
+
+import numpy as np
+
+from .base import Chunks, Neighbours, UnreadableIndexFile, VectorIndex
+from .kinds import FLAT, HNSW, IVF, IVF_SQ8
+from .policy import TRAIN_ITERATIONS, TRAIN_PER_LIST
+
+# HNSW graph: neighbours per node and construction effort (build time vs graph quality), search effort. Text
+# queries are unlike the stored image vectors, which a graph handles worse than IVF: it needs a high efSearch.
+HNSW_M = 32
+HNSW_EF_CONSTRUCTION = 80
+HNSW_EF_SEARCH = 512  # recall@10 0.968 at 100k on the benchmark (256: 0.951)
+
+_BUILD_CHUNK = 65_536
+_IVF = (IVF, IVF_SQ8)
+
+
+class FaissIndex(VectorIndex):
+    def __init__(self, index) -> None:
+        """Wrap a faiss.Index of one of the kinds above."""
+        self._index = index
+        self._kind = _kind_of(index)
+
+    # -- making, reading and writing ------------------------------------------------------------------------------
+    @classmethod
+    def empty(cls, dim: int, kind: str = FLAT) -> FaissIndex:
+        import faiss
+
+        if kind == FLAT:
+            return cls(faiss.IndexIDMap2(faiss.IndexFlatIP(dim)))
+        if kind == HNSW:
+            graph = faiss.IndexHNSWFlat(dim, HNSW_M, faiss.METRIC_INNER_PRODUCT)
+            graph.hnsw.efConstruction = HNSW_EF_CONSTRUCTION
+            graph.hnsw.efSearch = HNSW_EF_SEARCH
+            return cls(faiss.IndexIDMap2(graph))
+        raise ValueError(f"an empty {kind!r} index cannot be made: it needs vectors to train on")
+
+    @classmethod
+    def build(cls, kind: str, dim: int, chunks: Callable[[], Chunks], count: int, *, lists: int | None = None,
+              nprobe: int | None = None) -> FaissIndex:
+        import faiss
+
+        if kind in (FLAT, HNSW):
+            built = cls.empty(dim, kind)
+        elif kind in _IVF:
+            if not lists or not nprobe:
+                raise ValueError(f"an {kind!r} index needs its number of lists and nprobe")
+            quantizer = faiss.IndexFlatIP(dim)
+            if kind == IVF:
+                ivf = faiss.IndexIVFFlat(quantizer, dim, lists, faiss.METRIC_INNER_PRODUCT)
+            else:
+                ivf = faiss.IndexIVFScalarQuantizer(quantizer, dim, lists, faiss.ScalarQuantizer.QT_8bit,
+                                                    faiss.METRIC_INNER_PRODUCT)
+            ivf.cp.niter = TRAIN_ITERATIONS
+            ivf.cp.max_points_per_centroid = TRAIN_PER_LIST
+            ivf.cp.seed = 1234
+            ivf.train(_training_sample(chunks(), count, lists * TRAIN_PER_LIST))
+            ivf.nprobe = nprobe
+            built = cls(ivf)
+        else:
+            raise ValueError(f"unknown index kind {kind!r}")
+        for ids, vectors in chunks():
+            built.add(vectors, ids)
+        return built
+
+    @classmethod
+    def load(cls, path: Path, *, mapped: bool = False) -> FaissIndex:
+        """`mapped` maps the file instead of reading it (IVF lists and flat vectors are paged in as a search
+        touches them), which makes a one-shot search of 1M vectors skip reading 2 GB. A mapped index is
+        read-only: copying or changing it fails, so only processes that never ingest may map."""
+        import faiss
+
+        # IO_FLAG_MMAP_IFC maps the vectors of flat, HNSW and IVF indexes alike (IO_FLAG_MMAP would map IVF lists
+        # only, through read-only on-disk lists, and cannot be combined with it)
+        try:
+            index = faiss.read_index(str(path), faiss.IO_FLAG_MMAP_IFC if mapped else 0)
+        except RuntimeError as error:
+            raise UnreadableIndexFile(f"{path}: {error}") from None
+        return cls(index)
+
+    def save(self, path: Path) -> None:
+        import faiss
+
+        path.parent.mkdir(parents=True, exist_ok=True)
+        temporary = path.with_name(path.name + f".tmp-{os.getpid()}")
+        try:
+            faiss.write_index(self._index, str(temporary))
+            with open(temporary, "rb+") as handle:
+                os.fsync(handle.fileno())
+            os.replace(temporary, path)
+            _fsync_folder(path.parent)
+        finally:
+            if temporary.exists():
+                temporary.unlink()
+
+    # -- what it is -------------------------------------------------------------------------------------------
+    @property
+    def dim(self) -> int:
+        return int(self._index.d)
+
+    @property
+    def count(self) -> int:
+        return int(self._index.ntotal)
+
+    @property
+    def kind(self) -> str:
+        return self._kind
+
+    @property
+    def lists(self) -> int | None:
+        return int(self._index.nlist) if self._kind in _IVF else None
+
+    @property
+    def nprobe(self) -> int | None:
+        return int(self._index.nprobe) if self._kind in _IVF else None
+
+    @property
+    def ef_search(self) -> int | None:
+        return int(self._graph().hnsw.efSearch) if self._kind == HNSW else None
+
+    def set_search_effort(self, *, nprobe: int | None = None, ef_search: int | None = None) -> None:
+        if self._kind in _IVF and nprobe:
+            self._index.nprobe = min(int(nprobe), self._index.nlist)
+        elif self._kind == HNSW and ef_search:
+            self._graph().hnsw.efSearch = int(ef_search)
+
+    def describe(self) -> str:
+        if self._kind in _IVF:
+            return f"{self._kind} ({self.lists} lists, nprobe {self.nprobe})"
+        if self._kind == HNSW:
+            return f"{self._kind} (M {self._graph().hnsw.nb_neighbors(1)}, efSearch {self.ef_search})"
+        return self._kind
+
+    def _graph(self):
+        import faiss
+
+        return faiss.downcast_index(self._index.index)
+
+    # -- content ----------------------------------------------------------------------------------------------
+    def add(self, vectors: np.ndarray, ids: np.ndarray) -> None:
+        self._index.add_with_ids(np.ascontiguousarray(vectors, dtype=np.float32),
+                                 np.ascontiguousarray(ids, dtype=np.int64))
+
+    def remove(self, ids: Iterable[int]) -> int:
+        ids = np.asarray(list(ids), dtype=np.int64)
+        if ids.size == 0:
+            return 0
+        if self._kind == HNSW:
+            raise ValueError("an HNSW graph cannot remove vectors in place; use without")
+        return int(self._index.remove_ids(ids))
+
+    def without(self, removed_ids: Iterable[int]) -> FaissIndex:
+        removed = np.asarray(sorted(set(int(i) for i in removed_ids)), dtype=np.int64)
+        if self._kind != HNSW or removed.size == 0:
+            copied = self.copy()
+            copied.remove(removed)
+            return copied
+
+        # a graph cannot drop nodes: rebuild it from the vectors that stay
+        def remaining():
+            for ids, vectors in self.export():
+                keep = ~np.isin(ids, removed)
+                yield ids[keep], vectors[keep]
+        return self.build(HNSW, self.dim, remaining, self.count)
+
+    def copy(self) -> FaissIndex:
+        import faiss
+
+        return FaissIndex(faiss.clone_index(self._index))
+
+    def stored_ids(self) -> np.ndarray:
+        import faiss
+
+        if self._kind in _IVF:
+            from faiss.contrib.inspect_tools import get_invlist
+
+            parts = [get_invlist(self._index.invlists, list_no)[0] for list_no in range(self._index.nlist)]
+            return np.concatenate(parts).astype(np.int64) if parts else np.zeros(0, dtype=np.int64)
+        return faiss.vector_to_array(self._index.id_map).astype(np.int64)
+
+    def export(self, chunk: int = _BUILD_CHUNK) -> Chunks:
+        index = self._index
+        if self._kind in (FLAT, HNSW):
+            ids = self.stored_ids()
+            for start in range(0, len(ids), chunk):
+                stop = min(start + chunk, len(ids))
+                yield ids[start:stop], index.index.reconstruct_n(start, stop - start)
+            return
+        from faiss.contrib.inspect_tools import get_invlist
+
+        prefix_bytes = index.coarse_code_size()
+        for list_no in range(index.nlist):
+            ids, codes = get_invlist(index.invlists, list_no)
+            if len(ids) == 0:
+                continue
+            # standalone codes are the list number (little-endian) followed by the vector's code
+            prefix = np.frombuffer(int(list_no).to_bytes(prefix_bytes, "little"), dtype=np.uint8)
+            full_codes = np.hstack([np.broadcast_to(prefix, (len(ids), prefix_bytes)), codes.reshape(len(ids), -1)])
+            yield ids.astype(np.int64), index.sa_decode(np.ascontiguousarray(full_codes))
+
+    # -- searching --------------------------------------------------------------------------------------------
+    def search(self, queries: np.ndarray, k: int, ids: np.ndarray | None = None) -> list[Neighbours]:
+        import faiss
+
+        queries = np.ascontiguousarray(queries, dtype=np.float32)
+        k = min(int(k), self.count)
+        params = None
+        if ids is not None:
+            allowed = np.ascontiguousarray(ids, dtype=np.int64).reshape(-1)
+            k = min(k, len(allowed))
+            params = self._search_parameters(allowed) if k > 0 else None
+        if k <= 0:
+            return [_NOTHING] * len(queries)
+        if len(queries) > 1:
+            scores, found = self._index.search(queries, k, params=params)
+        else:
+            # One query has nothing to share between threads, yet FAISS still opens an OpenMP team and waits for
+            # all of it at the end: on a busy machine (an ingest running beside the server) that wait cost 10-50 ms
+            # per query, measured on the 2-core benchmark machine, against 0.5-3 ms on one thread. The setting is
+            # per thread.
+            threads = faiss.omp_get_max_threads()
+            faiss.omp_set_num_threads(1)
+            try:
+                scores, found = self._index.search(queries, k, params=params)
+            finally:
+                faiss.omp_set_num_threads(threads)
+        return _neighbours(scores, found)
+
+    def _search_parameters(self, allowed: np.ndarray):
+        """Parameters that admit only the `allowed` ids. They replace the index's own search effort rather than
+        adding to it (SearchParametersIVF's nprobe is 1 unless set, SearchParametersHNSW's efSearch 16), so they
+        carry the index's effort. IDSelectorBatch tests an id with a hash set; IndexIDMap2 (flat, hnsw) translates
+        its positions to ids before asking it."""
+        import faiss
+
+        selector = faiss.IDSelectorBatch(allowed)
+        if self._kind in _IVF:
+            return faiss.SearchParametersIVF(sel=selector, nprobe=self._index.nprobe,
+                                             max_codes=self._index.max_codes)
+        if self._kind == HNSW:
+            graph = self._graph().hnsw
+            return faiss.SearchParametersHNSW(sel=selector, efSearch=graph.efSearch,
+                                              check_relative_distance=graph.check_relative_distance,
+                                              bounded_queue=graph.search_bounded_queue)
+        return faiss.SearchParameters(sel=selector)
+
+
+_NOTHING = Neighbours(np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.float32))
+
+
+def _neighbours(scores: np.ndarray, found: np.ndarray) -> list[Neighbours]:
+    """Rows without the -1 ids FAISS pads a row with when it found fewer than k."""
+    rows = []
+    for id_row, score_row in zip(found, scores):
+        if (id_row < 0).any():
+            kept = id_row >= 0
+            id_row, score_row = id_row[kept], score_row[kept]
+        rows.append(Neighbours(id_row, score_row))
+    return rows
+
+
+def _kind_of(index) -> str:
+    import faiss
+
+    if isinstance(index, faiss.IndexIVFFlat):
+        return IVF
+    if isinstance(index, faiss.IndexIVFScalarQuantizer):
+        return IVF_SQ8
+    inner = faiss.downcast_index(index.index) if isinstance(index, faiss.IndexIDMap2) else None
+    if isinstance(inner, faiss.IndexFlat):
+        return FLAT
+    if isinstance(inner, faiss.IndexHNSWFlat):
+        return HNSW
+    raise ValueError(f"unsupported index type {type(index).__name__}")
+
+
+def _training_sample(chunks: Chunks, count: int, wanted: int) -> np.ndarray:
+    """A fixed-seed uniform sample of about `wanted` vectors, taken chunk by chunk."""
+    rng = np.random.default_rng(0)
+    fraction = min(1.0, wanted / max(1, count))
+    parts = [vectors[rng.random(len(vectors)) < fraction] if fraction < 1 else vectors for _, vectors in chunks]
+    return np.ascontiguousarray(np.concatenate(parts), dtype=np.float32)
+
+
+def _fsync_folder(folder: Path) -> None:
+    if os.name == "nt":
+        return
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

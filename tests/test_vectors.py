@@ -1,0 +1,211 @@
+"""The vector index package: kinds by size, IVF layout, add/remove/recall of each kind, search effort."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import numpy as np
+import pytest
+
+from evaluation.synthetic_vectors import SyntheticCollection
+from image_search import vectors
+from image_search.config import IndexSettings
+from image_search.engine import ImageSearch
+from image_search.ingest import ingest_folder
+from image_search.vectors import policy
+
+
+def synthetic_index(count: int, dim: int = 64):
+    points = SyntheticCollection(dim).all_vectors(count)
+    ids = np.arange(100, 100 + count, dtype=np.int64)
+    exact = vectors.new_index(dim)
+    exact.add(points, ids)
+    return exact, ids, points
+
+
+def all_vectors(index) -> dict[int, np.ndarray]:
+    return {int(i): v for ids, points in index.export() for i, v in zip(ids, points)}
+
+
+def found_ids(rows) -> list[np.ndarray]:
+    return [row.ids for row in rows]
+
+
+# -- choosing the index ------------------------------------------------------------------------------------------
+def test_kind_follows_size_with_hysteresis_and_setting_overrides():
+    line = policy.APPROXIMATE_FROM
+    assert policy.choose_kind(line - 1) == vectors.FLAT
+    assert policy.choose_kind(line) == policy.APPROXIMATE_KIND
+    # an approximate dataset that shrinks a little stays approximate; one that halves goes back to exact
+    assert policy.choose_kind(line - 1, current=vectors.IVF) == vectors.IVF
+    assert policy.choose_kind(line // 2 - 1, current=vectors.IVF) == vectors.FLAT
+    # from COMPACT_FROM, 8-bit codes; a compact (or hand-picked) kind stays until the dataset is small again
+    compact = policy.COMPACT_FROM
+    assert policy.choose_kind(compact - 1) == vectors.IVF
+    assert policy.choose_kind(compact) == policy.COMPACT_KIND == vectors.IVF_SQ8
+    assert policy.choose_kind(compact, current=vectors.IVF) == vectors.IVF_SQ8
+    assert policy.choose_kind(compact, current=vectors.FLAT) == vectors.IVF_SQ8
+    for kept in (vectors.IVF_SQ8, vectors.HNSW):
+        assert policy.choose_kind(line // 2, current=kept) == kept
+        assert policy.choose_kind(line // 2 - 1, current=kept) == vectors.FLAT
+    for kind in vectors.KINDS:
+        assert policy.choose_kind(10, kind) == kind
+        assert policy.choose_kind(10 * line, kind) == kind
+    assert policy.choose_kind(0, vectors.IVF) == vectors.FLAT  # nothing to train on
+
+
+def test_fit_converts_by_size_and_keeps_every_vector(monkeypatch):
+    exact, ids, points = synthetic_index(3000)
+    assert vectors.fit(exact) is exact  # small: stays exact, untouched
+    monkeypatch.setattr(policy, "APPROXIMATE_FROM", 2000)
+    approximate = vectors.fit(exact)
+    assert approximate.kind == vectors.IVF and approximate is not exact
+    assert approximate.lists == policy.lists_for(3000) and approximate.nprobe >= 1
+    stored = all_vectors(approximate)
+    assert sorted(stored) == ids.tolist()
+    assert np.allclose(np.stack([stored[i] for i in ids.tolist()]), points)  # IVF-Flat keeps vectors exactly
+    # shrinking below half the line brings back the exact index, with the same content
+    smaller = approximate.without(ids[:2001])
+    back = vectors.fit(smaller)
+    assert back.kind == vectors.FLAT and sorted(all_vectors(back)) == ids[2001:].tolist()
+
+
+def test_ivf_is_laid_out_again_when_the_dataset_outgrows_it():
+    exact, ids, points = synthetic_index(2000)
+    ivf = vectors.fit(exact, vectors.IVF)
+    small_lists = ivf.lists
+    assert vectors.fit(ivf, vectors.IVF) is ivf
+    more = SyntheticCollection(64, seed=5).all_vectors(30_000)
+    ivf.add(more, np.arange(10_000, 40_000))
+    grown = vectors.fit(ivf, vectors.IVF)
+    assert grown is not ivf and grown.lists > small_lists and grown.count == 32_000
+
+
+@pytest.mark.parametrize("kind", [vectors.IVF, vectors.IVF_SQ8, vectors.HNSW])
+def test_approximate_index_add_remove_and_recall(kind):
+    exact, ids, points = synthetic_index(5000)
+    index = vectors.fit(exact, kind)
+    assert index.kind == kind
+    queries = SyntheticCollection(64).queries(100)
+    truth = found_ids(exact.search(queries, 10))
+    found = found_ids(index.search(queries, 10))
+    recall = np.mean([len(set(f) & set(t)) / 10 for f, t in zip(found, truth)])
+    assert recall >= 0.9, f"{kind} recall@10 {recall:.3f} against exact search"
+
+    removed = ids[:50]
+    smaller = index.without(removed)
+    assert index.count == 5000  # the original (perhaps serving searches) is untouched
+    assert smaller.count == 4950 and not set(removed.tolist()) & set(smaller.stored_ids().tolist())
+    found = found_ids(smaller.search(points[:50], 10))
+    assert not set(np.concatenate(found).tolist()) & set(removed.tolist())
+    added = SyntheticCollection(64, seed=9).all_vectors(20)
+    smaller.add(added, np.arange(90_000, 90_020))
+    top = found_ids(smaller.search(added, 1))
+    assert [int(row[0]) for row in top] == list(range(90_000, 90_020))
+
+
+def test_search_settings_override_the_built_effort():
+    exact, _, _ = synthetic_index(3000)
+    ivf = vectors.fit(exact, vectors.IVF)
+    ivf.set_search_effort(nprobe=3)
+    assert ivf.nprobe == 3
+    ivf.set_search_effort(nprobe=10 ** 6)
+    assert ivf.nprobe == ivf.lists
+    hnsw = vectors.fit(exact, vectors.HNSW)
+    hnsw.set_search_effort(ef_search=77)
+    assert "efSearch 77" in hnsw.describe()
+
+
+def test_the_engine_applies_the_search_effort_settings(settings, photos):
+    builder = ImageSearch(replace(settings, index=IndexSettings(kind=vectors.HNSW)))
+    searcher = ImageSearch(replace(settings, index=IndexSettings(ef_search=77)))
+    try:
+        ingest_folder(builder, photos, "case1", progress=False)
+        assert builder.load_index("case1").index.ef_search == vectors.faiss_index.HNSW_EF_SEARCH
+        assert searcher.load_index("case1").index.ef_search == 77
+    finally:
+        builder.close()
+        searcher.close()
+
+
+# -- searching among allowed ids only -----------------------------------------------------------------------------
+def allowed_sample(ids: np.ndarray, count: int) -> np.ndarray:
+    return np.sort(np.random.default_rng(3).choice(ids, count, replace=False))
+
+
+def recall(rows, truth) -> float:
+    return float(np.mean([len(set(row.ids.tolist()) & set(best.ids.tolist())) / len(best.ids)
+                          for row, best in zip(rows, truth)]))
+
+
+@pytest.mark.parametrize("kind", vectors.KINDS)
+def test_a_search_with_ids_returns_the_best_allowed_ids_only(kind):
+    exact, ids, _ = synthetic_index(3000)
+    index = exact if kind == vectors.FLAT else vectors.fit(exact, kind)
+    index.set_search_effort(nprobe=index.lists, ef_search=index.count)  # exhaustive: exact among the allowed
+    queries = SyntheticCollection(64).queries(20)
+    allowed = allowed_sample(ids, 150)
+    stored = all_vectors(index)  # as the index holds them: decoded 8-bit codes for ivf-sq8
+    scores = queries @ np.stack([stored[i] for i in allowed.tolist()]).T
+    rows = index.search(queries, 10, ids=allowed)
+    assert len(rows) == len(queries)
+    for row, expected in zip(rows, scores):
+        best = np.argsort(-expected)[:10]
+        assert row.ids.tolist() == allowed[best].tolist()
+        assert np.allclose(row.scores, expected[best], atol=1e-4)
+    one = index.search(queries[:1], 10, ids=allowed)  # one query runs on one thread: the same answer
+    assert one[0].ids.tolist() == rows[0].ids.tolist()
+
+    few = allowed[:7]  # more results asked for than there are allowed ids: all of them, no -1 padding
+    for row in index.search(queries, 50, ids=few) + index.search(queries[:1], 50, ids=few):
+        assert sorted(row.ids.tolist()) == few.tolist() and np.all(np.diff(row.scores) <= 0)
+    absent = np.arange(10 ** 9, 10 ** 9 + 5)  # allowed, but not in the index: FAISS pads the rows with -1
+    for row in index.search(queries, 50, ids=np.concatenate([few, absent])):
+        assert sorted(row.ids.tolist()) == few.tolist()
+    nothing = np.zeros(0, dtype=np.int64)
+    assert [len(row.ids) for row in index.search(queries, 5, ids=nothing)] == [0] * len(queries)
+    assert [len(row.ids) for row in index.search(queries[:1], 5, ids=nothing)] == [0]
+
+
+@pytest.mark.parametrize("kind", [vectors.IVF, vectors.IVF_SQ8])
+def test_a_filtered_ivf_search_scans_as_many_lists_as_nprobe_says(kind):
+    exact, ids, _ = synthetic_index(3000)
+    index = vectors.fit(exact, kind)
+    queries = SyntheticCollection(64).queries(20)
+    allowed = allowed_sample(ids, 600)
+    for nprobe in (3, index.lists // 4):
+        index.set_search_effort(nprobe=nprobe)
+        # asked for every vector, a search returns those of the lists it scans; a filtered search with the same
+        # nprobe finds the best allowed ids among exactly those
+        scanned = index.search(queries, index.count)
+        assert max(len(row.ids) for row in scanned) < index.count
+        for row, everything in zip(index.search(queries, 10, ids=allowed), scanned):
+            assert row.ids.tolist() == everything.ids[np.isin(everything.ids, allowed)][:10].tolist()
+
+
+def test_a_filtered_hnsw_search_looks_as_wide_as_ef_search_says():
+    exact, ids, _ = synthetic_index(3000)
+    hnsw = vectors.fit(exact, vectors.HNSW)
+    queries = SyntheticCollection(64).queries(20)
+    allowed = allowed_sample(ids, 150)
+    truth = exact.search(queries, 10, ids=allowed)
+
+    def filtered_recall(ef_search: int) -> float:
+        hnsw.set_search_effort(ef_search=ef_search)
+        return recall(hnsw.search(queries, 10, ids=allowed), truth)
+
+    assert filtered_recall(hnsw.count) == 1.0  # at FAISS' own default (16) it would not be
+    assert filtered_recall(16) < 1.0
+
+
+@pytest.mark.parametrize("kind", vectors.KINDS)
+def test_a_filtered_search_of_a_saved_index_read_or_mapped(kind, tmp_path):
+    exact, ids, _ = synthetic_index(2000)
+    index = exact if kind == vectors.FLAT else vectors.fit(exact, kind)
+    queries = SyntheticCollection(64).queries(5)
+    allowed = allowed_sample(ids, 300)
+    expected = [row.ids.tolist() for row in index.search(queries, 10, ids=allowed)]
+    index.save(tmp_path / "index.faiss")
+    for mapped in (False, True):
+        loaded = vectors.load_index(tmp_path / "index.faiss", mapped=mapped)
+        assert [row.ids.tolist() for row in loaded.search(queries, 10, ids=allowed)] == expected
