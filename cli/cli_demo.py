@@ -68,7 +68,7 @@ def text_demo(engine, folder: Path) -> int:
 
     ingest_samples(engine, folder, TEXT_DATASET, engine.settings.default_model)
     print(f'\nSearching {TEXT_DATASET} for "{TEXT_QUERY}":')
-    print(results_table(search_by_text(engine, TEXT_DATASET, TEXT_QUERY, 3)))
+    print(results_table([r.to_dict() for r in search_by_text(engine, TEXT_DATASET, TEXT_QUERY, 3)]))
     _print_next_steps(folder, TEXT_DATASET, [f'python -m cli.cli_search -q "a yellow sun over the sea" -n '
                                              f'{TEXT_DATASET}'])
     return 0
@@ -87,7 +87,7 @@ def image_demo(engine, folder: Path) -> int:
         brighten_30(downscale_half(load_rgb(str(original)))).save(query, quality=90)
         print(f"\nSearching {OFFLINE_DATASET} with an edited copy of {QUERY_SAMPLE} (half the size, 30% brighter):")
         results = search_by_image(engine, OFFLINE_DATASET, query, 3)
-    print(results_table(results))
+    print(results_table([r.to_dict() for r in results]))
     if not results or not os.path.samefile(results[0].path, original):
         top = results[0].path if results else "nothing"
         print(f"error: the top hit is {top}, not the original {original}; the image model is not working as it "

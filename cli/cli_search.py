@@ -1,8 +1,14 @@
-"""Search a dataset by text or by example image (python -m cli.cli_search -q TEXT -n NAME)."""
+"""Search a dataset by text or by example image (python -m cli.cli_search -q TEXT -n NAME).
+
+When a server of this project runs on the same data folder (image_search/discovery.py), the search is sent there
+and answered in about 0.2 s instead of the 6 s this process needs to import torch and load the model; stderr
+says so, and --no-server searches here.
+"""
 
 from __future__ import annotations
 
 import argparse
+import sys
 
 from cli.common import ToolParser, add_common_flags, add_json_flag, format_table, open_engine, print_result, run
 
@@ -18,19 +24,49 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--num_results", "--num-results", "-k", default=5,
                         help="how many results to show (default 5)")
     add_json_flag(parser, 'the results (a list of {"path", "score", "title"})')
+    parser.add_argument("--no-server", action="store_true",
+                        help="search in this process even when a server (python -m server.server) is running on "
+                             "the same data folder; by default the search is sent to it, which is much faster")
     add_common_flags(parser)
     return parser
 
 
-def results_table(results) -> str:
+def results_table(results: list[dict]) -> str:
+    """Results as SearchResult.to_dict() gives them (here, or from a server) as a table."""
     if not results:
         return "No results: the dataset is empty."
-    rows = [[str(rank), f"{r.score:.4f}", r.to_dict()["path"]] for rank, r in enumerate(results, 1)]
+    rows = [[str(rank), f"{r['score']:.4f}", r["path"]] for rank, r in enumerate(results, 1)]
     return format_table(["#", "score", "path"], rows, right={0, 1})
 
 
-def main(argv=None) -> int:
-    args = build_parser().parse_args(argv)
+def search_on_running_server(args) -> list[dict] | None:
+    """The results from a server running on this data folder, or None when there is none to use (then search
+    here). Reads the discovery file and talks HTTP: nothing here imports torch, numpy or a database driver."""
+    from image_search.config import load_settings
+    from image_search.discovery import ServerRefusal, find_server, search_on_server
+    from image_search.errors import ImageSearchError
+    from image_search.files import absolute_path
+
+    server = find_server(load_settings(data_home=args.data_dir, model_name=args.model, device=args.device))
+    if server is None:
+        return None
+    request = {"dataset": args.name, "num_results": args.num_results, "model": args.model}
+    if args.query is not None:
+        request["text"] = args.query
+    else:  # the server's working folder is not ours
+        request["image_path"] = absolute_path(args.image) if args.image.strip() else args.image
+    note = f"answered by the server at {server.url} (--no-server to search in this process)"
+    try:
+        results = search_on_server(server, request)
+    except ServerRefusal as refusal:
+        print(note, file=sys.stderr)
+        raise ImageSearchError(str(refusal)) from None
+    if results is not None:
+        print(note, file=sys.stderr)
+    return results
+
+
+def search_here(args) -> list[dict]:
     from image_search.search import search_by_image, search_by_text
 
     engine = open_engine(args, map_indexes=True)  # one search: page in the lists it probes, not the whole index
@@ -38,7 +74,15 @@ def main(argv=None) -> int:
         results = search_by_text(engine, args.name, args.query, args.num_results, model_name=args.model)
     else:
         results = search_by_image(engine, args.name, args.image, args.num_results, model_name=args.model)
-    print_result(args, lambda: results_table(results), [r.to_dict() for r in results])
+    return [result.to_dict() for result in results]
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    results = None if args.no_server else search_on_running_server(args)
+    if results is None:
+        results = search_here(args)
+    print_result(args, lambda: results_table(results), results)
     return 0
 
 

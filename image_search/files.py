@@ -31,6 +31,11 @@ def printable(path: str) -> str:
     return os.fsencode(path).decode("utf-8", "replace")
 
 
+def absolute_path(path) -> str:
+    """A path as a person gave it (~ expanded), made absolute against this process's working folder."""
+    return os.path.abspath(os.path.expanduser(str(path)))
+
+
 def _inside(path: str, root: str) -> bool:
     return path == root or path.startswith(root.rstrip(os.sep) + os.sep)
 

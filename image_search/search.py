@@ -15,7 +15,7 @@ from .config import DEFAULT_NUM_RESULTS
 from .engine import ImageSearch, LoadedIndex
 from .errors import ImageSearchError, InvalidInputError, ModelMismatchError, UnsupportedQueryError
 from .images import _HEADER_BYTES, IMAGE_EXTENSIONS, NotAnImage, UnreadableImage, sniff_format
-from .files import printable
+from .files import absolute_path, printable
 from .models import Embedder, parse_model_name
 from .reader import read_pixels
 from .store import DatasetRecord
@@ -110,7 +110,7 @@ def check_query_image(image_path) -> str:
     refused at once, before the dataset's model is loaded (seconds, or a download) only to be told so."""
     if not image_path or not str(image_path).strip():
         raise InvalidInputError("No query image was given; pass the path of an image file.")
-    path = os.path.abspath(os.path.expanduser(str(image_path)))
+    path = absolute_path(image_path)
     if not os.path.exists(path):
         raise InvalidInputError(f"The query image {printable(path)} does not exist; check the path.")
     if os.path.isdir(path):

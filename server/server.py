@@ -12,10 +12,14 @@ whose message still reads as a sentence.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import functools
+import hmac
 import json
 import logging
+import os
 import queue
+import signal
 import threading
 from typing import Callable, TypedDict
 
@@ -30,7 +34,7 @@ from flask_ml.flask_ml_server.models import (BatchFileResponse, DirectoryInput, 
 from werkzeug.serving import BaseWSGIServer, WSGIRequestHandler
 
 from cli.common import ToolParser, add_common_flags, cli_message, open_engine, run
-from image_search import __version__
+from image_search import __version__, discovery
 from image_search.config import DEFAULT_NUM_RESULTS
 from image_search.cpu_threads import run_in_passing_thread
 from image_search.engine import ImageSearch
@@ -371,6 +375,80 @@ class PooledWSGIServer(BaseWSGIServer):
                 self.shutdown_request(connection)
 
 
+# -- searches sent by the command line (python -m cli.cli_search; image_search/discovery.py) ---------------------
+class CommandLineSearches:
+    """Lets cli_search send its searches here: the route it calls, and the discovery file that tells it where.
+
+    POST /cli/search takes {"dataset", "text" or "image_path", "num_results", "model"} and answers
+    {"results": [SearchResult.to_dict(), ...]}, from the same core functions as the tasks, so the command line
+    prints what its own search would; a user error is a 400 {"error": sentence}. GET is cli_search's liveness
+    check. Both answer only this machine (loopback) and only requests carrying the token of this server's
+    discovery file.
+    """
+
+    def __init__(self, engine: ImageSearch) -> None:
+        self.engine = engine
+        self.token = discovery.new_token()
+
+    def add_route(self, app) -> None:
+        app.add_url_rule(discovery.ROUTE, "command_line_search", self._answer, methods=["GET", "POST"])
+
+    def _answer(self) -> Response:
+        if not discovery.is_loopback(request.remote_addr):
+            return _json_answer({"error": "Command-line searches are answered only from this machine."}, 403)
+        if not hmac.compare_digest(request.headers.get(discovery.TOKEN_HEADER, ""), self.token):
+            return _json_answer({"error": "This request does not carry this server's token (see "
+                                          f"{discovery.FILE_NAME} in its data folder)."}, 403)
+        if request.method == "GET":
+            return _json_answer({"pid": os.getpid()}, 200)
+        body = request.get_json(silent=True)
+        if (not isinstance(body, dict) or not isinstance(body.get("dataset"), str)
+                or sum(isinstance(body.get(key), str) for key in ("text", "image_path")) != 1):
+            return _json_answer({"error": 'This route takes a JSON body {"dataset": ..., "text" or "image_path": '
+                                          '..., "num_results": ..., "model": ...}.'}, 400)
+        search, query = ((search_by_text, body["text"]) if isinstance(body.get("text"), str)
+                         else (search_by_image, body["image_path"]))
+        try:
+            results = search(self.engine, body["dataset"], query, body.get("num_results", DEFAULT_NUM_RESULTS),
+                             model_name=body.get("model"))
+        except ImageSearchError as error:
+            return _json_answer({"error": str(error)}, 400)
+        except Exception as error:  # noqa: BLE001 - the command line then searches by itself
+            log.exception("A command-line search failed")
+            return _json_answer({"error": f"The server failed unexpectedly ({type(error).__name__}: {error})."}, 500)
+        return _json_answer({"results": [result.to_dict() for result in results]}, 200)
+
+    @contextlib.contextmanager
+    def announced(self, host: str, port: int):
+        """Keep this server's discovery file in its data folder while the block runs (serving): removed when it
+        ends, on Ctrl-C, and on SIGTERM (which then ends the process as it always did)."""
+        settings = self.engine.settings
+        announcement = discovery.announce(settings, self.engine.store.description, host, port, self.token)
+        if announcement is None:
+            log.info("Another server is already announced in %s; command-line searches go there.",
+                     discovery.discovery_file(settings.data_home))
+            yield
+            return
+        log.info("Command-line searches on this data folder are sent here (%s).",
+                 discovery.discovery_file(settings.data_home))
+
+        def withdraw_and_terminate(signal_number, _frame):
+            discovery.withdraw(announcement)
+            signal.signal(signal_number, signal.SIG_DFL)
+            os.kill(os.getpid(), signal_number)
+
+        previous = signal.signal(signal.SIGTERM, withdraw_and_terminate)
+        try:
+            yield
+        finally:
+            signal.signal(signal.SIGTERM, previous)
+            discovery.withdraw(announcement)
+
+
+def _json_answer(value: dict, status: int) -> Response:
+    return Response(json.dumps(value), status=status, mimetype="application/json")
+
+
 def warm_up(engine: ImageSearch, datasets: list[DatasetRecord]) -> None:
     """Load the existing datasets' models in the background, so that the first search is fast too.
 
@@ -420,14 +498,18 @@ def main(argv=None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     engine = open_engine(args)
     datasets = engine.datasets()  # an unreachable store stops the start with one readable line
-    http = PooledWSGIServer(args.host, args.port, create_server(engine).app)
+    app = create_server(engine).app
+    command_line = CommandLineSearches(engine)
+    command_line.add_route(app)
+    http = PooledWSGIServer(args.host, args.port, app)
     threading.Thread(target=warn_if_default_model_lacks_weights, args=(engine,), name="weights-check",
                      daemon=True).start()
     threading.Thread(target=warm_up, args=(engine, datasets), name="warm-up", daemon=True).start()
     print(f"image-search {__version__} serving RescueBox at http://{args.host}:{http.port} "
           f"({len(datasets)} datasets; {engine.store.description}). In RescueBox, register IP {args.host} and port "
           f"{http.port}. Stop with Ctrl-C.", flush=True)
-    http.serve_forever()
+    with command_line.announced(args.host, http.port):
+        http.serve_forever()
     print("Server stopped.", flush=True)
     return 0
 

@@ -22,8 +22,8 @@ class PostgresStore(MetadataStore):
 
     def __init__(self, settings: DatabaseSettings) -> None:
         super().__init__()
-        import psycopg2  # noqa: F401  (imported here so SQLite users never pay for it)
-
+        # psycopg2 is imported on the first connection, so that SQLite users never pay for it, nor a command-line
+        # search that a server answers (it compares this store's description with the server's)
         self.settings = settings
         self.description = f"PostgreSQL database '{settings.name}' at {settings.describe()}"
         self._local = threading.local()
