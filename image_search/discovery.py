@@ -22,6 +22,7 @@ from __future__ import annotations
 import ipaddress
 import json
 import os
+import sys
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -107,6 +108,8 @@ def is_loopback(remote_address: str | None) -> bool:
 def pid_alive(pid: int) -> bool:
     if pid <= 0:
         return False
+    if sys.platform == "win32":  # os.kill would terminate the process; the liveness check's pid tells instead
+        return True
     try:
         os.kill(pid, 0)
     except ProcessLookupError:

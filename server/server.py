@@ -423,7 +423,13 @@ class CommandLineSearches:
         """Keep this server's discovery file in its data folder while the block runs (serving): removed when it
         ends, on Ctrl-C, and on SIGTERM (which then ends the process as it always did)."""
         settings = self.engine.settings
-        announcement = discovery.announce(settings, self.engine.store.description, host, port, self.token)
+        try:
+            announcement = discovery.announce(settings, self.engine.store.description, host, port, self.token)
+        except OSError as error:  # serving matters more than the command line's shortcut
+            log.warning("Cannot write %s (%s); command-line searches will not use this server.",
+                        discovery.discovery_file(settings.data_home), error)
+            yield
+            return
         if announcement is None:
             log.info("Another server is already announced in %s; command-line searches go there.",
                      discovery.discovery_file(settings.data_home))
