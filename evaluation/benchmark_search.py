@@ -342,7 +342,8 @@ def cli_search_seconds(data_home: Path, name: str, runs: int) -> dict:
     seconds = []
     for text in text_queries(runs, "command line"):
         started = time.perf_counter()
-        done = subprocess.run([sys.executable, "-m", "cli.cli_search", "-q", text, "-n", name, "-k", str(K)],
+        done = subprocess.run([sys.executable, "-m", "cli.cli_search", "-q", text, "-n", name, "-k", str(K),
+                               "--no-server"],  # its own start-up, even if a server were running on this folder
                               cwd=REPO, env=env, capture_output=True, text=True)
         seconds.append(time.perf_counter() - started)
         if done.returncode != 0:
