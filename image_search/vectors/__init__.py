@@ -7,24 +7,35 @@ names the kinds.
 
 from __future__ import annotations
 
-from pathlib import Path
-
-from . import layout, policy
-from .base import Neighbours, UnreadableIndexFile, VectorIndex
-from .faiss_index import FaissIndex
 from .kinds import AUTO, FLAT, HNSW, IVF, IVF_SQ8, KINDS
-from .policy import fit
 
-BACKEND = FaissIndex  # the one place that names the backend new and committed indexes use
+# The backend (numpy, FAISS: 0.1-0.2 s to import) loads on first use, not when config.py reads the kind names: a
+# command-line search that a running server answers never needs it (tests/test_cli_server.py).
+_LAZY = {"layout": ".layout", "policy": ".policy", "base": ".base", "faiss_index": ".faiss_index",
+         "Neighbours": ".base", "UnreadableIndexFile": ".base", "VectorIndex": ".base", "FaissIndex": ".faiss_index",
+         "fit": ".policy"}
 
 
-def new_index(dim: int) -> VectorIndex:
+def __getattr__(name: str):
+    if name == "BACKEND":  # the one place that names the backend new and committed indexes use
+        from .faiss_index import FaissIndex
+
+        return FaissIndex
+    if name not in _LAZY:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    import importlib
+
+    module = importlib.import_module(_LAZY[name], __name__)
+    return module if _LAZY[name].lstrip(".") == name else getattr(module, name)
+
+
+def new_index(dim: int):
     """An empty exact index; fit() turns it into the kind its size calls for."""
-    return BACKEND.empty(dim)
+    return __getattr__("BACKEND").empty(dim)
 
 
-def load_index(path: Path, *, mapped: bool = False) -> VectorIndex:
-    return BACKEND.load(path, mapped=mapped)
+def load_index(path, *, mapped: bool = False):
+    return __getattr__("BACKEND").load(path, mapped=mapped)
 
 
 __all__ = ["AUTO", "BACKEND", "FLAT", "HNSW", "IVF", "IVF_SQ8", "KINDS", "FaissIndex", "Neighbours",
