@@ -72,7 +72,7 @@ def link_folder(files: list[Path], folder: Path, count: int | None = None) -> Pa
 
 
 def image_files(folder: Path) -> list[str]:
-    from image_search.files import scan_folder
+    from image_search.pipeline.scan import scan_folder
     from image_search.images import IMAGE_EXTENSIONS
 
     return [entry.path for entry in scan_folder(str(folder)).files
