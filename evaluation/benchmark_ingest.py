@@ -73,7 +73,7 @@ def link_folder(files: list[Path], folder: Path, count: int | None = None) -> Pa
 
 def image_files(folder: Path) -> list[str]:
     from image_search.pipeline.scan import scan_folder
-    from image_search.images import IMAGE_EXTENSIONS
+    from image_search.pipeline.decode import IMAGE_EXTENSIONS
 
     return [entry.path for entry in scan_folder(str(folder)).files
             if os.path.splitext(entry.path)[1].lower() in IMAGE_EXTENSIONS]

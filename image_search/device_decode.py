@@ -16,7 +16,7 @@ from typing import Callable, Sequence
 import numpy as np
 from PIL import Image
 
-from .images import NotAnImage, UnreadableImage
+from .pipeline.decode import NotAnImage, UnreadableImage
 
 JPEG_SIGNATURE = b"\xff\xd8\xff"
 JPEG_END = b"\xff\xd9"
@@ -152,7 +152,7 @@ def decode_batch(encoded: EncodedBatch, paths: Sequence[str], *, geometry: Calla
     import torch
 
     if cpu_reader is None:
-        from .reader import read_pixels as cpu_reader
+        from .pipeline.decode import read_pixels as cpu_reader
     outputs: dict[int, object] = {}
     skipped: list[tuple[int, str]] = []
     fallbacks = 0

@@ -13,7 +13,7 @@ from typing import Callable, Iterator, Sequence
 
 import numpy as np
 
-from .images import NotAnImage, UnreadableImage, load_rgb
+from .pipeline.decode import NotAnImage, UnreadableImage, read_pixels
 
 # Statuses of one file.
 OK, SKIPPED, IGNORED, ENCODED = "ok", "skipped", "ignored", "encoded"
@@ -31,69 +31,6 @@ class Batch:
         if self.pixels is not None:
             self.pixels = self.pixels.pin_memory()
         return self
-
-
-def read_pixels(path: str, geometry: Callable, min_side: int | None) -> np.ndarray:
-    """One file -> uint8 array [3, S, S]. Raises NotAnImage or UnreadableImage."""
-    image = load_rgb(path, min_side=min_side)
-    try:
-        plan = _resize_crop_plan(geometry)
-        image = resize_and_crop(image, *plan) if plan else geometry(image)
-    except (OSError, ValueError) as error:
-        raise UnreadableImage(f"cannot resize: {error}") from None
-    array = np.asarray(image, dtype=np.uint8)
-    if array.ndim != 3 or array.shape[2] != 3:
-        raise UnreadableImage(f"unexpected pixel layout {array.shape}")
-    return np.ascontiguousarray(array.transpose(2, 0, 1))
-
-
-_plans: dict[int, tuple[Callable, tuple | None]] = {}
-
-
-def _resize_crop_plan(geometry: Callable) -> tuple | None:
-    """(side, crop, PIL resample) when geometry is torchvision's Resize(shorter side) then a square CenterCrop, the
-    shape of open_clip's inference transform; None for anything else (then geometry itself runs)."""
-    cached = _plans.get(id(geometry))
-    if cached is not None and cached[0] is geometry:
-        return cached[1]
-    plan = None
-    try:
-        from torchvision.transforms import CenterCrop, Resize
-        from torchvision.transforms.functional import pil_modes_mapping
-
-        resize, crop = geometry.transforms
-        size = [resize.size] if isinstance(resize.size, int) else list(resize.size)
-        crop_size = [crop.size] if isinstance(crop.size, int) else list(crop.size)
-        if (type(resize) is Resize and type(crop) is CenterCrop and len(size) == 1 and resize.max_size is None
-                and len(set(crop_size)) == 1 and size[0] >= crop_size[0]
-                and resize.interpolation in pil_modes_mapping):
-            plan = (int(size[0]), int(crop_size[0]), pil_modes_mapping[resize.interpolation])
-    except (AttributeError, TypeError, ValueError, ImportError):
-        plan = None
-    _plans[id(geometry)] = (geometry, plan)
-    return plan
-
-
-def resize_and_crop(image, side: int, crop: int, resample):
-    """Resize the shorter side to `side`, then take the centre crop x crop, like torchvision's Resize + CenterCrop
-    on a PIL image, but resampling only the pixels the crop keeps (Pillow's resize box): a quarter less work for
-    4:3 photos. Output equals the two-step result to within one intensity level (rounding)."""
-    width, height = image.size
-    if width <= height:
-        new_width, new_height = side, int(side * height / width)
-    else:
-        new_width, new_height = int(side * width / height), side
-    if (new_width, new_height) == (width, height):  # torchvision does not resample then
-        return image.crop(_centre(width, height, crop))
-    left, top, right, bottom = _centre(new_width, new_height, crop)
-    scale_x, scale_y = width / new_width, height / new_height
-    return image.resize((crop, crop), resample,
-                        box=(left * scale_x, top * scale_y, right * scale_x, bottom * scale_y))
-
-
-def _centre(width: int, height: int, crop: int) -> tuple[int, int, int, int]:
-    top, left = int(round((height - crop) / 2.0)), int(round((width - crop) / 2.0))
-    return left, top, left + crop, top + crop
 
 
 class _FileDataset:

@@ -17,7 +17,7 @@ from image_search import device_decode
 from image_search.device_decode import EncodedJpeg, decode_batch, pack, read_encoded_jpeg, upright
 from image_search.embedding import embed_files
 from image_search.models import load_model
-from image_search.reader import read_pixels
+from image_search.pipeline.decode import read_pixels
 from tests.conftest import cpu_without_bf16, fresh_cpu_model, run_tool
 
 # (width, height, EXIF orientation, progressive): landscape and portrait phone shots, a panorama, a tall
@@ -111,7 +111,7 @@ def test_resize_crop_in_one_step_equals_open_clip_geometry(vit):
     """Resampling only the centre crop gives the two-step Resize + CenterCrop result (to rounding)."""
     from torchvision.transforms import Compose, Resize
 
-    from image_search.reader import _resize_crop_plan, resize_and_crop
+    from image_search.pipeline.decode import _resize_crop_plan, resize_and_crop
 
     plan = _resize_crop_plan(vit.geometry)
     assert plan == (224, 224, Image.BICUBIC)
