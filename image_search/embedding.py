@@ -10,7 +10,7 @@ from typing import Iterator, Sequence
 import numpy as np
 
 from .models import Embedder
-from .reader import default_workers, iter_batches
+from .pipeline.cpu_reader import default_workers, iter_batches
 
 
 @dataclass
@@ -28,7 +28,7 @@ def default_batch_size(embedder: Embedder) -> int:
 
 
 def device_decode_requested() -> bool:
-    """Decode JPEGs on the GPU (see device_decode) when the model runs on one, unless IMAGE_SEARCH_GPU_DECODE=0.
+    """Decode JPEGs on the GPU (see pipeline/gpu_decode.py) when the model runs on one, unless IMAGE_SEARCH_GPU_DECODE=0.
 
     On by default: on an H100 with 16 cores it was faster at every size (0.3 / 2 / 12 MP photos: 2,532 / 1,346 /
     309 images/s against 2,063 / 884 / 258 with CPU decoding; evaluation/results/ingest-gpu-h100.json).
@@ -84,7 +84,7 @@ def _decode_encoded(embedder: Embedder, paths: Sequence[str], batch):
     """Decode the batch's undecoded JPEGs on the model's device and merge them, in file order, with the rest."""
     import torch
 
-    from .device_decode import decode_batch
+    from .pipeline.gpu_decode import decode_batch
 
     decoded = decode_batch(batch.encoded, paths, geometry=embedder.geometry, min_side=embedder.input_size,
                            device=embedder.device)

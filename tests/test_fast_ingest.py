@@ -13,11 +13,12 @@ import torch
 from PIL import Image, ImageOps
 
 from evaluation.sample_images import make_photo
-from image_search import device_decode
-from image_search.device_decode import EncodedJpeg, decode_batch, pack, read_encoded_jpeg, upright
 from image_search.embedding import embed_files
 from image_search.models import load_model
+from image_search.pipeline import gpu_decode
 from image_search.pipeline.decode import read_pixels
+from image_search.pipeline.encoded_jpeg import EncodedJpeg, pack, read_encoded_jpeg
+from image_search.pipeline.gpu_decode import decode_batch, upright
 from tests.conftest import cpu_without_bf16, fresh_cpu_model, run_tool
 
 # (width, height, EXIF orientation, progressive): landscape and portrait phone shots, a panorama, a tall
@@ -183,7 +184,7 @@ def test_device_decoding_falls_back_to_the_cpu_per_file(tmp_path, tiny, monkeypa
     encoded = pack([(i, _encoded(p)) for i, p in enumerate(paths)])
 
     # The device refuses one valid file outright (as nvJPEG does with what it does not support).
-    real_decode = device_decode._decode_jpegs
+    real_decode = gpu_decode._decode_jpegs
     calls = []
 
     def flaky_decode(files, device):
@@ -192,7 +193,7 @@ def test_device_decoding_falls_back_to_the_cpu_per_file(tmp_path, tiny, monkeypa
             raise RuntimeError("nvjpeg: unsupported")
         return real_decode(files, device)
 
-    monkeypatch.setattr(device_decode, "_decode_jpegs", flaky_decode)
+    monkeypatch.setattr(gpu_decode, "_decode_jpegs", flaky_decode)
     result = decode_batch(encoded, paths, geometry=tiny.geometry, min_side=tiny.input_size, device="cpu")
     assert calls == [3, 1, 1, 1]  # the whole batch once, then each file on its own
     assert result.positions == [0, 2]  # the refused file was decoded on the CPU instead
@@ -218,8 +219,8 @@ def test_device_decoding_falls_back_when_the_transform_only_knows_pil(tmp_path, 
 
 
 def test_device_decoding_bounds_memory_per_call(monkeypatch):
-    monkeypatch.setattr(device_decode, "MAX_PIXELS_PER_CALL", 100)
-    assert device_decode._chunks([60, 30, 20, 150, 10]) == [[0, 1], [2], [3], [4]]
+    monkeypatch.setattr(gpu_decode, "MAX_PIXELS_PER_CALL", 100)
+    assert gpu_decode._chunks([60, 30, 20, 150, 10]) == [[0, 1], [2], [3], [4]]
 
 
 def test_ingest_with_device_decoding_matches_cpu_ingest(engine, mixed_folder, tmp_path, monkeypatch):

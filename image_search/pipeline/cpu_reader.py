@@ -13,7 +13,8 @@ from typing import Callable, Iterator, Sequence
 
 import numpy as np
 
-from .pipeline.decode import NotAnImage, UnreadableImage, read_pixels
+from .decode import NotAnImage, UnreadableImage, read_pixels
+from .encoded_jpeg import pack, read_encoded_jpeg
 
 # Statuses of one file.
 OK, SKIPPED, IGNORED, ENCODED = "ok", "skipped", "ignored", "encoded"
@@ -25,7 +26,7 @@ class Batch:
     pixels: object  # torch.uint8 tensor [len(positions), 3, S, S], or None when no file of the batch was usable
     skipped: list[tuple[int, str]]  # (position, reason)
     ignored: list[int]  # positions of files that are not images
-    encoded: object = None  # device_decode.EncodedBatch: JPEGs left for the GPU to decode, or None
+    encoded: object = None  # encoded_jpeg.EncodedBatch: JPEGs left for the GPU to decode, or None
 
     def pin_memory(self) -> "Batch":  # called by DataLoader(pin_memory=True) for faster host-to-GPU copies
         if self.pixels is not None:
@@ -48,8 +49,6 @@ class _FileDataset:
 
     def __getitem__(self, position: int):
         if self.encoded_jpegs:
-            from .device_decode import read_encoded_jpeg
-
             encoded = read_encoded_jpeg(self.paths[position])
             if encoded is not None:
                 return position, ENCODED, encoded
@@ -64,7 +63,7 @@ class _FileDataset:
 
 
 def _collate(items) -> Batch:
-    import torch
+    import torch  # here, not at the top: start-up time (see the pipeline package's docstring)
 
     positions, arrays, skipped, ignored, encoded = [], [], [], [], []
     for position, status, payload in items:
@@ -78,16 +77,12 @@ def _collate(items) -> Batch:
         else:
             ignored.append(position)
     pixels = torch.from_numpy(np.stack(arrays)) if arrays else None
-    packed = None
-    if encoded:
-        from .device_decode import pack
-
-        packed = pack(encoded)
+    packed = pack(encoded) if encoded else None
     return Batch(positions, pixels, skipped, ignored, packed)
 
 
 def _init_worker(_worker_id: int) -> None:
-    import torch
+    import torch  # here, not at the top: start-up time (see the pipeline package's docstring)
 
     # Each worker decodes one image at a time; extra intra-op threads would only fight the model for cores.
     torch.set_num_threads(1)
@@ -103,9 +98,9 @@ def iter_batches(paths: Sequence[str], *, geometry: Callable, min_side: int | No
                  workers: int, pin_memory: bool = False, encoded_jpegs: bool = False) -> Iterator[Batch]:
     """Yield batches in order while the next ones are being read in the background.
 
-    encoded_jpegs: leave the JPEGs a GPU can decode undecoded (Batch.encoded); see device_decode.
+    encoded_jpegs: leave the JPEGs a GPU can decode undecoded (Batch.encoded); see gpu_decode.
     """
-    from torch.utils.data import DataLoader
+    from torch.utils.data import DataLoader  # here, not at the top: start-up time (see the pipeline package's docstring)
 
     if not paths:
         return
