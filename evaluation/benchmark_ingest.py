@@ -194,7 +194,7 @@ def measure_model(embedder, batch_size: int, min_seconds: float) -> float:
 
 def measure_decode(embedder, paths: list[str], batch_size: int, workers: int, on_device: bool) -> float:
     """(b): the ingest's reader alone (on_device: JPEGs decoded and resized on the GPU, as ingest does then)."""
-    from image_search.embedding import reader_batch_size
+    from image_search.pipeline.batches import reader_batch_size
     from image_search.pipeline.cpu_reader import iter_batches
 
     done, started = 0, time.perf_counter()
@@ -278,7 +278,7 @@ def measure_ingest(folder: Path, data_home: Path, name: str, args, gpu_decode: b
 
 # -- the run ----------------------------------------------------------------------------------------------------
 def run_speed(args) -> dict:
-    from image_search.embedding import default_batch_size
+    from image_search.pipeline.batches import default_batch_size
     from image_search.models import load_model
     from image_search.precision import cpu_has_native_bf16, requested_precision
     from image_search.pipeline.cpu_reader import default_workers

@@ -18,7 +18,7 @@ from typing import Sequence
 
 import numpy as np
 
-from .embedding import embed_files
+from .pipeline.batches import embed_files
 from .engine import ImageSearch
 from .errors import InvalidInputError
 from .pipeline.scan import scan_folder

@@ -25,7 +25,7 @@ from .errors import InvalidInputError, ModelMismatchError
 from .pipeline.scan import printable, scan_folder
 from .models import parse_model_name
 from .names import validate_dataset_name
-from .embedding import embed_files
+from .pipeline.batches import embed_files
 from .store import DatasetRecord, ImageRecord, NewDataset
 
 

@@ -13,9 +13,9 @@ import torch
 from PIL import Image, ImageOps
 
 from evaluation.sample_images import make_photo
-from image_search.embedding import embed_files
 from image_search.models import load_model
 from image_search.pipeline import gpu_decode
+from image_search.pipeline.batches import embed_files
 from image_search.pipeline.decode import read_pixels
 from image_search.pipeline.encoded_jpeg import EncodedJpeg, pack, read_encoded_jpeg
 from image_search.pipeline.gpu_decode import decode_batch, upright
@@ -375,9 +375,9 @@ def test_auto_precision_without_bf16_support_is_fp32_and_embeds(monkeypatch, cap
 
 
 def test_small_reader_batches_are_regrouped_for_the_model(tiny, photos, monkeypatch):
-    from image_search import embedding
+    from image_search.pipeline import batches
 
-    monkeypatch.setattr(embedding, "reader_batch_size", lambda _embedder, _size: 2)  # as on a GPU
+    monkeypatch.setattr(batches, "reader_batch_size", lambda _embedder, _size: 2)  # as on a GPU
     paths = [str(p) for p in sorted(photos.iterdir())]
     batches = list(embed_files(tiny, paths, workers=0, batch_size=5, decode_on_device=True))
     assert [len(b.positions) for b in batches] == [6, 6]
@@ -387,7 +387,7 @@ def test_small_reader_batches_are_regrouped_for_the_model(tiny, photos, monkeypa
 
 
 def test_gpu_decoding_is_on_by_default_and_can_be_turned_off(monkeypatch):
-    from image_search.embedding import device_decode_requested
+    from image_search.pipeline.batches import device_decode_requested
 
     monkeypatch.delenv("IMAGE_SEARCH_GPU_DECODE", raising=False)
     assert device_decode_requested()

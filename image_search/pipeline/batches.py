@@ -9,8 +9,9 @@ from typing import Iterator, Sequence
 
 import numpy as np
 
-from .models import Embedder
-from .pipeline.cpu_reader import default_workers, iter_batches
+from ..models import Embedder
+from .cpu_reader import default_workers, iter_batches
+from .gpu_decode import decode_batch
 
 
 @dataclass
@@ -28,7 +29,7 @@ def default_batch_size(embedder: Embedder) -> int:
 
 
 def device_decode_requested() -> bool:
-    """Decode JPEGs on the GPU (see pipeline/gpu_decode.py) when the model runs on one, unless IMAGE_SEARCH_GPU_DECODE=0.
+    """Decode JPEGs on the GPU (see gpu_decode) when the model runs on one, unless IMAGE_SEARCH_GPU_DECODE=0.
 
     On by default: on an H100 with 16 cores it was faster at every size (0.3 / 2 / 12 MP photos: 2,532 / 1,346 /
     309 images/s against 2,063 / 884 / 258 with CPU decoding; evaluation/results/ingest-gpu-h100.json).
@@ -82,9 +83,7 @@ def _to_device(pixels, device: str):
 
 def _decode_encoded(embedder: Embedder, paths: Sequence[str], batch):
     """Decode the batch's undecoded JPEGs on the model's device and merge them, in file order, with the rest."""
-    import torch
-
-    from .pipeline.gpu_decode import decode_batch
+    import torch  # here, not at the top: start-up time (see the pipeline package's docstring)
 
     decoded = decode_batch(batch.encoded, paths, geometry=embedder.geometry, min_side=embedder.input_size,
                            device=embedder.device)
@@ -103,7 +102,7 @@ def _decode_encoded(embedder: Embedder, paths: Sequence[str], batch):
 
 def _regroup(batches, size: int):
     """Join consecutive (positions, pixels, skipped, ignored) batches until they hold at least `size` images."""
-    import torch
+    import torch  # here, not at the top: start-up time (see the pipeline package's docstring)
 
     positions, parts, skipped, ignored = [], [], [], []
     for batch_positions, pixels, batch_skipped, batch_ignored in batches:
@@ -130,6 +129,6 @@ class _NoBar:
 def _progress_bar(total: int, enabled: bool, label: str):
     if not enabled or total == 0:
         return _NoBar()
-    from tqdm import tqdm
+    from tqdm import tqdm  # here, not at the top: start-up time (see the pipeline package's docstring)
 
     return tqdm(total=total, unit="img", desc=label, file=sys.stderr, dynamic_ncols=True, smoothing=0.1)
