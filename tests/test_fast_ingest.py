@@ -387,10 +387,27 @@ def test_small_reader_batches_are_regrouped_for_the_model(tiny, photos, monkeypa
 
 
 def test_gpu_decoding_is_on_by_default_and_can_be_turned_off(monkeypatch):
-    from image_search.pipeline.batches import device_decode_requested
+    from image_search.config import device_decode_requested
 
     monkeypatch.delenv("IMAGE_SEARCH_GPU_DECODE", raising=False)
     assert device_decode_requested()
     for off in ("0", "false", "off", "no"):
         monkeypatch.setenv("IMAGE_SEARCH_GPU_DECODE", off)
         assert not device_decode_requested()
+
+
+def test_gpu_decoding_can_be_turned_off_in_dotenv(tmp_path):
+    """The setting is read like every other one: a .env in the working directory counts, as .env.example says."""
+    import os
+    import subprocess
+    import sys
+
+    from tests.conftest import REPO
+
+    (tmp_path / ".env").write_text("IMAGE_SEARCH_GPU_DECODE=0\n")
+    env = {key: value for key, value in os.environ.items() if key != "IMAGE_SEARCH_GPU_DECODE"}
+    env["PYTHONPATH"] = str(REPO)
+    answer = subprocess.run([sys.executable, "-c", "from image_search.config import device_decode_requested; "
+                             "print(device_decode_requested())"], cwd=tmp_path, env=env, capture_output=True,
+                            text=True, timeout=60)
+    assert answer.stdout.strip() == "False", answer.stderr

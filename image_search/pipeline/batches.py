@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import os
 import sys
 from dataclasses import dataclass
 from typing import Iterator, Sequence
 
 import numpy as np
 
+from ..config import device_decode_requested
 from ..models import Embedder
 from .cpu_reader import default_workers, iter_batches
 from .gpu_decode import decode_batch
@@ -26,15 +26,6 @@ def default_batch_size(embedder: Embedder) -> int:
     # A GPU needs big batches to be busy. On the CPU the model's speed is the same from 8 to 64 images per batch;
     # whole ingests measured 29 / 30 / 32 images/s with batches of 8 / 16 / 32 (2 MP photos, 2 cores).
     return 256 if embedder.device.startswith("cuda") else 32
-
-
-def device_decode_requested() -> bool:
-    """Decode JPEGs on the GPU (see gpu_decode) when the model runs on one, unless IMAGE_SEARCH_GPU_DECODE=0.
-
-    On by default: on an H100 with 16 cores it was faster at every size (0.3 / 2 / 12 MP photos: 2,532 / 1,346 /
-    309 images/s against 2,063 / 884 / 258 with CPU decoding; evaluation/results/ingest-gpu-h100.json).
-    """
-    return os.environ.get("IMAGE_SEARCH_GPU_DECODE", "").strip().lower() not in ("0", "false", "no", "off")
 
 
 # Each reader worker fills whole batches, so model-sized GPU batches (256) would leave most workers idle unless
