@@ -23,7 +23,7 @@ from .engine import ImageSearch
 from .errors import InvalidInputError
 from .pipeline.scan import scan_folder
 from .ingest import check_input_folder, ingest_folder, printable
-from .names import validate_dataset_name
+from .datasets.names import validate_dataset_name
 from .search import SearchResult, search_vectors
 
 _TRAILING_NUMBER = re.compile(r"_\d+$")

@@ -24,7 +24,7 @@ from .engine import ImageSearch
 from .errors import InvalidInputError, ModelMismatchError
 from .pipeline.scan import printable, scan_folder
 from .models import parse_model_name
-from .names import validate_dataset_name
+from .datasets.names import validate_dataset_name
 from .pipeline.batches import embed_files
 from .store import DatasetRecord, ImageRecord, NewDataset
 
