@@ -74,7 +74,7 @@ def _to_device(pixels, device: str):
 
 def _decode_encoded(embedder: Embedder, paths: Sequence[str], batch):
     """Decode the batch's undecoded JPEGs on the model's device and merge them, in file order, with the rest."""
-    import torch  # here, not at the top: start-up time (see the pipeline package's docstring)
+    import torch  # imported here for start-up time (see pipeline/__init__.py)
 
     decoded = decode_batch(batch.encoded, paths, geometry=embedder.geometry, min_side=embedder.input_size,
                            device=embedder.device)
@@ -93,7 +93,7 @@ def _decode_encoded(embedder: Embedder, paths: Sequence[str], batch):
 
 def _regroup(batches, size: int):
     """Join consecutive (positions, pixels, skipped, ignored) batches until they hold at least `size` images."""
-    import torch  # here, not at the top: start-up time (see the pipeline package's docstring)
+    import torch  # imported here for start-up time (see pipeline/__init__.py)
 
     positions, parts, skipped, ignored = [], [], [], []
     for batch_positions, pixels, batch_skipped, batch_ignored in batches:
@@ -120,6 +120,6 @@ class _NoBar:
 def _progress_bar(total: int, enabled: bool, label: str):
     if not enabled or total == 0:
         return _NoBar()
-    from tqdm import tqdm  # here, not at the top: start-up time (see the pipeline package's docstring)
+    from tqdm import tqdm  # imported here for start-up time (see pipeline/__init__.py)
 
     return tqdm(total=total, unit="img", desc=label, file=sys.stderr, dynamic_ncols=True, smoothing=0.1)

@@ -63,7 +63,7 @@ class _FileDataset:
 
 
 def _collate(items) -> Batch:
-    import torch  # here, not at the top: start-up time (see the pipeline package's docstring)
+    import torch  # imported here for start-up time (see pipeline/__init__.py)
 
     positions, arrays, skipped, ignored, encoded = [], [], [], [], []
     for position, status, payload in items:
@@ -82,7 +82,7 @@ def _collate(items) -> Batch:
 
 
 def _init_worker(_worker_id: int) -> None:
-    import torch  # here, not at the top: start-up time (see the pipeline package's docstring)
+    import torch  # imported here for start-up time (see pipeline/__init__.py)
 
     # Each worker decodes one image at a time; extra intra-op threads would only fight the model for cores.
     torch.set_num_threads(1)
@@ -100,7 +100,7 @@ def iter_batches(paths: Sequence[str], *, geometry: Callable, min_side: int | No
 
     encoded_jpegs: leave the JPEGs a GPU can decode undecoded (Batch.encoded); see gpu_decode.
     """
-    from torch.utils.data import DataLoader  # here, not at the top: start-up time (see the pipeline package's docstring)
+    from torch.utils.data import DataLoader  # imported here for start-up time (see pipeline/__init__.py)
 
     if not paths:
         return

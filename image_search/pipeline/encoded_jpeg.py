@@ -68,7 +68,7 @@ class EncodedBatch:
 
 
 def pack(items: Sequence[tuple[int, EncodedJpeg]]) -> EncodedBatch | None:
-    import torch  # here, not at the top: start-up time (see the pipeline package's docstring)
+    import torch  # imported here for start-up time (see pipeline/__init__.py)
 
     if not items:
         return None

@@ -23,7 +23,7 @@ MAX_PIXELS_PER_CALL = 256_000_000
 
 def upright(image, orientation: int):
     """CHW tensor -> the picture as a viewer shows it, exactly like PIL's ImageOps.exif_transpose."""
-    import torch  # here, not at the top: start-up time (see the pipeline package's docstring)
+    import torch  # imported here for start-up time (see pipeline/__init__.py)
 
     if orientation == 2:
         return image.flip(-1)
@@ -51,7 +51,7 @@ class DecodedBatch:
 
 
 def _decode_jpegs(files: list, device: str) -> list:
-    # Both imported here, not at the top: start-up time (see the pipeline package's docstring).
+    # Both imported here for start-up time (see pipeline/__init__.py).
     import torch
     from torchvision.io import ImageReadMode, decode_jpeg
 
@@ -84,7 +84,7 @@ def decode_batch(encoded: EncodedBatch, paths: Sequence[str], *, geometry: Calla
     cpu_reader(path, geometry, min_side) -> uint8 array [3, S, S] (the normal reader's read_pixels) decodes a file
     the device could not; it raises NotAnImage or UnreadableImage for a file nobody can use.
     """
-    import torch  # here, not at the top: start-up time (see the pipeline package's docstring)
+    import torch  # imported here for start-up time (see pipeline/__init__.py)
 
     if cpu_reader is None:
         cpu_reader = read_pixels
