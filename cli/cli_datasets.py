@@ -25,7 +25,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def datasets_table(datasets) -> str:
-    from image_search.files import printable
+    from image_search.pipeline.scan import printable
 
     if not datasets:
         return "No datasets yet; ingest a folder with python -m cli.cli_preprocess -i DIR -n NAME."
@@ -35,7 +35,7 @@ def datasets_table(datasets) -> str:
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
-    from image_search.files import printable
+    from image_search.pipeline.scan import printable
 
     engine = open_engine(args)
     if args.command == "delete":

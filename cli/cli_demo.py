@@ -77,7 +77,7 @@ def text_demo(engine, folder: Path) -> int:
 def image_demo(engine, folder: Path) -> int:
     from cli.cli_search import results_table
     from evaluation.edits import brighten_30, downscale_half
-    from image_search.images import load_rgb
+    from image_search.pipeline.decode import load_rgb
     from image_search.search import search_by_image
 
     ingest_samples(engine, folder, OFFLINE_DATASET, OFFLINE_MODEL)

@@ -45,7 +45,7 @@ def search_on_running_server(args) -> list[dict] | None:
     from image_search.config import load_settings
     from image_search.discovery import ServerRefusal, find_server, search_on_server
     from image_search.errors import ImageSearchError
-    from image_search.files import absolute_path
+    from image_search.pipeline.scan import absolute_path
 
     server = find_server(load_settings(data_home=args.data_dir, model_name=args.model, device=args.device))
     if server is None:

@@ -72,8 +72,8 @@ def link_folder(files: list[Path], folder: Path, count: int | None = None) -> Pa
 
 
 def image_files(folder: Path) -> list[str]:
-    from image_search.files import scan_folder
-    from image_search.images import IMAGE_EXTENSIONS
+    from image_search.pipeline.scan import scan_folder
+    from image_search.pipeline.decode import IMAGE_EXTENSIONS
 
     return [entry.path for entry in scan_folder(str(folder)).files
             if os.path.splitext(entry.path)[1].lower() in IMAGE_EXTENSIONS]
@@ -194,8 +194,8 @@ def measure_model(embedder, batch_size: int, min_seconds: float) -> float:
 
 def measure_decode(embedder, paths: list[str], batch_size: int, workers: int, on_device: bool) -> float:
     """(b): the ingest's reader alone (on_device: JPEGs decoded and resized on the GPU, as ingest does then)."""
-    from image_search.embedding import reader_batch_size
-    from image_search.reader import iter_batches
+    from image_search.pipeline.batches import reader_batch_size
+    from image_search.pipeline.cpu_reader import iter_batches
 
     done, started = 0, time.perf_counter()
     for batch in iter_batches(paths, geometry=embedder.geometry, min_side=embedder.input_size,
@@ -203,7 +203,7 @@ def measure_decode(embedder, paths: list[str], batch_size: int, workers: int, on
                               pin_memory=embedder.device.startswith("cuda"), encoded_jpegs=on_device):
         done += len(batch.positions)
         if batch.encoded is not None:
-            from image_search.device_decode import decode_batch
+            from image_search.pipeline.gpu_decode import decode_batch
 
             decoded = decode_batch(batch.encoded, paths, geometry=embedder.geometry, min_side=embedder.input_size,
                                    device=embedder.device)
@@ -278,10 +278,10 @@ def measure_ingest(folder: Path, data_home: Path, name: str, args, gpu_decode: b
 
 # -- the run ----------------------------------------------------------------------------------------------------
 def run_speed(args) -> dict:
-    from image_search.embedding import default_batch_size
+    from image_search.pipeline.batches import default_batch_size
     from image_search.models import load_model
     from image_search.precision import cpu_has_native_bf16, requested_precision
-    from image_search.reader import default_workers
+    from image_search.pipeline.cpu_reader import default_workers
 
     embedder = load_model(args.model, args.device)
     embedder.prepare_image_tower()  # its form is part of the settings reported, and not of any timing

@@ -74,7 +74,7 @@ def main(argv=None) -> int:
     from image_search.config import Settings
     from image_search.engine import ImageSearch
     from image_search.evaluation import evaluate_categories, evaluate_near_duplicates
-    from image_search.files import scan_folder
+    from image_search.pipeline.scan import scan_folder
     from image_search.ingest import ingest_folder, printable
     from image_search.models import parse_model_name
 

@@ -108,6 +108,17 @@ def proxy_for(url: str) -> str | None:
     return proxies.get(parts.scheme) or proxies.get("all") or None
 
 
+def device_decode_requested() -> bool:
+    """IMAGE_SEARCH_GPU_DECODE: decode JPEGs on the GPU (see pipeline/gpu_decode.py) when the model runs on one,
+    unless it is 0 (or false, no, off).
+
+    On by default: on an H100 with 16 cores it was faster at every size (0.3 / 2 / 12 MP photos: 2,532 / 1,346 /
+    309 images/s against 2,063 / 884 / 258 with CPU decoding; evaluation/results/ingest-gpu-h100.json).
+    """
+    load_environment()
+    return os.environ.get("IMAGE_SEARCH_GPU_DECODE", "").strip().lower() not in ("0", "false", "no", "off")
+
+
 def _int_env(name: str, default: int) -> int:
     raw = os.environ.get(name, "").strip()
     if not raw:

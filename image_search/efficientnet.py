@@ -13,8 +13,9 @@ Preprocessing is the one the weights were trained and evaluated with (the Tensor
 pipeline, efficientnet/lite/efficientnet_lite_builder.py and preprocessing.py in tensorflow/tpu):
   - geometry: a centred square of 224/256 of the shorter side (crop_padding = 32 at 224), resized bicubically to
     224 x 224. Pillow's bicubic filter is antialiased, a faithful (less aliased) stand-in for TF's resize. Large
-    JPEGs are decoded at a reduced DCT scale whose shorter side stays >= 224 (images.load_rgb), so their crop may
-    be upsampled by at most 256/224 instead of downsampled: the shared reader trades that for decoding speed.
+    JPEGs are decoded at a reduced DCT scale whose shorter side stays >= 224 (pipeline.decode.load_rgb), so their
+    crop may be upsampled by at most 256/224 instead of downsampled: the shared reader trades that for decoding
+    speed.
   - normalisation: (pixel - 127) / 128 on every channel. Edge (Lite) models use these inception-style constants
     for better post-quantisation accuracy, not the usual ImageNet mean/std; the package's README example shows the
     ImageNet ones, but the TF-converted weights are more confident on real photos with 127/128 (mean top-1

@@ -13,9 +13,9 @@ from pathlib import Path
 from . import vectors
 from .config import Settings, load_settings
 from .errors import IndexCorruptError, ImageSearchError
-from .locks import dataset_lock
+from .datasets.locks import dataset_lock
 from .models import Embedder, load_model
-from .names import validate_dataset_name
+from .datasets.names import validate_dataset_name
 from .store import DatasetRecord, MetadataStore, open_store
 from .vectors import UnreadableIndexFile, VectorIndex
 

@@ -18,12 +18,12 @@ from typing import Sequence
 
 import numpy as np
 
-from .embedding import embed_files
+from .pipeline.batches import embed_files
 from .engine import ImageSearch
 from .errors import InvalidInputError
-from .files import scan_folder
+from .pipeline.scan import scan_folder
 from .ingest import check_input_folder, ingest_folder, printable
-from .names import validate_dataset_name
+from .datasets.names import validate_dataset_name
 from .search import SearchResult, search_vectors
 
 _TRAILING_NUMBER = re.compile(r"_\d+$")

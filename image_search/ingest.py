@@ -22,10 +22,10 @@ from . import vectors
 from .config import DEFAULT_MODEL
 from .engine import ImageSearch
 from .errors import InvalidInputError, ModelMismatchError
-from .files import printable, scan_folder
+from .pipeline.scan import printable, scan_folder
 from .models import parse_model_name
-from .names import validate_dataset_name
-from .embedding import embed_files
+from .datasets.names import validate_dataset_name
+from .pipeline.batches import embed_files
 from .store import DatasetRecord, ImageRecord, NewDataset
 
 

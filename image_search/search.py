@@ -14,10 +14,9 @@ import numpy as np
 from .config import DEFAULT_NUM_RESULTS
 from .engine import ImageSearch, LoadedIndex
 from .errors import ImageSearchError, InvalidInputError, ModelMismatchError, UnsupportedQueryError
-from .images import _HEADER_BYTES, IMAGE_EXTENSIONS, NotAnImage, UnreadableImage, sniff_format
-from .files import absolute_path, printable
+from .pipeline.decode import _HEADER_BYTES, IMAGE_EXTENSIONS, NotAnImage, UnreadableImage, read_pixels, sniff_format
+from .pipeline.scan import absolute_path, printable
 from .models import Embedder, parse_model_name
-from .reader import read_pixels
 from .store import DatasetRecord
 
 

@@ -18,7 +18,7 @@ from image_search.errors import UnsupportedQueryError
 from image_search.evaluation import evaluate_self_retrieval
 from image_search.ingest import ingest_folder
 from image_search.models import load_model, parse_model_name
-from image_search.reader import read_pixels
+from image_search.pipeline.decode import read_pixels
 from image_search.search import search_by_image, search_by_text
 from tests.conftest import REPO, SEED_EVAL, run_tool
 
@@ -109,7 +109,7 @@ def test_loads_and_embeds_with_the_network_blocked(embedder, photos, offline_env
     script = textwrap.dedent(f"""
         import json, socket, torch
         from image_search.models import load_model
-        from image_search.reader import read_pixels
+        from image_search.pipeline.decode import read_pixels
         model = load_model({MODEL!r}, "cpu")
         vector = model.encode_pixels(torch.from_numpy(read_pixels({str(photo)!r}, model.geometry, 224)[None]))[0]
         try:

@@ -13,11 +13,12 @@ import torch
 from PIL import Image, ImageOps
 
 from evaluation.sample_images import make_photo
-from image_search import device_decode
-from image_search.device_decode import EncodedJpeg, decode_batch, pack, read_encoded_jpeg, upright
-from image_search.embedding import embed_files
 from image_search.models import load_model
-from image_search.reader import read_pixels
+from image_search.pipeline import gpu_decode
+from image_search.pipeline.batches import embed_files
+from image_search.pipeline.decode import read_pixels
+from image_search.pipeline.encoded_jpeg import EncodedJpeg, pack, read_encoded_jpeg
+from image_search.pipeline.gpu_decode import decode_batch, upright
 from tests.conftest import cpu_without_bf16, fresh_cpu_model, run_tool
 
 # (width, height, EXIF orientation, progressive): landscape and portrait phone shots, a panorama, a tall
@@ -111,7 +112,7 @@ def test_resize_crop_in_one_step_equals_open_clip_geometry(vit):
     """Resampling only the centre crop gives the two-step Resize + CenterCrop result (to rounding)."""
     from torchvision.transforms import Compose, Resize
 
-    from image_search.reader import _resize_crop_plan, resize_and_crop
+    from image_search.pipeline.decode import _resize_crop_plan, resize_and_crop
 
     plan = _resize_crop_plan(vit.geometry)
     assert plan == (224, 224, Image.BICUBIC)
@@ -183,7 +184,7 @@ def test_device_decoding_falls_back_to_the_cpu_per_file(tmp_path, tiny, monkeypa
     encoded = pack([(i, _encoded(p)) for i, p in enumerate(paths)])
 
     # The device refuses one valid file outright (as nvJPEG does with what it does not support).
-    real_decode = device_decode._decode_jpegs
+    real_decode = gpu_decode._decode_jpegs
     calls = []
 
     def flaky_decode(files, device):
@@ -192,7 +193,7 @@ def test_device_decoding_falls_back_to_the_cpu_per_file(tmp_path, tiny, monkeypa
             raise RuntimeError("nvjpeg: unsupported")
         return real_decode(files, device)
 
-    monkeypatch.setattr(device_decode, "_decode_jpegs", flaky_decode)
+    monkeypatch.setattr(gpu_decode, "_decode_jpegs", flaky_decode)
     result = decode_batch(encoded, paths, geometry=tiny.geometry, min_side=tiny.input_size, device="cpu")
     assert calls == [3, 1, 1, 1]  # the whole batch once, then each file on its own
     assert result.positions == [0, 2]  # the refused file was decoded on the CPU instead
@@ -218,8 +219,8 @@ def test_device_decoding_falls_back_when_the_transform_only_knows_pil(tmp_path, 
 
 
 def test_device_decoding_bounds_memory_per_call(monkeypatch):
-    monkeypatch.setattr(device_decode, "MAX_PIXELS_PER_CALL", 100)
-    assert device_decode._chunks([60, 30, 20, 150, 10]) == [[0, 1], [2], [3], [4]]
+    monkeypatch.setattr(gpu_decode, "MAX_PIXELS_PER_CALL", 100)
+    assert gpu_decode._chunks([60, 30, 20, 150, 10]) == [[0, 1], [2], [3], [4]]
 
 
 def test_ingest_with_device_decoding_matches_cpu_ingest(engine, mixed_folder, tmp_path, monkeypatch):
@@ -374,9 +375,9 @@ def test_auto_precision_without_bf16_support_is_fp32_and_embeds(monkeypatch, cap
 
 
 def test_small_reader_batches_are_regrouped_for_the_model(tiny, photos, monkeypatch):
-    from image_search import embedding
+    from image_search.pipeline import batches
 
-    monkeypatch.setattr(embedding, "reader_batch_size", lambda _embedder, _size: 2)  # as on a GPU
+    monkeypatch.setattr(batches, "reader_batch_size", lambda _embedder, _size: 2)  # as on a GPU
     paths = [str(p) for p in sorted(photos.iterdir())]
     batches = list(embed_files(tiny, paths, workers=0, batch_size=5, decode_on_device=True))
     assert [len(b.positions) for b in batches] == [6, 6]
@@ -386,10 +387,27 @@ def test_small_reader_batches_are_regrouped_for_the_model(tiny, photos, monkeypa
 
 
 def test_gpu_decoding_is_on_by_default_and_can_be_turned_off(monkeypatch):
-    from image_search.embedding import device_decode_requested
+    from image_search.config import device_decode_requested
 
     monkeypatch.delenv("IMAGE_SEARCH_GPU_DECODE", raising=False)
     assert device_decode_requested()
     for off in ("0", "false", "off", "no"):
         monkeypatch.setenv("IMAGE_SEARCH_GPU_DECODE", off)
         assert not device_decode_requested()
+
+
+def test_gpu_decoding_can_be_turned_off_in_dotenv(tmp_path):
+    """The setting is read like every other one: a .env in the working directory counts, as .env.example says."""
+    import os
+    import subprocess
+    import sys
+
+    from tests.conftest import REPO
+
+    (tmp_path / ".env").write_text("IMAGE_SEARCH_GPU_DECODE=0\n")
+    env = {key: value for key, value in os.environ.items() if key != "IMAGE_SEARCH_GPU_DECODE"}
+    env["PYTHONPATH"] = str(REPO)
+    answer = subprocess.run([sys.executable, "-c", "from image_search.config import device_decode_requested; "
+                             "print(device_decode_requested())"], cwd=tmp_path, env=env, capture_output=True,
+                            text=True, timeout=60)
+    assert answer.stdout.strip() == "False", answer.stderr

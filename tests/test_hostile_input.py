@@ -77,7 +77,7 @@ def test_every_kind_of_broken_file_is_reported_and_the_rest_indexed(sqlite_engin
 
 
 def test_odd_modes_are_converted_like_a_viewer_shows_them(hostile_folder):
-    from image_search.images import load_rgb
+    from image_search.pipeline.decode import load_rgb
 
     sixteen = np.asarray(load_rgb(str(hostile_folder / "sixteen_bit.png")))
     assert sixteen.dtype == np.uint8 and sixteen.min() == 0 and sixteen.max() == 255  # scaled, not clipped
@@ -87,7 +87,7 @@ def test_odd_modes_are_converted_like_a_viewer_shows_them(hostile_folder):
 
 
 def test_exif_orientation_is_applied(tmp_path):
-    from image_search.images import load_rgb
+    from image_search.pipeline.decode import load_rgb
 
     image = Image.new("RGB", (80, 40), (255, 0, 0))
     exif = image.getexif()

@@ -109,7 +109,7 @@ def test_list_and_delete(engine, mixed_folder):
 
 
 def test_embeddings_are_normalised_and_deterministic(engine, photos):
-    from image_search.embedding import embed_files
+    from image_search.pipeline.batches import embed_files
 
     embedder = engine.model("test-tiny")
     paths = [str(p) for p in sorted(photos.iterdir())[:4]]

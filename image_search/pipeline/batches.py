@@ -2,15 +2,16 @@
 
 from __future__ import annotations
 
-import os
 import sys
 from dataclasses import dataclass
 from typing import Iterator, Sequence
 
 import numpy as np
 
-from .models import Embedder
-from .reader import default_workers, iter_batches
+from ..config import device_decode_requested
+from ..models import Embedder
+from .cpu_reader import default_workers, iter_batches
+from .gpu_decode import decode_batch
 
 
 @dataclass
@@ -25,15 +26,6 @@ def default_batch_size(embedder: Embedder) -> int:
     # A GPU needs big batches to be busy. On the CPU the model's speed is the same from 8 to 64 images per batch;
     # whole ingests measured 29 / 30 / 32 images/s with batches of 8 / 16 / 32 (2 MP photos, 2 cores).
     return 256 if embedder.device.startswith("cuda") else 32
-
-
-def device_decode_requested() -> bool:
-    """Decode JPEGs on the GPU (see device_decode) when the model runs on one, unless IMAGE_SEARCH_GPU_DECODE=0.
-
-    On by default: on an H100 with 16 cores it was faster at every size (0.3 / 2 / 12 MP photos: 2,532 / 1,346 /
-    309 images/s against 2,063 / 884 / 258 with CPU decoding; evaluation/results/ingest-gpu-h100.json).
-    """
-    return os.environ.get("IMAGE_SEARCH_GPU_DECODE", "").strip().lower() not in ("0", "false", "no", "off")
 
 
 # Each reader worker fills whole batches, so model-sized GPU batches (256) would leave most workers idle unless
@@ -82,9 +74,7 @@ def _to_device(pixels, device: str):
 
 def _decode_encoded(embedder: Embedder, paths: Sequence[str], batch):
     """Decode the batch's undecoded JPEGs on the model's device and merge them, in file order, with the rest."""
-    import torch
-
-    from .device_decode import decode_batch
+    import torch  # imported here for start-up time (see pipeline/__init__.py)
 
     decoded = decode_batch(batch.encoded, paths, geometry=embedder.geometry, min_side=embedder.input_size,
                            device=embedder.device)
@@ -103,7 +93,7 @@ def _decode_encoded(embedder: Embedder, paths: Sequence[str], batch):
 
 def _regroup(batches, size: int):
     """Join consecutive (positions, pixels, skipped, ignored) batches until they hold at least `size` images."""
-    import torch
+    import torch  # imported here for start-up time (see pipeline/__init__.py)
 
     positions, parts, skipped, ignored = [], [], [], []
     for batch_positions, pixels, batch_skipped, batch_ignored in batches:
@@ -130,6 +120,6 @@ class _NoBar:
 def _progress_bar(total: int, enabled: bool, label: str):
     if not enabled or total == 0:
         return _NoBar()
-    from tqdm import tqdm
+    from tqdm import tqdm  # imported here for start-up time (see pipeline/__init__.py)
 
     return tqdm(total=total, unit="img", desc=label, file=sys.stderr, dynamic_ncols=True, smoothing=0.1)

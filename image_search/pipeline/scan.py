@@ -1,4 +1,4 @@
-"""Finding the files under a folder.
+"""Finding the files under a folder, and printable(): how a path found there is shown to people.
 
 Symbolic links are not followed by default: on a seized drive they can loop or point anywhere on the machine.
 With follow_symlinks, links are followed only while they stay inside the folder, and each directory is visited

@@ -1,95 +1,29 @@
 """Decoding JPEGs on the GPU (nvJPEG through torchvision) for machines whose CPU cores cannot keep up with the GPU.
 
-Reader workers only read each file's bytes and its EXIF orientation (`read_encoded_jpeg`); the main process decodes
-a whole batch on the device in one call (A100/H100 decode baseline JPEGs in hardware), turns each picture upright
-and applies the model's own resize and crop to the decoded tensor (`decode_batch`). A file the device cannot decode
-is decoded on the CPU instead, one file at a time, so a bad or unusual JPEG costs speed, never correctness.
+Reader workers only read each file's bytes and its EXIF orientation (encoded_jpeg.read_encoded_jpeg); the main
+process decodes a whole batch on the device in one call (A100/H100 decode baseline JPEGs in hardware), turns each
+picture upright and applies the model's own resize and crop to the decoded tensor (`decode_batch`). A file the
+device cannot decode is decoded on the CPU instead, one file at a time, so a bad or unusual JPEG costs speed, never
+correctness.
 """
 
 from __future__ import annotations
 
-import io
 import warnings
 from dataclasses import dataclass
 from typing import Callable, Sequence
 
-import numpy as np
-from PIL import Image
-
-from .images import NotAnImage, UnreadableImage
-
-JPEG_SIGNATURE = b"\xff\xd8\xff"
-JPEG_END = b"\xff\xd9"
-_EXIF_ORIENTATION = 0x0112
+from .decode import NotAnImage, UnreadableImage, read_pixels
+from .encoded_jpeg import EncodedBatch
 
 # Full-size decoded pictures live on the device until they are resized: bound them per decode call
 # (256 MP of RGB is 768 MB; a batch of 256 phone photos would otherwise need 9 GB).
 MAX_PIXELS_PER_CALL = 256_000_000
 
 
-@dataclass
-class EncodedJpeg:
-    data: np.ndarray  # the file's bytes, uint8
-    orientation: int  # EXIF orientation, 1 (upright) to 8
-    pixels: int  # width x height, to bound device memory
-
-
-def read_encoded_jpeg(path: str) -> EncodedJpeg | None:
-    """The bytes of a JPEG the GPU decoder handles well (8-bit baseline YCbCr/RGB), or None: decode it on the CPU.
-
-    Never raises: anything unusual (progressive, CMYK, greyscale, truncated, too many pixels) goes to the CPU reader,
-    which decodes it or gives the reason it cannot.
-    """
-    try:
-        with open(path, "rb") as handle:
-            data = handle.read()
-        if not data.startswith(JPEG_SIGNATURE) or not data.endswith(JPEG_END):
-            return None  # not a JPEG, or truncated (or trailing data) which nvJPEG might decode into garbage
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            with Image.open(io.BytesIO(data), formats=["JPEG"]) as image:  # parses the header only
-                if image.mode != "RGB" or image.info.get("progressive") or image.info.get("progression"):
-                    return None
-                orientation = int(image.getexif().get(_EXIF_ORIENTATION, 1) or 1)
-                pixels = image.width * image.height
-    except Exception:  # noqa: BLE001 - the CPU path reports the real reason
-        return None
-    return EncodedJpeg(np.frombuffer(data, dtype=np.uint8), orientation if 1 <= orientation <= 8 else 1, pixels)
-
-
-@dataclass
-class EncodedBatch:
-    """The JPEGs of one reader batch, packed into one buffer so the batch crosses processes as one tensor."""
-
-    positions: list[int]
-    data: object  # torch.uint8 tensor: all files' bytes, back to back
-    offsets: list[int]  # file i is data[offsets[i]:offsets[i + 1]]
-    orientations: list[int]
-    pixel_counts: list[int]
-
-    def __len__(self) -> int:
-        return len(self.positions)
-
-    def file_bytes(self, i: int):
-        return self.data[self.offsets[i]:self.offsets[i + 1]]
-
-
-def pack(items: Sequence[tuple[int, EncodedJpeg]]) -> EncodedBatch | None:
-    import torch
-
-    if not items:
-        return None
-    offsets = [0]
-    for _, encoded in items:
-        offsets.append(offsets[-1] + len(encoded.data))
-    data = torch.from_numpy(np.concatenate([encoded.data for _, encoded in items]))
-    return EncodedBatch([p for p, _ in items], data, offsets, [e.orientation for _, e in items],
-                        [e.pixels for _, e in items])
-
-
 def upright(image, orientation: int):
     """CHW tensor -> the picture as a viewer shows it, exactly like PIL's ImageOps.exif_transpose."""
-    import torch
+    import torch  # imported here for start-up time (see pipeline/__init__.py)
 
     if orientation == 2:
         return image.flip(-1)
@@ -117,6 +51,7 @@ class DecodedBatch:
 
 
 def _decode_jpegs(files: list, device: str) -> list:
+    # Both imported here for start-up time (see pipeline/__init__.py).
     import torch
     from torchvision.io import ImageReadMode, decode_jpeg
 
@@ -149,10 +84,10 @@ def decode_batch(encoded: EncodedBatch, paths: Sequence[str], *, geometry: Calla
     cpu_reader(path, geometry, min_side) -> uint8 array [3, S, S] (the normal reader's read_pixels) decodes a file
     the device could not; it raises NotAnImage or UnreadableImage for a file nobody can use.
     """
-    import torch
+    import torch  # imported here for start-up time (see pipeline/__init__.py)
 
     if cpu_reader is None:
-        from .reader import read_pixels as cpu_reader
+        cpu_reader = read_pixels
     outputs: dict[int, object] = {}
     skipped: list[tuple[int, str]] = []
     fallbacks = 0

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from filelock import FileLock, Timeout
 
-from .errors import DatasetBusyError
+from ..errors import DatasetBusyError
 
 
 def _lock_path(data_home: Path, name: str) -> Path:

@@ -2,7 +2,7 @@
 
 import re
 
-from .errors import InvalidInputError
+from ..errors import InvalidInputError
 
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
 

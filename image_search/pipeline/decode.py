@@ -1,13 +1,17 @@
-"""Reading image files: recognising them by content, decoding them safely and fast.
+"""One image file to pixels on the CPU: recognising it by content, decoding it safely and fast, and the model's
+resize and crop (read_pixels).
 
-Nothing here raises for a bad file: readers return a reason instead, so one broken file never stops an ingest.
+Nothing here lets a bad file take an ingest down: a file that cannot be used raises NotAnImage or UnreadableImage
+(whose text is the reason), and the readers record it and go on.
 """
 
 from __future__ import annotations
 
 import warnings
 from pathlib import Path
+from typing import Callable
 
+import numpy as np
 from PIL import Image, ImageFile, ImageOps
 
 # Seized drives hold every kind of broken file; Pillow's decompression-bomb guard stays on (its default limit),
@@ -50,8 +54,6 @@ def _to_rgb(image: Image.Image) -> Image.Image:
     """Any Pillow mode -> 8-bit RGB, the way a viewer would show it."""
     if image.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
         # 16/32-bit greyscale: scale the real range to 8 bits instead of clipping at 255.
-        import numpy as np
-
         array = np.asarray(image, dtype=np.float64)
         low, high = float(array.min()), float(array.max())
         scaled = np.zeros_like(array) if high <= low else (array - low) * (255.0 / (high - low))
@@ -108,3 +110,67 @@ def load_rgb(path: str, *, min_side: int | None = None) -> Image.Image:
     if image.width < 1 or image.height < 1:
         raise UnreadableImage("image has no pixels")
     return image
+
+
+def read_pixels(path: str, geometry: Callable, min_side: int | None) -> np.ndarray:
+    """One file -> uint8 array [3, S, S]. Raises NotAnImage or UnreadableImage."""
+    image = load_rgb(path, min_side=min_side)
+    try:
+        plan = _resize_crop_plan(geometry)
+        image = resize_and_crop(image, *plan) if plan else geometry(image)
+    except (OSError, ValueError) as error:
+        raise UnreadableImage(f"cannot resize: {error}") from None
+    array = np.asarray(image, dtype=np.uint8)
+    if array.ndim != 3 or array.shape[2] != 3:
+        raise UnreadableImage(f"unexpected pixel layout {array.shape}")
+    return np.ascontiguousarray(array.transpose(2, 0, 1))
+
+
+_plans: dict[int, tuple[Callable, tuple | None]] = {}
+
+
+def _resize_crop_plan(geometry: Callable) -> tuple | None:
+    """(side, crop, PIL resample) when geometry is torchvision's Resize(shorter side) then a square CenterCrop, the
+    shape of open_clip's inference transform; None for anything else (then geometry itself runs)."""
+    cached = _plans.get(id(geometry))
+    if cached is not None and cached[0] is geometry:
+        return cached[1]
+    plan = None
+    try:
+        # Imported here, not at the top: a command that never decodes a file does not pay for loading torchvision.
+        from torchvision.transforms import CenterCrop, Resize
+        from torchvision.transforms.functional import pil_modes_mapping
+
+        resize, crop = geometry.transforms
+        size = [resize.size] if isinstance(resize.size, int) else list(resize.size)
+        crop_size = [crop.size] if isinstance(crop.size, int) else list(crop.size)
+        if (type(resize) is Resize and type(crop) is CenterCrop and len(size) == 1 and resize.max_size is None
+                and len(set(crop_size)) == 1 and size[0] >= crop_size[0]
+                and resize.interpolation in pil_modes_mapping):
+            plan = (int(size[0]), int(crop_size[0]), pil_modes_mapping[resize.interpolation])
+    except (AttributeError, TypeError, ValueError, ImportError):
+        plan = None
+    _plans[id(geometry)] = (geometry, plan)
+    return plan
+
+
+def resize_and_crop(image, side: int, crop: int, resample):
+    """Resize the shorter side to `side`, then take the centre crop x crop, like torchvision's Resize + CenterCrop
+    on a PIL image, but resampling only the pixels the crop keeps (Pillow's resize box): a quarter less work for
+    4:3 photos. Output equals the two-step result to within one intensity level (rounding)."""
+    width, height = image.size
+    if width <= height:
+        new_width, new_height = side, int(side * height / width)
+    else:
+        new_width, new_height = int(side * width / height), side
+    if (new_width, new_height) == (width, height):  # torchvision does not resample then
+        return image.crop(_centre(width, height, crop))
+    left, top, right, bottom = _centre(new_width, new_height, crop)
+    scale_x, scale_y = width / new_width, height / new_height
+    return image.resize((crop, crop), resample,
+                        box=(left * scale_x, top * scale_y, right * scale_x, bottom * scale_y))
+
+
+def _centre(width: int, height: int, crop: int) -> tuple[int, int, int, int]:
+    top, left = int(round((height - crop) / 2.0)), int(round((width - crop) / 2.0))
+    return left, top, left + crop, top + crop

@@ -13,7 +13,8 @@ from typing import Callable, Iterator, Sequence
 
 import numpy as np
 
-from .images import NotAnImage, UnreadableImage, load_rgb
+from .decode import NotAnImage, UnreadableImage, read_pixels
+from .encoded_jpeg import pack, read_encoded_jpeg
 
 # Statuses of one file.
 OK, SKIPPED, IGNORED, ENCODED = "ok", "skipped", "ignored", "encoded"
@@ -25,75 +26,12 @@ class Batch:
     pixels: object  # torch.uint8 tensor [len(positions), 3, S, S], or None when no file of the batch was usable
     skipped: list[tuple[int, str]]  # (position, reason)
     ignored: list[int]  # positions of files that are not images
-    encoded: object = None  # device_decode.EncodedBatch: JPEGs left for the GPU to decode, or None
+    encoded: object = None  # encoded_jpeg.EncodedBatch: JPEGs left for the GPU to decode, or None
 
     def pin_memory(self) -> "Batch":  # called by DataLoader(pin_memory=True) for faster host-to-GPU copies
         if self.pixels is not None:
             self.pixels = self.pixels.pin_memory()
         return self
-
-
-def read_pixels(path: str, geometry: Callable, min_side: int | None) -> np.ndarray:
-    """One file -> uint8 array [3, S, S]. Raises NotAnImage or UnreadableImage."""
-    image = load_rgb(path, min_side=min_side)
-    try:
-        plan = _resize_crop_plan(geometry)
-        image = resize_and_crop(image, *plan) if plan else geometry(image)
-    except (OSError, ValueError) as error:
-        raise UnreadableImage(f"cannot resize: {error}") from None
-    array = np.asarray(image, dtype=np.uint8)
-    if array.ndim != 3 or array.shape[2] != 3:
-        raise UnreadableImage(f"unexpected pixel layout {array.shape}")
-    return np.ascontiguousarray(array.transpose(2, 0, 1))
-
-
-_plans: dict[int, tuple[Callable, tuple | None]] = {}
-
-
-def _resize_crop_plan(geometry: Callable) -> tuple | None:
-    """(side, crop, PIL resample) when geometry is torchvision's Resize(shorter side) then a square CenterCrop, the
-    shape of open_clip's inference transform; None for anything else (then geometry itself runs)."""
-    cached = _plans.get(id(geometry))
-    if cached is not None and cached[0] is geometry:
-        return cached[1]
-    plan = None
-    try:
-        from torchvision.transforms import CenterCrop, Resize
-        from torchvision.transforms.functional import pil_modes_mapping
-
-        resize, crop = geometry.transforms
-        size = [resize.size] if isinstance(resize.size, int) else list(resize.size)
-        crop_size = [crop.size] if isinstance(crop.size, int) else list(crop.size)
-        if (type(resize) is Resize and type(crop) is CenterCrop and len(size) == 1 and resize.max_size is None
-                and len(set(crop_size)) == 1 and size[0] >= crop_size[0]
-                and resize.interpolation in pil_modes_mapping):
-            plan = (int(size[0]), int(crop_size[0]), pil_modes_mapping[resize.interpolation])
-    except (AttributeError, TypeError, ValueError, ImportError):
-        plan = None
-    _plans[id(geometry)] = (geometry, plan)
-    return plan
-
-
-def resize_and_crop(image, side: int, crop: int, resample):
-    """Resize the shorter side to `side`, then take the centre crop x crop, like torchvision's Resize + CenterCrop
-    on a PIL image, but resampling only the pixels the crop keeps (Pillow's resize box): a quarter less work for
-    4:3 photos. Output equals the two-step result to within one intensity level (rounding)."""
-    width, height = image.size
-    if width <= height:
-        new_width, new_height = side, int(side * height / width)
-    else:
-        new_width, new_height = int(side * width / height), side
-    if (new_width, new_height) == (width, height):  # torchvision does not resample then
-        return image.crop(_centre(width, height, crop))
-    left, top, right, bottom = _centre(new_width, new_height, crop)
-    scale_x, scale_y = width / new_width, height / new_height
-    return image.resize((crop, crop), resample,
-                        box=(left * scale_x, top * scale_y, right * scale_x, bottom * scale_y))
-
-
-def _centre(width: int, height: int, crop: int) -> tuple[int, int, int, int]:
-    top, left = int(round((height - crop) / 2.0)), int(round((width - crop) / 2.0))
-    return left, top, left + crop, top + crop
 
 
 class _FileDataset:
@@ -111,8 +49,6 @@ class _FileDataset:
 
     def __getitem__(self, position: int):
         if self.encoded_jpegs:
-            from .device_decode import read_encoded_jpeg
-
             encoded = read_encoded_jpeg(self.paths[position])
             if encoded is not None:
                 return position, ENCODED, encoded
@@ -127,7 +63,7 @@ class _FileDataset:
 
 
 def _collate(items) -> Batch:
-    import torch
+    import torch  # imported here for start-up time (see pipeline/__init__.py)
 
     positions, arrays, skipped, ignored, encoded = [], [], [], [], []
     for position, status, payload in items:
@@ -141,16 +77,12 @@ def _collate(items) -> Batch:
         else:
             ignored.append(position)
     pixels = torch.from_numpy(np.stack(arrays)) if arrays else None
-    packed = None
-    if encoded:
-        from .device_decode import pack
-
-        packed = pack(encoded)
+    packed = pack(encoded) if encoded else None
     return Batch(positions, pixels, skipped, ignored, packed)
 
 
 def _init_worker(_worker_id: int) -> None:
-    import torch
+    import torch  # imported here for start-up time (see pipeline/__init__.py)
 
     # Each worker decodes one image at a time; extra intra-op threads would only fight the model for cores.
     torch.set_num_threads(1)
@@ -166,9 +98,9 @@ def iter_batches(paths: Sequence[str], *, geometry: Callable, min_side: int | No
                  workers: int, pin_memory: bool = False, encoded_jpegs: bool = False) -> Iterator[Batch]:
     """Yield batches in order while the next ones are being read in the background.
 
-    encoded_jpegs: leave the JPEGs a GPU can decode undecoded (Batch.encoded); see device_decode.
+    encoded_jpegs: leave the JPEGs a GPU can decode undecoded (Batch.encoded); see gpu_decode.
     """
-    from torch.utils.data import DataLoader
+    from torch.utils.data import DataLoader  # imported here for start-up time (see pipeline/__init__.py)
 
     if not paths:
         return
