@@ -112,7 +112,7 @@ def test_the_import_graph_is_read_from_every_kind_of_import():
     graph = import_graph()
     assert "image_search.errors" in graph["image_search.config"]  # only imported inside a function
     assert "image_search.vectors.kinds" in graph["image_search.config"]  # from .vectors.kinds import ...
-    assert "image_search.vectors.layout" in graph["image_search.vectors"]  # from . import layout
+    assert "image_search.store.schema" in graph["image_search.store.sql"]  # from . import schema
     assert "image_search.config" in graph["image_search.store"]  # from ..config import ...
     assert cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]
 
