@@ -33,7 +33,7 @@ from urllib.parse import urlsplit
 import numpy as np
 
 from .config import load_hub_settings, proxy_for
-from .cpu_threads import run_in_passing_thread, run_query_work
+from .runtime.threads import run_in_passing_thread, run_query_work
 from .errors import Fix, InvalidInputError, ModelError
 
 TEST_TINY = "test-tiny"
@@ -223,7 +223,7 @@ def resolve_device(requested: str | None) -> str:
     return requested
 
 
-# A query (a few texts, one image) runs on the query thread: see cpu_threads.py. Batches keep the caller's thread
+# A query (a few texts, one image) runs on the query thread: see runtime/threads.py. Batches keep the caller's thread
 # and every core.
 _FEW = 4
 

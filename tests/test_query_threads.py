@@ -1,5 +1,5 @@
 """Fast queries on the CPU: packed transformer weights, the query thread and its thread count, and threads that
-end with their work (image_search/packed.py, precision.py, cpu_threads.py)."""
+end with their work (image_search/packed.py, precision.py, runtime/threads.py)."""
 
 from __future__ import annotations
 
@@ -171,17 +171,17 @@ def test_the_image_tower_is_readied_on_first_use_only(monkeypatch):
 
 # -- the query thread ---------------------------------------------------------------------------------------------
 def test_queries_run_on_the_query_thread_with_the_idle_cores(monkeypatch):
-    from image_search import cpu_threads
     from image_search.models import load_model
+    from image_search.runtime import threads as runtime_threads
 
     embedder = load_model("test-tiny", "cpu")
     seen = []
     original = embedder._encode_texts
     monkeypatch.setattr(embedder, "_encode_texts", lambda texts: (
         seen.append((threading.current_thread().name, torch.get_num_threads())), original(texts))[1])
-    limit = min(torch.get_num_threads(), cpu_threads.QUERY_MAX_THREADS)
+    limit = min(torch.get_num_threads(), runtime_threads.QUERY_MAX_THREADS)
     for idle, expected in ((0, 1), (1, 1), (8, limit)):  # no busy-meter reading yet counts as 0
-        monkeypatch.setattr(cpu_threads, "idle_cores", lambda idle=idle: idle)
+        monkeypatch.setattr(runtime_threads, "idle_cores", lambda idle=idle: idle)
         embedder.encode_texts(["a dog"])
         assert seen[-1][0].startswith("query") and seen[-1][1] == expected
     embedder.encode_texts(["text"] * 16)  # a batch stays on the caller's thread
@@ -192,15 +192,15 @@ def test_queries_run_on_the_query_thread_with_the_idle_cores(monkeypatch):
 def test_a_one_thread_query_leaves_later_threads_every_core(monkeypatch, openmp_setter):
     """Threads adopt PyTorch's process-wide count when they first run parallel work: a query on one thread must
     not leave a model load or an ingest that starts afterwards with one thread (measured: half the speed)."""
-    from image_search import cpu_threads
     from image_search.models import load_model
+    from image_search.runtime import threads as runtime_threads
 
     default = torch.get_num_threads()
     if default < 2:
         pytest.skip("needs two OpenMP threads")
     embedder = load_model("test-tiny", "cpu")
     if not openmp_setter:
-        monkeypatch.setattr(cpu_threads, "_libgomp_setter", lambda: None)
+        monkeypatch.setattr(runtime_threads, "_libgomp_setter", lambda: None)
     seen = []
     original = embedder._encode_texts
     monkeypatch.setattr(embedder, "_encode_texts", lambda texts: (seen.append(torch.get_num_threads()),
@@ -212,17 +212,17 @@ def test_a_one_thread_query_leaves_later_threads_every_core(monkeypatch, openmp_
         thread.start()
         thread.join()
 
-    monkeypatch.setattr(cpu_threads, "idle_cores", lambda: 0)
+    monkeypatch.setattr(runtime_threads, "idle_cores", lambda: 0)
     embedder.encode_texts(["a dog"])
     count_in_a_new_thread()
-    monkeypatch.setattr(cpu_threads, "idle_cores", lambda: 8)
+    monkeypatch.setattr(runtime_threads, "idle_cores", lambda: 8)
     embedder.encode_texts(["a cat"])
     count_in_a_new_thread()
-    assert seen == [1, min(default, cpu_threads.QUERY_MAX_THREADS)] and later == [default, default]
+    assert seen == [1, min(default, runtime_threads.QUERY_MAX_THREADS)] and later == [default, default]
 
 
 def test_idle_cores_counts_sustained_work_by_other_processes():
-    from image_search.cpu_threads import BusyMeter, busy_meter, idle_cores
+    from image_search.runtime.threads import BusyMeter, busy_meter, idle_cores
 
     busy_meter.start()
     time.sleep(BusyMeter.WINDOW + 2 * BusyMeter.PERIOD)  # a whole window of samples
@@ -255,7 +255,7 @@ def _spin(seconds):
 def _others_busy_after_a_window_of_spinning(run_chunk) -> float:
     """One core spins for a whole window of the busy meter, 0.1 s at a time through run_chunk(work, seconds);
     then what the meter counts as other work than the queries."""
-    from image_search.cpu_threads import BusyMeter, busy_meter
+    from image_search.runtime.threads import BusyMeter, busy_meter
 
     for _ in range(round((BusyMeter.WINDOW + 2 * BusyMeter.PERIOD) / 0.1)):
         run_chunk(_spin, 0.1)
@@ -277,7 +277,7 @@ def test_query_work_is_not_counted_as_other_work():
     """A core spinning in query work reads about one core less of other work than the same spin on a plain
     thread. Comparing the two holds whatever else the machine runs (idle, every core busy, pinned to one core);
     in the order plain, query, query, plain, a load that rises or falls steadily meanwhile cancels out."""
-    from image_search.cpu_threads import BusyMeter, busy_meter, run_query_work
+    from image_search.runtime.threads import BusyMeter, busy_meter, run_query_work
 
     busy_meter.start()
     time.sleep(BusyMeter.WINDOW + 2 * BusyMeter.PERIOD)  # a whole window of samples
@@ -288,7 +288,7 @@ def test_query_work_is_not_counted_as_other_work():
 
 
 def test_work_in_a_passing_thread_returns_or_raises_in_the_caller():
-    from image_search.cpu_threads import run_in_passing_thread
+    from image_search.runtime.threads import run_in_passing_thread
 
     threads = []
 
@@ -308,7 +308,7 @@ THREAD_NAMES = """
 import collections, json, os, sys, threading, time
 import torch
 torch.set_num_threads(2)  # even where this process may use one core: the workers are what is looked for
-from image_search import cpu_threads
+from image_search.runtime import threads as runtime_threads
 
 def thread_names():
     names = collections.Counter()
@@ -321,7 +321,7 @@ def thread_names():
     return names
 
 def passing_threads():
-    return sum(count for name, count in thread_names().items() if name.startswith(cpu_threads.PASSING_THREAD_NAME))
+    return sum(count for name, count in thread_names().items() if name.startswith(runtime_threads.PASSING_THREAD_NAME))
 
 def wait_for_passing_threads(at_most):  # workers end a moment after the thread that started them
     deadline = time.time() + 5
@@ -331,7 +331,7 @@ def wait_for_passing_threads(at_most):  # workers end a moment after the thread 
 def report():
     return {"torch_threads": torch.get_num_threads(), "passing": passing_threads(), "names": thread_names()}
 
-named = cpu_threads.run_in_passing_thread(passing_threads)  # a passing thread sees itself by its name
+named = runtime_threads.run_in_passing_thread(passing_threads)  # a passing thread sees itself by its name
 from image_search.models import load_model
 from image_search.precision import probe_pixels
 embedder = load_model("test-tiny", "cpu")  # on a passing thread
@@ -343,7 +343,7 @@ after_load = dict(report(), named=named)
 # the control: parallel work on a thread named like a passing thread, that stays alive
 ready, stop = threading.Event(), threading.Event()
 def long_lived():
-    cpu_threads.name_native_thread(cpu_threads.PASSING_THREAD_NAME)
+    runtime_threads.name_native_thread(runtime_threads.PASSING_THREAD_NAME)
     for _ in range(10):
         torch.ones(4_000_000).mul(2).sum()  # parallel elementwise work: libgomp starts this thread's pool
     ready.set()
@@ -377,9 +377,9 @@ def test_openmp_workers_carry_the_name_of_the_thread_that_started_them(thread_na
 
 def test_loading_a_model_leaves_no_openmp_workers_behind(thread_names):
     """OpenMP keeps a pool of workers for every thread that ran parallel work; extra pools make each operator of
-    a later query wait for a sleeping worker (cpu_threads.py). Once a load has returned, no passing thread and
+    a later query wait for a sleeping worker (runtime_threads.py). Once a load has returned, no passing thread and
     none of its workers (named like it) remain; the query thread is there, by its name."""
-    from image_search.cpu_threads import QUERY_THREAD_NAME
+    from image_search.runtime.threads import QUERY_THREAD_NAME
 
     threads = thread_names["load"]
     assert threads["named"] == 1 and threads["passing"] == 0, threads
