@@ -16,8 +16,9 @@ from __future__ import annotations
 
 import copy
 import logging
-import os
 from dataclasses import dataclass
+
+from .config import cpu_precision_setting
 
 log = logging.getLogger(__name__)
 
@@ -62,13 +63,8 @@ def cpu_support() -> CpuSupport:
                       packed_bf16=packing and packed_bf16_available())
 
 
-def requested_precision() -> str:
-    choice = os.environ.get("IMAGE_SEARCH_CPU_PRECISION", "").strip().lower() or "auto"
-    return choice if choice in ("auto", "fp32", "bf16") else "auto"
-
-
 def bf16_wanted(support: CpuSupport) -> bool:
-    choice = requested_precision()
+    choice = cpu_precision_setting()
     return choice == "bf16" or (choice == "auto" and support.native_bf16)
 
 

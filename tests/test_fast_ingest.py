@@ -315,6 +315,16 @@ def test_bf16_image_tower_stays_within_cosine_of_fp32_on_photos(monkeypatch, var
     assert cosines.min() >= 0.99
 
 
+def test_the_cpu_precision_setting_takes_its_three_values_and_defaults_to_auto(monkeypatch):
+    from image_search import config
+
+    for raw, read in (("", "auto"), (" BF16 ", "bf16"), ("fp32", "fp32"), ("auto", "auto"), ("fp16", "auto")):
+        monkeypatch.setenv("IMAGE_SEARCH_CPU_PRECISION", raw)
+        assert config.cpu_precision_setting() == read, raw
+    monkeypatch.delenv("IMAGE_SEARCH_CPU_PRECISION")
+    assert config.cpu_precision_setting() == "auto"
+
+
 def test_bf16_is_refused_when_probe_embeddings_drift(monkeypatch, caplog):
     from image_search import precision
 
