@@ -281,7 +281,7 @@ def run_speed(args) -> dict:
     from image_search.config import cpu_precision_setting
     from image_search.embedding import default_batch_size
     from image_search.models import load_model
-    from image_search.precision import cpu_has_native_bf16
+    from image_search.models.cpu.tower_forms import cpu_has_native_bf16
     from image_search.reader import default_workers
 
     embedder = load_model(args.model, args.device)

@@ -112,7 +112,7 @@ CPU_PRECISIONS = ("auto", "fp32", "bf16")
 
 
 def cpu_precision_setting() -> str:
-    """IMAGE_SEARCH_CPU_PRECISION: the number format of the CLIP towers on the CPU (see precision.py),
+    """IMAGE_SEARCH_CPU_PRECISION: the number format of the CLIP towers on the CPU (models/cpu/tower_forms.py),
     one of CPU_PRECISIONS; "auto" when unset or unknown. Read each time a model is built (tests set it per model);
     a .env file reaches it through load_environment, which the tools call with their settings before any build."""
     choice = os.environ.get("IMAGE_SEARCH_CPU_PRECISION", "").strip().lower() or "auto"

@@ -1,5 +1,5 @@
 """Fast queries on the CPU: packed transformer weights, the query thread and its thread count, and threads that
-end with their work (image_search/packed.py, precision.py, runtime/threads.py)."""
+end with their work (image_search/models/cpu/packed_weights.py, tower_forms.py, runtime/threads.py)."""
 
 from __future__ import annotations
 
@@ -16,11 +16,11 @@ import torch
 
 from tests.conftest import REPO, cpu_without_bf16, fresh_cpu_model
 
-packed = pytest.importorskip("image_search.packed")
-needs_packing = pytest.mark.skipif(not packed.packing_available(), reason="this torch build has no oneDNN")
+packed_weights = pytest.importorskip("image_search.models.cpu.packed_weights")
+needs_packing = pytest.mark.skipif(not packed_weights.packing_available(), reason="this torch build has no oneDNN")
 needs_packed_bf16 = pytest.mark.skipif(
-    not packed.packed_bf16_available(), reason="oneDNN packs bf16 weights only on CPUs with AVX512 (BW, VL and DQ) "
-    "or AVX-NE-CONVERT, and this one has neither (or this torch build has no oneDNN)")
+    not packed_weights.packed_bf16_available(), reason="oneDNN packs bf16 weights only on CPUs with AVX512 (BW, VL "
+    "and DQ) or AVX-NE-CONVERT, and this one has neither (or this torch build has no oneDNN)")
 
 
 # -- packed blocks compute what open_clip's blocks compute -------------------------------------------------------
@@ -41,9 +41,9 @@ def test_packed_block_matches_open_clip_in_fp32(shape):
 
     block = _block()
     fast = copy.deepcopy(block)
-    fast.attn, fast.mlp.c_fc, fast.mlp.c_proj = (packed.PackedSelfAttention(block.attn),
-                                                 packed.PackedLinear(block.mlp.c_fc),
-                                                 packed.PackedLinear(block.mlp.c_proj))
+    fast.attn, fast.mlp.c_fc, fast.mlp.c_proj = (packed_weights.PackedSelfAttention(block.attn),
+                                                 packed_weights.PackedLinear(block.mlp.c_fc),
+                                                 packed_weights.PackedLinear(block.mlp.c_proj))
     batch, length = shape
     x = torch.randn(batch, length, 64)
     causal = torch.full((length, length), float("-inf")).triu(1)
@@ -54,7 +54,7 @@ def test_packed_block_matches_open_clip_in_fp32(shape):
 
 @needs_packing
 def test_packed_self_attention_refuses_what_it_does_not_compute():
-    attention = packed.PackedSelfAttention(_block().attn)
+    attention = packed_weights.PackedSelfAttention(_block().attn)
     x, other = torch.randn(1, 3, 64), torch.randn(1, 3, 64)
     with pytest.raises(RuntimeError, match="self-attention only"):
         attention(x, other, other)
@@ -65,10 +65,10 @@ def test_packed_self_attention_refuses_what_it_does_not_compute():
 def test_only_plain_open_clip_blocks_are_packed():
     from open_clip.transformer import Transformer
 
-    assert packed.packable(Transformer(64, 2, 4))
-    assert not packed.packable(Transformer(64, 2, 4, scale_attn=True))  # open_clip's custom block
-    assert not packed.packable(Transformer(64, 2, 4, batch_first=False))
-    assert not packed.packable(torch.nn.Linear(4, 4))
+    assert packed_weights.packable(Transformer(64, 2, 4))
+    assert not packed_weights.packable(Transformer(64, 2, 4, scale_attn=True))  # open_clip's custom block
+    assert not packed_weights.packable(Transformer(64, 2, 4, batch_first=False))
+    assert not packed_weights.packable(torch.nn.Linear(4, 4))
 
 
 # -- the tower forms chosen at load ------------------------------------------------------------------------------
@@ -78,13 +78,13 @@ QUERIES = ["a dog", "red car at night", "a man holding a knife in a dark kitchen
 @needs_packing
 def test_fp32_packed_towers_give_the_same_embeddings_as_open_clip(monkeypatch):
     from image_search.models import build_reference_model
-    from image_search.precision import probe_pixels
+    from image_search.models.cpu.tower_forms import probe_pixels
 
     reference = build_reference_model("test-tiny", "cpu")
     fast = fresh_cpu_model("test-tiny", monkeypatch, "fp32")
     assert (fast.image_form, fast.text_form) == ("fp32, packed", "fp32, packed")
-    assert isinstance(fast.model.transformer.resblocks[0].attn, packed.PackedSelfAttention)
-    assert isinstance(fast.model.visual.transformer.resblocks[0].mlp.c_fc, packed.PackedLinear)
+    assert isinstance(fast.model.transformer.resblocks[0].attn, packed_weights.PackedSelfAttention)
+    assert isinstance(fast.model.visual.transformer.resblocks[0].mlp.c_fc, packed_weights.PackedLinear)
     assert np.allclose(fast.encode_texts(QUERIES), reference.encode_texts(QUERIES), atol=1e-5)
     pixels = probe_pixels(fast.input_size)
     assert np.allclose(fast.encode_pixels(pixels), reference.encode_pixels(pixels), atol=1e-5)
@@ -124,7 +124,7 @@ def test_bf16_text_tower_without_packed_bf16_is_unpacked_and_stays_within_cosine
 
 
 def test_without_packing_the_towers_stay_open_clip_modules(monkeypatch):
-    from image_search import packed as packing
+    from image_search.models.cpu import packed_weights as packing
 
     monkeypatch.setattr(packing, "packing_available", lambda: False)
     fp32 = fresh_cpu_model("test-tiny", monkeypatch, "fp32")
@@ -136,7 +136,7 @@ def test_without_packing_the_towers_stay_open_clip_modules(monkeypatch):
 
 @needs_packing
 def test_a_packed_form_that_fails_falls_back(monkeypatch, caplog):
-    from image_search import packed as packing
+    from image_search.models.cpu import packed_weights as packing
 
     def refuse(_weight):
         raise RuntimeError("oneDNN cannot pack here")
@@ -151,19 +151,20 @@ def test_a_packed_form_that_fails_falls_back(monkeypatch, caplog):
 def test_the_image_tower_is_readied_on_first_use_only(monkeypatch):
     from concurrent.futures import ThreadPoolExecutor
 
-    from image_search import precision
+    from image_search.models.cpu import tower_forms
     from image_search.models import _build_clip, parse_model_name
 
     prepared = []
-    real_prepare = precision.prepare_image_tower
-    monkeypatch.setattr(precision, "prepare_image_tower", lambda embedder: prepared.append(1) or real_prepare(embedder))
+    real_prepare = tower_forms.prepare_image_tower
+    monkeypatch.setattr(tower_forms, "prepare_image_tower",
+                        lambda embedder: prepared.append(1) or real_prepare(embedder))
     embedder = _build_clip(parse_model_name("test-tiny"), "cpu")
     embedder.encode_texts(["a text search needs no image tower"])
     assert prepared == [] and embedder.image_form == "fp32" and embedder.dtype == torch.float32
-    pixels = precision.probe_pixels(embedder.input_size)
+    pixels = tower_forms.probe_pixels(embedder.input_size)
     with ThreadPoolExecutor(4) as pool:  # the first images arrive together: one preparation, same answers
         answers = list(pool.map(lambda _: embedder.encode_pixels(pixels), range(4)))
-    assert prepared == [1] and embedder.image_form != "fp32" or not packed.packing_available()
+    assert prepared == [1] and embedder.image_form != "fp32" or not packed_weights.packing_available()
     assert all(np.allclose(answer, answers[0]) for answer in answers)
     embedder.prepare_image_tower()
     assert prepared == [1]
@@ -333,7 +334,7 @@ def report():
 
 named = runtime_threads.run_in_passing_thread(passing_threads)  # a passing thread sees itself by its name
 from image_search.models import load_model
-from image_search.precision import probe_pixels
+from image_search.models.cpu.tower_forms import probe_pixels
 embedder = load_model("test-tiny", "cpu")  # on a passing thread
 embedder.encode_texts(["a dog"])  # on the query thread
 embedder.encode_pixels(probe_pixels(embedder.input_size))  # readies the image tower on a passing thread

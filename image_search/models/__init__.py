@@ -6,7 +6,7 @@ Names:
   ARCH:random       the architecture with random weights (speed measurements only)
   test-tiny         a very small CLIP-shaped open_clip model with fixed-seed random weights (tests)
   efficientnet-lite0  ImageNet EfficientNet-Lite0 whose weights ship in a pip package: offline, images only
-                    (image_search/efficientnet.py)
+                    (image_search/models/efficientnet.py)
 
 Every model turns RGB pixels into L2-normalised float32 vectors; CLIP models also embed text. Preprocessing is
 the model's own: the resize/crop objects of open_clip's inference transform and its normalisation constants.
@@ -32,9 +32,9 @@ from urllib.parse import urlsplit
 
 import numpy as np
 
-from .config import load_hub_settings, proxy_for
-from .runtime.threads import run_in_passing_thread, run_query_work
-from .errors import Fix, InvalidInputError, ModelError
+from ..config import load_hub_settings, proxy_for
+from ..errors import Fix, InvalidInputError, ModelError
+from ..runtime.threads import run_in_passing_thread, run_query_work
 
 TEST_TINY = "test-tiny"
 EFFICIENTNET_LITE0 = "efficientnet-lite0"
@@ -288,21 +288,21 @@ class ClipEmbedder(Embedder):
         self._mean = torch.tensor(self.mean, device=device, dtype=torch.float32).view(1, 3, 1, 1) * 255.0
         self._std = torch.tensor(self.std, device=device, dtype=torch.float32).view(1, 3, 1, 1) * 255.0
         self.runs_own_text_path = _trimmable(model)
-        # the towers' number format and weight layout, set by precision.py on the CPU
+        # the towers' number format and weight layout, set by cpu/tower_forms.py on the CPU
         self.image_form = self.text_form = "fp16" if device.startswith("cuda") else "fp32"
         self._image_tower_pending = False  # set by _build_clip: the image tower's form is chosen on first use
         self._image_tower_lock = threading.Lock()
         self._image_tower_preparer: int | None = None
 
     def prepare_image_tower(self) -> None:
-        """Give the image tower its fast CPU form (precision.py), once. It happens on the first image embedded,
+        """Give the image tower its fast CPU form (cpu/tower_forms.py), once. It happens on the first image embedded,
         so that a text search never pays for it; a server calls it while warming up."""
         with self._image_tower_lock:
             if not self._image_tower_pending:
                 return
 
             def prepare() -> str:
-                from .precision import prepare_image_tower
+                from .cpu.tower_forms import prepare_image_tower
 
                 self._image_tower_preparer = threading.get_ident()  # its probe pictures go straight through
                 try:
@@ -360,7 +360,7 @@ class ClipEmbedder(Embedder):
         x = model.token_embedding(tokens).to(cast_dtype)
         x = x + model.positional_embedding[:length].to(cast_dtype)
         x = model.transformer(x, attn_mask=model.attn_mask[:length, :length])
-        x = model.ln_final(x.to(model.ln_final.weight.dtype))  # the blocks may be bf16 (precision.py)
+        x = model.ln_final(x.to(model.ln_final.weight.dtype))  # the blocks may be bf16 (cpu/tower_forms.py)
         x = x[torch.arange(x.shape[0], device=x.device), pooled_at]
         if isinstance(model.text_projection, torch.nn.Linear):
             return model.text_projection(x)
@@ -474,7 +474,7 @@ def _build_clip(spec: ModelSpec, device: str, *, tuned_for_cpu: bool = True) -> 
     tokenizer = open_clip.get_tokenizer(spec.architecture)
     embedder = ClipEmbedder(spec, model, preprocess, tokenizer, device)
     if device == "cpu" and tuned_for_cpu:
-        from .precision import prepare_text_tower
+        from .cpu.tower_forms import prepare_text_tower
 
         embedder.text_form = prepare_text_tower(embedder)
         embedder._image_tower_pending = True
