@@ -386,7 +386,8 @@ def warm_up(engine: ImageSearch, datasets: list[DatasetRecord]) -> None:
 
 def warn_if_default_model_lacks_weights(engine: ImageSearch) -> None:
     """Say once, at start-up, that new datasets cannot be ingested until the default model's weights are here
-    (in the operator's words: the server's own flags). The check takes about a second (models.py)."""
+    (in the operator's words: the server's own flags). The check takes about a second
+    (image_search/models/weights.py)."""
     try:
         check_weights_obtainable(parse_model_name(engine.settings.default_model))
     except ImageSearchError as error:

@@ -184,7 +184,8 @@ def mixed_folder(tmp_path, photos) -> Path:
 def fresh_cpu_model(name: str, monkeypatch, precision: str):
     """A model built afresh on the CPU (not the process's cached one) under IMAGE_SEARCH_CPU_PRECISION=precision,
     both towers in their chosen forms."""
-    from image_search.models import _build_clip, parse_model_name
+    from image_search.models import parse_model_name
+    from image_search.models.clip import _build_clip
 
     monkeypatch.setenv("IMAGE_SEARCH_CPU_PRECISION", precision)
     embedder = _build_clip(parse_model_name(name), "cpu")

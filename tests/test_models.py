@@ -172,7 +172,7 @@ def test_cached_weights_need_no_network(data_home, tmp_path):
 
 
 def test_url_weights_are_looked_up_in_open_clips_folder(monkeypatch, tmp_path):
-    from image_search.models import _cached_weights
+    from image_search.models.weights import _cached_weights
 
     url = "https://openaipublic.azureedge.net/clip/models/40d3657/ViT-B-32.pt"
     monkeypatch.setenv("HOME", str(tmp_path))

@@ -151,8 +151,9 @@ def test_a_packed_form_that_fails_falls_back(monkeypatch, caplog):
 def test_the_image_tower_is_readied_on_first_use_only(monkeypatch):
     from concurrent.futures import ThreadPoolExecutor
 
+    from image_search.models import parse_model_name
+    from image_search.models.clip import _build_clip
     from image_search.models.cpu import tower_forms
-    from image_search.models import _build_clip, parse_model_name
 
     prepared = []
     real_prepare = tower_forms.prepare_image_tower
