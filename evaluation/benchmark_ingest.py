@@ -278,9 +278,10 @@ def measure_ingest(folder: Path, data_home: Path, name: str, args, gpu_decode: b
 
 # -- the run ----------------------------------------------------------------------------------------------------
 def run_speed(args) -> dict:
-    from image_search.pipeline.batches import default_batch_size
+    from image_search.config import cpu_precision_setting
     from image_search.models import load_model
-    from image_search.precision import cpu_has_native_bf16, requested_precision
+    from image_search.models.cpu.tower_forms import cpu_has_native_bf16
+    from image_search.pipeline.batches import default_batch_size
     from image_search.pipeline.cpu_reader import default_workers
 
     embedder = load_model(args.model, args.device)
@@ -302,7 +303,7 @@ def run_speed(args) -> dict:
         "torch_threads": torch.get_num_threads(), "gpu_decode": [("gpu" if m else "cpu") for m in gpu_modes],
         "count": args.count, "distinct": min(args.count, args.distinct or args.count),
         "naive_count": args.naive_count, "repeat": args.repeat, "store": "sqlite",
-        "cpu_precision_setting": requested_precision(), "cpu_native_bf16": cpu_has_native_bf16(),
+        "cpu_precision_setting": cpu_precision_setting(), "cpu_native_bf16": cpu_has_native_bf16(),
         "gpu_decode_setting": os.environ.get("IMAGE_SEARCH_GPU_DECODE", ""),
     }
     print(_machine_line(machine))

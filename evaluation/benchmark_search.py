@@ -43,8 +43,8 @@ from cli.common import ToolParser, add_json_flag, print_result, text_to_stderr_u
 from evaluation.synthetic_vectors import DIM, SyntheticCollection
 from image_search import vectors
 from image_search.config import Settings, load_index_settings
-from image_search.cpu_threads import BusyMeter, run_in_passing_thread
 from image_search.engine import ImageSearch
+from image_search.runtime.threads import BusyMeter, run_in_passing_thread
 from image_search.store import ImageRecord, NewDataset
 
 REPO = Path(__file__).resolve().parents[1]
@@ -440,7 +440,7 @@ def run_benchmark(args, sizes: list[int], kinds: list[str]) -> dict:
         for size in sizes:
             size_kinds = [k for k in kinds if k != vectors.HNSW or size <= args.hnsw_max]
             bench = SizeBenchmark(engine, size, size_kinds, args.queries, args.sweep, args.model, dim)
-            # built on a thread that ends with the build, as a server's ingest is (image_search/cpu_threads.py):
+            # built on a thread that ends with the build, as a server's ingest is (image_search/runtime/threads.py):
             # FAISS runs on PyTorch's OpenMP runtime, and workers left on this thread would slow the queries
             report["results"][str(size)] = run_in_passing_thread(bench.run)
             if not args.no_text:

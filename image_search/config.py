@@ -119,6 +119,26 @@ def device_decode_requested() -> bool:
     return os.environ.get("IMAGE_SEARCH_GPU_DECODE", "").strip().lower() not in ("0", "false", "no", "off")
 
 
+CPU_PRECISIONS = ("auto", "fp32", "bf16")
+
+
+def cpu_precision_setting() -> str:
+    """IMAGE_SEARCH_CPU_PRECISION: the number format of the CLIP towers on the CPU (models/cpu/tower_forms.py),
+    one of CPU_PRECISIONS; "auto" when unset or unknown. Read each time a model is built (tests set it per model);
+    a .env file reaches it through load_environment, which the tools call with their settings before any build."""
+    choice = os.environ.get("IMAGE_SEARCH_CPU_PRECISION", "").strip().lower() or "auto"
+    return choice if choice in CPU_PRECISIONS else "auto"
+
+
+def test_pause_point() -> str | None:
+    """IMAGE_SEARCH_TEST_PAUSE_AT, a test hook: the name of the ingest step at which the process announces itself
+    and waits, so that a test can kill it there (tests/test_updates_and_crashes.py); None in normal runs."""
+    return os.environ.get("IMAGE_SEARCH_TEST_PAUSE_AT")
+
+
+test_pause_point.__test__ = False  # not a test, should a test module import it by name
+
+
 def _int_env(name: str, default: int) -> int:
     raw = os.environ.get(name, "").strip()
     if not raw:

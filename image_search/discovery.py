@@ -70,9 +70,9 @@ def discovery_file(data_home: Path) -> Path:
 def search_settings(settings: Settings) -> dict:
     """The settings, besides the data, that decide a search's results, as the server's announcement records them:
     a command-line search with other ones (another --device, IMAGE_SEARCH_NPROBE, ...) does not use the server."""
-    from .precision import requested_precision
+    from .config import cpu_precision_setting
 
-    return {"device": settings.device, "cpu_precision": requested_precision(), "nprobe": settings.index.nprobe,
+    return {"device": settings.device, "cpu_precision": cpu_precision_setting(), "nprobe": settings.index.nprobe,
             "ef_search": settings.index.ef_search}
 
 

@@ -36,11 +36,11 @@ from werkzeug.serving import BaseWSGIServer, WSGIRequestHandler
 from cli.common import ToolParser, add_common_flags, cli_message, open_engine, run
 from image_search import __version__, discovery
 from image_search.config import DEFAULT_NUM_RESULTS
-from image_search.cpu_threads import run_in_passing_thread
 from image_search.engine import ImageSearch
 from image_search.errors import Fix, ImageSearchError, InvalidInputError
 from image_search.ingest import ingest_folder, printable
 from image_search.models import check_weights_obtainable, model_supports_text, parse_model_name
+from image_search.runtime.threads import run_in_passing_thread
 from image_search.search import SearchResult, check_num_results, search_by_image, search_by_text
 from image_search.store import DatasetRecord
 
@@ -283,7 +283,7 @@ def create_server(engine: ImageSearch) -> MLServer:
     def ingest_dataset(inputs: IngestInputs, parameters: IngestParameters) -> ResponseBody:
         folder, name = inputs["input_dir"].path, parameters["dataset_name"]
         log.info("Ingesting %s as dataset %r", folder, name)
-        # on a thread of its own: the model's OpenMP workers then end with the ingest (image_search/cpu_threads.py)
+        # on a thread of its own: the model's OpenMP workers then end with the ingest (image_search/runtime/threads.py)
         report = run_in_passing_thread(ingest_folder, engine, folder, name, progress=False)
         summary = printable("\n".join(report.lines()))
         log.info("%s", summary)
@@ -470,7 +470,8 @@ def warm_up(engine: ImageSearch, datasets: list[DatasetRecord]) -> None:
 
 def warn_if_default_model_lacks_weights(engine: ImageSearch) -> None:
     """Say once, at start-up, that new datasets cannot be ingested until the default model's weights are here
-    (in the operator's words: the server's own flags). The check takes about a second (models.py)."""
+    (in the operator's words: the server's own flags). The check takes about a second
+    (image_search/models/weights.py)."""
     try:
         check_weights_obtainable(parse_model_name(engine.settings.default_model))
     except ImageSearchError as error:

@@ -184,7 +184,8 @@ def mixed_folder(tmp_path, photos) -> Path:
 def fresh_cpu_model(name: str, monkeypatch, precision: str):
     """A model built afresh on the CPU (not the process's cached one) under IMAGE_SEARCH_CPU_PRECISION=precision,
     both towers in their chosen forms."""
-    from image_search.models import _build_clip, parse_model_name
+    from image_search.models import parse_model_name
+    from image_search.models.clip import _build_clip
 
     monkeypatch.setenv("IMAGE_SEARCH_CPU_PRECISION", precision)
     embedder = _build_clip(parse_model_name(name), "cpu")
@@ -199,19 +200,19 @@ BF16_PACKING_REFUSAL = ("mkldnn_reorder_linear_weight: bf16 path needs the cpu s
 
 def cpu_without_bf16(monkeypatch) -> None:
     """Make this CPU look like an AVX2-only one, so that the fallback is tested on every machine: no native bf16,
-    no packed bf16 (precision.cpu_support), and oneDNN refusing to pack bf16 weights as PyTorch does there."""
+    no packed bf16 (tower_forms.cpu_support), and oneDNN refusing to pack bf16 weights as PyTorch does there."""
     import torch
 
-    from image_search import packed, precision
+    from image_search.models.cpu import packed_weights, tower_forms
 
-    real = precision.cpu_support()
-    monkeypatch.setattr(precision, "cpu_support", lambda: precision.CpuSupport(
+    real = tower_forms.cpu_support()
+    monkeypatch.setattr(tower_forms, "cpu_support", lambda: tower_forms.CpuSupport(
         native_bf16=False, packing=real.packing, packed_bf16=False))
-    pack = packed._pack
+    pack = packed_weights._pack
 
     def refuse_bf16(weight):
         if weight.dtype == torch.bfloat16:
             raise RuntimeError(BF16_PACKING_REFUSAL)
         return pack(weight)
 
-    monkeypatch.setattr(packed, "_pack", refuse_bf16)
+    monkeypatch.setattr(packed_weights, "_pack", refuse_bf16)

@@ -298,7 +298,7 @@ def _tool_env(tmp_path) -> dict:
 
 # -- CPU precision ----------------------------------------------------------------------------------------------
 def _native_bf16() -> bool:
-    from image_search.precision import cpu_support
+    from image_search.models.cpu.tower_forms import cpu_support
 
     return cpu_support().native_bf16
 
@@ -316,25 +316,35 @@ def test_bf16_image_tower_stays_within_cosine_of_fp32_on_photos(monkeypatch, var
     assert cosines.min() >= 0.99
 
 
-def test_bf16_is_refused_when_probe_embeddings_drift(monkeypatch, caplog):
-    from image_search import precision
+def test_the_cpu_precision_setting_takes_its_three_values_and_defaults_to_auto(monkeypatch):
+    from image_search import config
 
-    monkeypatch.setattr(precision, "PROBE_MIN_COSINE", 1.01)  # no model can pass: must fall back to fp32
+    for raw, read in (("", "auto"), (" BF16 ", "bf16"), ("fp32", "fp32"), ("auto", "auto"), ("fp16", "auto")):
+        monkeypatch.setenv("IMAGE_SEARCH_CPU_PRECISION", raw)
+        assert config.cpu_precision_setting() == read, raw
+    monkeypatch.delenv("IMAGE_SEARCH_CPU_PRECISION")
+    assert config.cpu_precision_setting() == "auto"
+
+
+def test_bf16_is_refused_when_probe_embeddings_drift(monkeypatch, caplog):
+    from image_search.models.cpu import tower_forms
+
+    monkeypatch.setattr(tower_forms, "PROBE_MIN_COSINE", 1.01)  # no model can pass: must fall back to fp32
     embedder = fresh_cpu_model("test-tiny", monkeypatch, "bf16")
     assert embedder.dtype == torch.float32
     assert next(embedder.model.visual.parameters()).dtype == torch.float32
     assert "differ from fp32" in caplog.text and embedder.image_form == embedder.text_form == "fp32"
-    assert embedder.encode_pixels(precision.probe_pixels(embedder.input_size)).dtype == np.float32
+    assert embedder.encode_pixels(tower_forms.probe_pixels(embedder.input_size)).dtype == np.float32
 
 
 def test_auto_precision_follows_the_cpu(monkeypatch):
-    from image_search import precision
+    from image_search.models.cpu import tower_forms
 
     native = fresh_cpu_model("test-tiny", monkeypatch, "auto")  # this CPU as it is
-    assert native.dtype == (torch.bfloat16 if precision.cpu_has_native_bf16() else torch.float32)
-    monkeypatch.setattr(precision, "cpu_has_native_bf16", lambda: False)
+    assert native.dtype == (torch.bfloat16 if tower_forms.cpu_has_native_bf16() else torch.float32)
+    monkeypatch.setattr(tower_forms, "cpu_has_native_bf16", lambda: False)
     assert fresh_cpu_model("test-tiny", monkeypatch, "auto").dtype == torch.float32
-    monkeypatch.setattr(precision, "cpu_has_native_bf16", lambda: True)
+    monkeypatch.setattr(tower_forms, "cpu_has_native_bf16", lambda: True)
     assert fresh_cpu_model("test-tiny", monkeypatch, "auto").dtype == torch.bfloat16
 
 
@@ -363,7 +373,7 @@ def test_forced_bf16_without_bf16_support_runs_unpacked_and_stays_within_cosine(
 
 def test_auto_precision_without_bf16_support_is_fp32_and_embeds(monkeypatch, caplog, varied_photos):
     from image_search.models import build_reference_model
-    from image_search.packed import packing_available
+    from image_search.models.cpu.packed_weights import packing_available
 
     cpu_without_bf16(monkeypatch)
     auto = fresh_cpu_model("test-tiny", monkeypatch, "auto")

@@ -218,7 +218,8 @@ def test_text_vector_cache_is_bounded_and_read_only():
 def test_trimmed_text_encoding_equals_the_full_context(model_name, monkeypatch):
     import torch
 
-    from image_search.models import _build_clip, _trimmable, build_reference_model, parse_model_name
+    from image_search.models import build_reference_model, parse_model_name
+    from image_search.models.clip import _build_clip, _trimmable
 
     reference = build_reference_model(model_name, "cpu")  # open_clip's own model and encode_text
     monkeypatch.setenv("IMAGE_SEARCH_CPU_PRECISION", "fp32")  # bf16 has its own test (test_query_threads.py)
@@ -236,18 +237,18 @@ def test_trimmed_text_encoding_equals_the_full_context(model_name, monkeypatch):
 
 
 def test_models_without_a_causal_text_tower_use_open_clip_itself(monkeypatch):
-    from image_search import models
+    from image_search.models import build_reference_model, clip, parse_model_name
 
-    reference = models.build_reference_model("test-tiny", "cpu")
+    reference = build_reference_model("test-tiny", "cpu")
     bidirectional = copy.deepcopy(reference.model)
     bidirectional.attn_mask = None
-    assert models._trimmable(reference.model) and not models._trimmable(bidirectional)
+    assert clip._trimmable(reference.model) and not clip._trimmable(bidirectional)
     pooled_first = copy.deepcopy(reference.model)
     pooled_first.text_pool_type = "first"
-    assert not models._trimmable(pooled_first)
+    assert not clip._trimmable(pooled_first)
     # a model it cannot trim: open_clip's encode_text, on a text tower left as open_clip built it
-    monkeypatch.setattr(models, "_trimmable", lambda model: False)
-    embedder = models._build_clip(models.parse_model_name("test-tiny"), "cpu")
+    monkeypatch.setattr(clip, "_trimmable", lambda model: False)
+    embedder = clip._build_clip(parse_model_name("test-tiny"), "cpu")
     assert not embedder.runs_own_text_path and embedder.text_form == "fp32"
     calls = []
     original = embedder.model.encode_text

@@ -31,6 +31,49 @@ def test_model_names_are_parsed():
             parse_model_name(bad)
 
 
+def test_a_new_family_is_one_line_in_the_name_table(monkeypatch):
+    """A family plugs in through the registry alone: its names parse, load and refuse text like any other's."""
+    import re
+
+    import torch
+
+    from image_search.models import Embedder, ModelFamily, ModelSpec, registry
+
+    class MeanColour(Embedder):  # a whole family: an image's mean colour, L2-normalised
+        def __init__(self, spec, device):
+            self.spec, self.device, self.dim, self.input_size = spec, device, 3, 8
+            self.mean = self.std = (0.5, 0.5, 0.5)
+            self.geometry = lambda image: image.resize((8, 8))
+
+        def _encode_pixels(self, pixels):
+            return torch.nn.functional.normalize(pixels.float().mean(dim=(2, 3)), dim=-1).numpy()
+
+    family = ModelFamily(kind="mean-colour", supports_text=False, build=MeanColour)
+    form = registry.NameForm(re.compile("mean-colour"), lambda name: ModelSpec(name, name, "built in", family),
+                             "mean-colour")
+    monkeypatch.setattr(registry, "NAME_FORMS", (*registry.NAME_FORMS, form))
+    assert parse_model_name(" mean-colour ").kind == "mean-colour" and not model_supports_text("mean-colour")
+    embedder = load_model("mean-colour", "cpu")
+    red = torch.zeros(1, 3, 8, 8, dtype=torch.uint8)
+    red[:, 0] = 200
+    assert isinstance(embedder, MeanColour) and np.allclose(embedder.encode_pixels(red), [[1, 0, 0]])
+    with pytest.raises(ModelError, match="embeds images only; it cannot embed text"):
+        embedder.encode_texts(["red"])
+    with pytest.raises(InvalidInputError, match=r"ARCH:random, efficientnet-lite0 \(offline, image search only\), "
+                                                r"test-tiny or mean-colour\.$"):
+        parse_model_name("colour")
+
+
+def test_naming_a_model_imports_neither_torch_nor_open_clip():
+    """Tools read and check model names before any model loads; torch and open_clip take 4 s to import."""
+    code = ("import sys\n"
+            "from image_search.models import model_supports_text, parse_model_name\n"
+            "assert model_supports_text('ViT-B-32:laion2b_s34b_b79k') and parse_model_name('efficientnet-lite0')\n"
+            "print(sorted(m for m in ('torch', 'torchvision', 'open_clip') if m in sys.modules))\n")
+    result = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0 and result.stdout.strip() == "[]", result.stderr + result.stdout
+
+
 def test_missing_weights_file_says_how_to_fix(tmp_path):
     with pytest.raises(ModelError, match="does not exist; copy the checkpoint there"):
         load_model(f"ViT-B-32:{tmp_path / 'missing.bin'}", "cpu")
@@ -172,7 +215,7 @@ def test_cached_weights_need_no_network(data_home, tmp_path):
 
 
 def test_url_weights_are_looked_up_in_open_clips_folder(monkeypatch, tmp_path):
-    from image_search.models import _cached_weights
+    from image_search.models.weights import _cached_weights
 
     url = "https://openaipublic.azureedge.net/clip/models/40d3657/ViT-B-32.pt"
     monkeypatch.setenv("HOME", str(tmp_path))

@@ -1,5 +1,5 @@
 """Fast queries on the CPU: packed transformer weights, the query thread and its thread count, and threads that
-end with their work (image_search/packed.py, precision.py, cpu_threads.py)."""
+end with their work (image_search/models/cpu/packed_weights.py, tower_forms.py, runtime/threads.py)."""
 
 from __future__ import annotations
 
@@ -16,11 +16,11 @@ import torch
 
 from tests.conftest import REPO, cpu_without_bf16, fresh_cpu_model
 
-packed = pytest.importorskip("image_search.packed")
-needs_packing = pytest.mark.skipif(not packed.packing_available(), reason="this torch build has no oneDNN")
+packed_weights = pytest.importorskip("image_search.models.cpu.packed_weights")
+needs_packing = pytest.mark.skipif(not packed_weights.packing_available(), reason="this torch build has no oneDNN")
 needs_packed_bf16 = pytest.mark.skipif(
-    not packed.packed_bf16_available(), reason="oneDNN packs bf16 weights only on CPUs with AVX512 (BW, VL and DQ) "
-    "or AVX-NE-CONVERT, and this one has neither (or this torch build has no oneDNN)")
+    not packed_weights.packed_bf16_available(), reason="oneDNN packs bf16 weights only on CPUs with AVX512 (BW, VL "
+    "and DQ) or AVX-NE-CONVERT, and this one has neither (or this torch build has no oneDNN)")
 
 
 # -- packed blocks compute what open_clip's blocks compute -------------------------------------------------------
@@ -41,9 +41,9 @@ def test_packed_block_matches_open_clip_in_fp32(shape):
 
     block = _block()
     fast = copy.deepcopy(block)
-    fast.attn, fast.mlp.c_fc, fast.mlp.c_proj = (packed.PackedSelfAttention(block.attn),
-                                                 packed.PackedLinear(block.mlp.c_fc),
-                                                 packed.PackedLinear(block.mlp.c_proj))
+    fast.attn, fast.mlp.c_fc, fast.mlp.c_proj = (packed_weights.PackedSelfAttention(block.attn),
+                                                 packed_weights.PackedLinear(block.mlp.c_fc),
+                                                 packed_weights.PackedLinear(block.mlp.c_proj))
     batch, length = shape
     x = torch.randn(batch, length, 64)
     causal = torch.full((length, length), float("-inf")).triu(1)
@@ -54,7 +54,7 @@ def test_packed_block_matches_open_clip_in_fp32(shape):
 
 @needs_packing
 def test_packed_self_attention_refuses_what_it_does_not_compute():
-    attention = packed.PackedSelfAttention(_block().attn)
+    attention = packed_weights.PackedSelfAttention(_block().attn)
     x, other = torch.randn(1, 3, 64), torch.randn(1, 3, 64)
     with pytest.raises(RuntimeError, match="self-attention only"):
         attention(x, other, other)
@@ -65,10 +65,10 @@ def test_packed_self_attention_refuses_what_it_does_not_compute():
 def test_only_plain_open_clip_blocks_are_packed():
     from open_clip.transformer import Transformer
 
-    assert packed.packable(Transformer(64, 2, 4))
-    assert not packed.packable(Transformer(64, 2, 4, scale_attn=True))  # open_clip's custom block
-    assert not packed.packable(Transformer(64, 2, 4, batch_first=False))
-    assert not packed.packable(torch.nn.Linear(4, 4))
+    assert packed_weights.packable(Transformer(64, 2, 4))
+    assert not packed_weights.packable(Transformer(64, 2, 4, scale_attn=True))  # open_clip's custom block
+    assert not packed_weights.packable(Transformer(64, 2, 4, batch_first=False))
+    assert not packed_weights.packable(torch.nn.Linear(4, 4))
 
 
 # -- the tower forms chosen at load ------------------------------------------------------------------------------
@@ -78,13 +78,13 @@ QUERIES = ["a dog", "red car at night", "a man holding a knife in a dark kitchen
 @needs_packing
 def test_fp32_packed_towers_give_the_same_embeddings_as_open_clip(monkeypatch):
     from image_search.models import build_reference_model
-    from image_search.precision import probe_pixels
+    from image_search.models.cpu.tower_forms import probe_pixels
 
     reference = build_reference_model("test-tiny", "cpu")
     fast = fresh_cpu_model("test-tiny", monkeypatch, "fp32")
     assert (fast.image_form, fast.text_form) == ("fp32, packed", "fp32, packed")
-    assert isinstance(fast.model.transformer.resblocks[0].attn, packed.PackedSelfAttention)
-    assert isinstance(fast.model.visual.transformer.resblocks[0].mlp.c_fc, packed.PackedLinear)
+    assert isinstance(fast.model.transformer.resblocks[0].attn, packed_weights.PackedSelfAttention)
+    assert isinstance(fast.model.visual.transformer.resblocks[0].mlp.c_fc, packed_weights.PackedLinear)
     assert np.allclose(fast.encode_texts(QUERIES), reference.encode_texts(QUERIES), atol=1e-5)
     pixels = probe_pixels(fast.input_size)
     assert np.allclose(fast.encode_pixels(pixels), reference.encode_pixels(pixels), atol=1e-5)
@@ -124,7 +124,7 @@ def test_bf16_text_tower_without_packed_bf16_is_unpacked_and_stays_within_cosine
 
 
 def test_without_packing_the_towers_stay_open_clip_modules(monkeypatch):
-    from image_search import packed as packing
+    from image_search.models.cpu import packed_weights as packing
 
     monkeypatch.setattr(packing, "packing_available", lambda: False)
     fp32 = fresh_cpu_model("test-tiny", monkeypatch, "fp32")
@@ -136,7 +136,7 @@ def test_without_packing_the_towers_stay_open_clip_modules(monkeypatch):
 
 @needs_packing
 def test_a_packed_form_that_fails_falls_back(monkeypatch, caplog):
-    from image_search import packed as packing
+    from image_search.models.cpu import packed_weights as packing
 
     def refuse(_weight):
         raise RuntimeError("oneDNN cannot pack here")
@@ -151,19 +151,21 @@ def test_a_packed_form_that_fails_falls_back(monkeypatch, caplog):
 def test_the_image_tower_is_readied_on_first_use_only(monkeypatch):
     from concurrent.futures import ThreadPoolExecutor
 
-    from image_search import precision
-    from image_search.models import _build_clip, parse_model_name
+    from image_search.models import parse_model_name
+    from image_search.models.clip import _build_clip
+    from image_search.models.cpu import tower_forms
 
     prepared = []
-    real_prepare = precision.prepare_image_tower
-    monkeypatch.setattr(precision, "prepare_image_tower", lambda embedder: prepared.append(1) or real_prepare(embedder))
+    real_prepare = tower_forms.prepare_image_tower
+    monkeypatch.setattr(tower_forms, "prepare_image_tower",
+                        lambda embedder: prepared.append(1) or real_prepare(embedder))
     embedder = _build_clip(parse_model_name("test-tiny"), "cpu")
     embedder.encode_texts(["a text search needs no image tower"])
     assert prepared == [] and embedder.image_form == "fp32" and embedder.dtype == torch.float32
-    pixels = precision.probe_pixels(embedder.input_size)
+    pixels = tower_forms.probe_pixels(embedder.input_size)
     with ThreadPoolExecutor(4) as pool:  # the first images arrive together: one preparation, same answers
         answers = list(pool.map(lambda _: embedder.encode_pixels(pixels), range(4)))
-    assert prepared == [1] and embedder.image_form != "fp32" or not packed.packing_available()
+    assert prepared == [1] and embedder.image_form != "fp32" or not packed_weights.packing_available()
     assert all(np.allclose(answer, answers[0]) for answer in answers)
     embedder.prepare_image_tower()
     assert prepared == [1]
@@ -171,17 +173,17 @@ def test_the_image_tower_is_readied_on_first_use_only(monkeypatch):
 
 # -- the query thread ---------------------------------------------------------------------------------------------
 def test_queries_run_on_the_query_thread_with_the_idle_cores(monkeypatch):
-    from image_search import cpu_threads
     from image_search.models import load_model
+    from image_search.runtime import threads as runtime_threads
 
     embedder = load_model("test-tiny", "cpu")
     seen = []
     original = embedder._encode_texts
     monkeypatch.setattr(embedder, "_encode_texts", lambda texts: (
         seen.append((threading.current_thread().name, torch.get_num_threads())), original(texts))[1])
-    limit = min(torch.get_num_threads(), cpu_threads.QUERY_MAX_THREADS)
+    limit = min(torch.get_num_threads(), runtime_threads.QUERY_MAX_THREADS)
     for idle, expected in ((0, 1), (1, 1), (8, limit)):  # no busy-meter reading yet counts as 0
-        monkeypatch.setattr(cpu_threads, "idle_cores", lambda idle=idle: idle)
+        monkeypatch.setattr(runtime_threads, "idle_cores", lambda idle=idle: idle)
         embedder.encode_texts(["a dog"])
         assert seen[-1][0].startswith("query") and seen[-1][1] == expected
     embedder.encode_texts(["text"] * 16)  # a batch stays on the caller's thread
@@ -192,15 +194,15 @@ def test_queries_run_on_the_query_thread_with_the_idle_cores(monkeypatch):
 def test_a_one_thread_query_leaves_later_threads_every_core(monkeypatch, openmp_setter):
     """Threads adopt PyTorch's process-wide count when they first run parallel work: a query on one thread must
     not leave a model load or an ingest that starts afterwards with one thread (measured: half the speed)."""
-    from image_search import cpu_threads
     from image_search.models import load_model
+    from image_search.runtime import threads as runtime_threads
 
     default = torch.get_num_threads()
     if default < 2:
         pytest.skip("needs two OpenMP threads")
     embedder = load_model("test-tiny", "cpu")
     if not openmp_setter:
-        monkeypatch.setattr(cpu_threads, "_libgomp_setter", lambda: None)
+        monkeypatch.setattr(runtime_threads, "_libgomp_setter", lambda: None)
     seen = []
     original = embedder._encode_texts
     monkeypatch.setattr(embedder, "_encode_texts", lambda texts: (seen.append(torch.get_num_threads()),
@@ -212,17 +214,17 @@ def test_a_one_thread_query_leaves_later_threads_every_core(monkeypatch, openmp_
         thread.start()
         thread.join()
 
-    monkeypatch.setattr(cpu_threads, "idle_cores", lambda: 0)
+    monkeypatch.setattr(runtime_threads, "idle_cores", lambda: 0)
     embedder.encode_texts(["a dog"])
     count_in_a_new_thread()
-    monkeypatch.setattr(cpu_threads, "idle_cores", lambda: 8)
+    monkeypatch.setattr(runtime_threads, "idle_cores", lambda: 8)
     embedder.encode_texts(["a cat"])
     count_in_a_new_thread()
-    assert seen == [1, min(default, cpu_threads.QUERY_MAX_THREADS)] and later == [default, default]
+    assert seen == [1, min(default, runtime_threads.QUERY_MAX_THREADS)] and later == [default, default]
 
 
 def test_idle_cores_counts_sustained_work_by_other_processes():
-    from image_search.cpu_threads import BusyMeter, busy_meter, idle_cores
+    from image_search.runtime.threads import BusyMeter, busy_meter, idle_cores
 
     busy_meter.start()
     time.sleep(BusyMeter.WINDOW + 2 * BusyMeter.PERIOD)  # a whole window of samples
@@ -255,7 +257,7 @@ def _spin(seconds):
 def _others_busy_after_a_window_of_spinning(run_chunk) -> float:
     """One core spins for a whole window of the busy meter, 0.1 s at a time through run_chunk(work, seconds);
     then what the meter counts as other work than the queries."""
-    from image_search.cpu_threads import BusyMeter, busy_meter
+    from image_search.runtime.threads import BusyMeter, busy_meter
 
     for _ in range(round((BusyMeter.WINDOW + 2 * BusyMeter.PERIOD) / 0.1)):
         run_chunk(_spin, 0.1)
@@ -277,7 +279,7 @@ def test_query_work_is_not_counted_as_other_work():
     """A core spinning in query work reads about one core less of other work than the same spin on a plain
     thread. Comparing the two holds whatever else the machine runs (idle, every core busy, pinned to one core);
     in the order plain, query, query, plain, a load that rises or falls steadily meanwhile cancels out."""
-    from image_search.cpu_threads import BusyMeter, busy_meter, run_query_work
+    from image_search.runtime.threads import BusyMeter, busy_meter, run_query_work
 
     busy_meter.start()
     time.sleep(BusyMeter.WINDOW + 2 * BusyMeter.PERIOD)  # a whole window of samples
@@ -288,7 +290,7 @@ def test_query_work_is_not_counted_as_other_work():
 
 
 def test_work_in_a_passing_thread_returns_or_raises_in_the_caller():
-    from image_search.cpu_threads import run_in_passing_thread
+    from image_search.runtime.threads import run_in_passing_thread
 
     threads = []
 
@@ -308,7 +310,7 @@ THREAD_NAMES = """
 import collections, json, os, sys, threading, time
 import torch
 torch.set_num_threads(2)  # even where this process may use one core: the workers are what is looked for
-from image_search import cpu_threads
+from image_search.runtime import threads as runtime_threads
 
 def thread_names():
     names = collections.Counter()
@@ -321,7 +323,7 @@ def thread_names():
     return names
 
 def passing_threads():
-    return sum(count for name, count in thread_names().items() if name.startswith(cpu_threads.PASSING_THREAD_NAME))
+    return sum(count for name, count in thread_names().items() if name.startswith(runtime_threads.PASSING_THREAD_NAME))
 
 def wait_for_passing_threads(at_most):  # workers end a moment after the thread that started them
     deadline = time.time() + 5
@@ -331,9 +333,9 @@ def wait_for_passing_threads(at_most):  # workers end a moment after the thread 
 def report():
     return {"torch_threads": torch.get_num_threads(), "passing": passing_threads(), "names": thread_names()}
 
-named = cpu_threads.run_in_passing_thread(passing_threads)  # a passing thread sees itself by its name
+named = runtime_threads.run_in_passing_thread(passing_threads)  # a passing thread sees itself by its name
 from image_search.models import load_model
-from image_search.precision import probe_pixels
+from image_search.models.cpu.tower_forms import probe_pixels
 embedder = load_model("test-tiny", "cpu")  # on a passing thread
 embedder.encode_texts(["a dog"])  # on the query thread
 embedder.encode_pixels(probe_pixels(embedder.input_size))  # readies the image tower on a passing thread
@@ -343,7 +345,7 @@ after_load = dict(report(), named=named)
 # the control: parallel work on a thread named like a passing thread, that stays alive
 ready, stop = threading.Event(), threading.Event()
 def long_lived():
-    cpu_threads.name_native_thread(cpu_threads.PASSING_THREAD_NAME)
+    runtime_threads.name_native_thread(runtime_threads.PASSING_THREAD_NAME)
     for _ in range(10):
         torch.ones(4_000_000).mul(2).sum()  # parallel elementwise work: libgomp starts this thread's pool
     ready.set()
@@ -377,9 +379,9 @@ def test_openmp_workers_carry_the_name_of_the_thread_that_started_them(thread_na
 
 def test_loading_a_model_leaves_no_openmp_workers_behind(thread_names):
     """OpenMP keeps a pool of workers for every thread that ran parallel work; extra pools make each operator of
-    a later query wait for a sleeping worker (cpu_threads.py). Once a load has returned, no passing thread and
+    a later query wait for a sleeping worker (runtime_threads.py). Once a load has returned, no passing thread and
     none of its workers (named like it) remain; the query thread is there, by its name."""
-    from image_search.cpu_threads import QUERY_THREAD_NAME
+    from image_search.runtime.threads import QUERY_THREAD_NAME
 
     threads = thread_names["load"]
     assert threads["named"] == 1 and threads["passing"] == 0, threads

@@ -499,7 +499,7 @@ def test_unexpected_failure_is_a_readable_500_that_leaves_nothing_half_written(e
 
 def test_an_ingest_runs_on_a_thread_that_ends_with_it(sqlite_engine, photos, tmp_path, monkeypatch):
     """OpenMP keeps a pool of workers for every thread that ran parallel work, for as long as it lives; extra
-    pools make each operator of later queries wait for a sleeping worker (image_search/cpu_threads.py). The
+    pools make each operator of later queries wait for a sleeping worker (image_search/runtime/threads.py). The
     server's request threads live for ever, so an ingest runs its model on a thread that ends with it."""
     import server.server as server_module
 

