@@ -23,7 +23,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
-    from image_search.evaluation import evaluate_self_retrieval
+    from image_search.retrieval_quality import evaluate_self_retrieval
 
     result = evaluate_self_retrieval(open_engine(args), args.input_dir, args.name, model_name=args.model,
                                      batch_size=args.batch_size, workers=args.workers,

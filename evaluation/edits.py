@@ -14,7 +14,7 @@ from typing import Callable, Iterable
 
 from PIL import Image, ImageEnhance
 
-from image_search.evaluation import NearDuplicateQuery
+from image_search.retrieval_quality import NearDuplicateQuery
 from image_search.images import NotAnImage, UnreadableImage, load_rgb
 
 _SAVED_JPEG_QUALITY = 95  # copies re-saved by an editor; only the recompress edit degrades on purpose

@@ -26,7 +26,7 @@ def build_parser() -> ToolParser:
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
-    from image_search.evaluation import KEPT_CATEGORY_DATASET, evaluate_categories
+    from image_search.retrieval_quality import KEPT_CATEGORY_DATASET, evaluate_categories
 
     engine = open_engine(args)
     name = args.name or (KEPT_CATEGORY_DATASET if args.keep else None)
