@@ -39,7 +39,7 @@ def main(argv=None) -> int:
 
     engine = open_engine(args)
     if args.command == "delete":
-        record = engine.delete_dataset(args.name)
+        record = engine.delete(args.name)
         print(f"Deleted dataset '{record.name}' ({record.image_count} images); the image files were not touched.")
         return 0
     datasets = engine.datasets()

@@ -129,7 +129,7 @@ def format_table(headers: list[str], rows: list[list[str]], *, right: set[int] =
 
 def open_engine(args, *, map_indexes: bool = False):
     from image_search.config import load_settings
-    from image_search.engine import ImageSearch
+    from image_search.service import ImageSearch
 
     return ImageSearch(load_settings(data_home=args.data_dir, model_name=getattr(args, "model", None),
                                      device=getattr(args, "device", None)),

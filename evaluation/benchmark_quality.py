@@ -72,7 +72,7 @@ def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     from evaluation.edits import EDITS, write_edited_copies
     from image_search.config import Settings
-    from image_search.engine import ImageSearch
+    from image_search.service import ImageSearch
     from image_search.retrieval_quality import evaluate_categories, evaluate_near_duplicates
     from image_search.files import scan_folder
     from image_search.ingest import ingest_folder, printable

@@ -15,18 +15,21 @@ import time
 import uuid
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from . import vectors
 from .config import DEFAULT_MODEL
-from .engine import ImageSearch
 from .errors import InvalidInputError, ModelMismatchError
 from .files import printable, scan_folder
 from .models import parse_model_name
 from .names import validate_dataset_name
 from .embedding import embed_files
 from .store import DatasetRecord, ImageRecord, NewDataset
+
+if TYPE_CHECKING:
+    from .service import ImageSearch
 
 
 @dataclass

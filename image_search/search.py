@@ -8,17 +8,20 @@ from collections import OrderedDict
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from .config import DEFAULT_NUM_RESULTS
-from .engine import ImageSearch, LoadedIndex
 from .errors import ImageSearchError, InvalidInputError, ModelMismatchError, UnsupportedQueryError
 from .images import _HEADER_BYTES, IMAGE_EXTENSIONS, NotAnImage, UnreadableImage, sniff_format
 from .files import printable
 from .models import Embedder, parse_model_name
 from .reader import read_pixels
 from .store import DatasetRecord
+
+if TYPE_CHECKING:
+    from .service import ImageSearch, LoadedIndex
 
 
 @dataclass(frozen=True)
@@ -86,8 +89,6 @@ class TextVectorCache:
             self._vectors.clear()
 
 
-text_vectors = TextVectorCache()
-
 
 def search_by_text(engine: ImageSearch, name: str, text: str, k=DEFAULT_NUM_RESULTS, *,
                    model_name: str | None = None) -> list[SearchResult]:
@@ -100,7 +101,7 @@ def search_by_text(engine: ImageSearch, name: str, text: str, k=DEFAULT_NUM_RESU
             raise UnsupportedQueryError(
                 f"Dataset '{record.name}' was built with {embedder.name}, an image-only model, so it cannot be "
                 "searched by text; search it with an example image, or re-ingest it with a CLIP model.")
-        return text_vectors.get(embedder, text.strip())
+        return engine.text_vectors.get(embedder, text.strip())
 
     return _search(engine, name, k, model_name, embed)
 

@@ -33,7 +33,7 @@ from cli.common import ToolParser, add_common_flags, cli_message, open_engine, r
 from image_search import __version__
 from image_search.config import DEFAULT_NUM_RESULTS
 from image_search.cpu_threads import run_in_passing_thread
-from image_search.engine import ImageSearch
+from image_search.service import ImageSearch
 from image_search.errors import Fix, ImageSearchError, InvalidInputError
 from image_search.ingest import ingest_folder, printable
 from image_search.models import check_weights_obtainable, model_supports_text, parse_model_name
@@ -304,7 +304,7 @@ def create_server(engine: ImageSearch) -> MLServer:
     def delete_dataset(inputs: NoInputs, parameters: DatasetParameters) -> ResponseBody:
         if parameters["dataset_name"] == "":  # the form starts with none chosen (dataset_parameter)
             raise InvalidInputError("No dataset was chosen; pick the dataset to delete from the list.")
-        record = engine.delete_dataset(parameters["dataset_name"])
+        record = engine.delete(parameters["dataset_name"])
         log.info("Deleted dataset %r", record.name)
         return ResponseBody(root=TextResponse(
             value=f"Deleted dataset '{record.name}' ({record.image_count} images); the image files were not "

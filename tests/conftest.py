@@ -96,9 +96,10 @@ def settings(backend, data_home):
 
 @pytest.fixture
 def engine(settings):
-    from image_search.engine import ImageSearch
+    from image_search.models import shared_models
+    from image_search.service import ImageSearch
 
-    search_engine = ImageSearch(settings)
+    search_engine = ImageSearch(settings, models=shared_models)  # one test-tiny for the session, as load_model's
     yield search_engine
     search_engine.close()
 
@@ -107,9 +108,11 @@ def engine(settings):
 def sqlite_engine(data_home):
     """For tests about files rather than the store: one backend is enough."""
     from image_search.config import Settings
-    from image_search.engine import ImageSearch
+    from image_search.models import shared_models
+    from image_search.service import ImageSearch
 
-    search_engine = ImageSearch(Settings(data_home=data_home, model_name=TEST_MODEL, device="cpu", database=None))
+    search_engine = ImageSearch(Settings(data_home=data_home, model_name=TEST_MODEL, device="cpu", database=None),
+                                models=shared_models)
     yield search_engine
     search_engine.close()
 

@@ -163,7 +163,7 @@ def test_unreadable_files_are_reported(tmp_path, photos):
     shutil.copy(sorted(photos.iterdir())[2], folder / "closed" / "inside.jpg")
     os.chmod(folder / "closed", 0o000)
     home = tmp_path / "perm-home"
-    script = ("from image_search.engine import ImageSearch; from image_search.config import Settings;"
+    script = ("from image_search.service import ImageSearch; from image_search.config import Settings;"
               "from image_search.ingest import ingest_folder; from pathlib import Path;"
               f"e = ImageSearch(Settings(Path({str(home)!r}), 'test-tiny', 'cpu', None));"
               f"r = ingest_folder(e, {str(folder)!r}, 'perm', progress=False, workers=0);"

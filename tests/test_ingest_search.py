@@ -100,11 +100,11 @@ def test_list_and_delete(engine, mixed_folder):
     assert [d.name for d in engine.datasets()] == ["one", "two"]
     index_folder = engine.data_home / "indexes" / engine.dataset("one").uid
     assert index_folder.is_dir()
-    engine.delete_dataset("one")
+    engine.delete("one")
     assert [d.name for d in engine.datasets()] == ["two"]
     assert not index_folder.exists()
     with pytest.raises(DatasetNotFoundError):
-        engine.delete_dataset("one")
+        engine.delete("one")
     assert len(search_by_text(engine, "two", "cat", 3)) == 3
 
 

@@ -14,10 +14,10 @@ import pytest
 from evaluation.sample_images import write_photos
 from image_search import vectors
 from image_search.config import IndexSettings, load_settings
-from image_search.engine import ImageSearch
+from image_search.service import ImageSearch
 from image_search.errors import DatasetNotFoundError, InvalidInputError
 from image_search.ingest import ingest_folder
-from image_search.search import TextVectorCache, search_by_text, search_vectors, text_vectors
+from image_search.search import TextVectorCache, search_by_text, search_vectors
 from tests.conftest import run_tool
 
 
@@ -141,7 +141,7 @@ def test_a_warm_engine_notices_changes_and_deletion(settings, photos, tmp_path):
         ingest_folder(other, folder, "case1", progress=False)
         assert str(new[0]) in {r.path for r in search_by_text(warm, "case1", "a photo", 50)}
 
-        other.delete_dataset("case1")
+        other.delete("case1")
         with pytest.raises(DatasetNotFoundError):
             search_by_text(warm, "case1", "a photo", 3)
     finally:
@@ -158,7 +158,7 @@ def test_a_warm_engine_is_not_fooled_by_a_new_dataset_of_the_same_name(settings,
         ingest_folder(other, photos, "case1", progress=False)
         first_record = other.dataset("case1")
         assert len(search_by_text(warm, "case1", "a photo", 50)) == 12
-        other.delete_dataset("case1")
+        other.delete("case1")
         ingest_folder(other, second, "case1", progress=False)
         record = other.dataset("case1")
         assert record.generation == first_record.generation  # only the uid tells them apart
@@ -194,7 +194,7 @@ def test_repeated_text_queries_are_embedded_once(engine, photos, monkeypatch):
     original = type(embedder).encode_texts
     monkeypatch.setattr(type(embedder), "encode_texts", lambda self, texts: calls.append(list(texts))
                         or original(self, texts))
-    text_vectors.clear()
+    engine.text_vectors.clear()
     first = search_by_text(engine, "case1", "a red car", 5)
     again = search_by_text(engine, "case1", "  a red car ", 5)
     assert first == again and calls == [["a red car"]]

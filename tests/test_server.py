@@ -530,7 +530,7 @@ def weightless_server(photos, tmp_path_factory):
     """The default model (ViT-B-32:laion2b_s34b_b79k) with empty download caches and this machine's real network
     (no internet), on a store holding one dataset built with the image-only efficientnet-lite0."""
     from image_search.config import Settings
-    from image_search.engine import ImageSearch
+    from image_search.service import ImageSearch
     from image_search.ingest import ingest_folder
 
     home = tmp_path_factory.mktemp("weightless-home")

@@ -15,7 +15,7 @@ import pytest
 from PIL import Image
 
 from image_search.config import Settings
-from image_search.engine import ImageSearch
+from image_search.service import ImageSearch
 from image_search.errors import DatasetBusyError, IndexCorruptError, InvalidInputError, ModelMismatchError
 from image_search.ingest import ingest_folder
 from image_search.search import search_by_text

@@ -1,7 +1,8 @@
 """The one entry point that the command-line tools and the server share.
 
-An ImageSearch holds the settings, the metadata store, the loaded models and the loaded indexes of one process.
-Models and indexes are loaded once and reused; an index is reloaded only when its dataset changes.
+An ImageSearch holds the settings, the metadata store and every cache of the process that holds it: the loaded
+models, the loaded indexes and the vectors of recent text queries. Models and indexes are loaded once and reused;
+an index is reloaded only when its dataset changes.
 """
 
 from __future__ import annotations
@@ -14,8 +15,9 @@ from . import vectors
 from .config import Settings, load_settings
 from .errors import IndexCorruptError, ImageSearchError
 from .locks import dataset_lock
-from .models import Embedder, load_model
+from .models import Embedder, ModelCache
 from .names import validate_dataset_name
+from .search import TextVectorCache
 from .store import DatasetRecord, MetadataStore, open_store
 from .vectors import UnreadableIndexFile, VectorIndex
 
@@ -32,12 +34,15 @@ def repair_command(record: DatasetRecord) -> str:
 
 class ImageSearch:
     def __init__(self, settings: Settings | None = None, store: MetadataStore | None = None, *,
-                 map_indexes: bool = False) -> None:
+                 map_indexes: bool = False, models: ModelCache | None = None) -> None:
         """map_indexes: map index files instead of reading them (image_search.vectors.FaissIndex.load), for a process
-        that searches once and never ingests (the command-line search)."""
+        that searches once and never ingests (the command-line search). models: the model cache to use, for
+        services that share their models (by default each service loads its own)."""
         self.settings = settings or load_settings()
         self.map_indexes = map_indexes
         self.data_home: Path = self.settings.data_home
+        self.models = models or ModelCache()
+        self.text_vectors = TextVectorCache()
         self._store = store
         self._store_lock = threading.Lock()
         self._indexes: dict[str, LoadedIndex] = {}
@@ -55,7 +60,7 @@ class ImageSearch:
         return self._store
 
     def model(self, name: str) -> Embedder:
-        return load_model(name, self.settings.device)
+        return self.models.load(name, self.settings.device)
 
     def lock(self, name: str, action: str):
         return dataset_lock(self.data_home, name, action=action)
@@ -71,7 +76,7 @@ class ImageSearch:
     def dataset(self, name: str) -> DatasetRecord:
         return self.store.require_dataset(validate_dataset_name(name))
 
-    def delete_dataset(self, name: str) -> DatasetRecord:
+    def delete(self, name: str) -> DatasetRecord:
         name = validate_dataset_name(name)
         with self.lock(name, "delete"):
             record = self.store.delete_dataset(name)
