@@ -54,6 +54,11 @@ class DatasetBusyError(ImageSearchError):
     """Another ingest or delete holds the dataset's lock."""
 
 
+class DatasetChangedError(ImageSearchError):
+    """The dataset changed (another process ingested or deleted it) while it was being read; reading it again
+    gives its new state (a search does so itself: image_search/search/run.py)."""
+
+
 class ModelError(ImageSearchError):
     """A model cannot be built or its weights cannot be loaded."""
 

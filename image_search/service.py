@@ -13,7 +13,7 @@ from pathlib import Path
 
 from . import vectors
 from .config import Settings, load_settings
-from .errors import IndexCorruptError, ImageSearchError
+from .errors import DatasetChangedError, IndexCorruptError
 from .locks import dataset_lock
 from .models import Embedder, ModelCache
 from .names import validate_dataset_name
@@ -93,37 +93,35 @@ class ImageSearch:
         with self._indexes_lock:
             return self._indexes.get(name)
 
-    def index_for_search(self, name: str) -> LoadedIndex:
-        """The loaded index without asking the store whether it is still current: a search validates it with
-        the generation its path lookup returns anyway (image_search.search), saving a query per search."""
-        return self.cached_index(name) or self.load_index(name)
-
     def load_index(self, name: str) -> LoadedIndex:
         """The dataset's committed index, checked against its metadata (cached until the dataset changes)."""
-        for _ in range(5):
-            record = self.dataset(name)
-            cached = self.cached_index(name)
-            if cached and cached.record.uid == record.uid and cached.record.generation == record.generation:
-                return cached
-            path = vectors.layout.index_file(self.data_home, record.uid, record.generation)
-            try:
-                loaded_index = vectors.load_index(path, mapped=self.map_indexes)
-            except UnreadableIndexFile:
-                if not path.exists():
-                    current = self.dataset(name)
-                    if (current.uid, current.generation) != (record.uid, record.generation):
-                        continue  # an ingest just replaced this generation: read the new one
-                    raise IndexCorruptError(f"The index file of dataset '{name}' ({path}) is missing; repair it "
-                                            f"with: {repair_command(record)}") from None
-                raise IndexCorruptError(f"The index file of dataset '{name}' ({path}) cannot be read; repair it "
+        return self.index_of(self.dataset(name))
+
+    def index_of(self, record: DatasetRecord) -> LoadedIndex:
+        """The index of the dataset state `record` describes, checked against it (cached until the dataset
+        changes). Raises DatasetChangedError when an ingest replaced that state while its file was being read."""
+        cached = self.cached_index(record.name)
+        if cached and cached.record.uid == record.uid and cached.record.generation == record.generation:
+            return cached
+        path = vectors.layout.index_file(self.data_home, record.uid, record.generation)
+        try:
+            loaded_index = vectors.load_index(path, mapped=self.map_indexes)
+        except UnreadableIndexFile:
+            if not path.exists():
+                current = self.store.get_dataset(record.name)
+                if current is None or (current.uid, current.generation) != (record.uid, record.generation):
+                    raise DatasetChangedError(f"Dataset '{record.name}' changed while it was being read; try "
+                                              "again.") from None
+                raise IndexCorruptError(f"The index file of dataset '{record.name}' ({path}) is missing; repair it "
                                         f"with: {repair_command(record)}") from None
-            verify_index(record, loaded_index, path)
-            loaded_index.set_search_effort(nprobe=self.settings.index.nprobe, ef_search=self.settings.index.ef_search)
-            loaded = LoadedIndex(record, loaded_index)
-            with self._indexes_lock:
-                self._indexes[name] = loaded
-            return loaded
-        raise ImageSearchError(f"Dataset '{name}' kept changing while it was being loaded; try again.")
+            raise IndexCorruptError(f"The index file of dataset '{record.name}' ({path}) cannot be read; repair it "
+                                    f"with: {repair_command(record)}") from None
+        verify_index(record, loaded_index, path)
+        loaded_index.set_search_effort(nprobe=self.settings.index.nprobe, ef_search=self.settings.index.ef_search)
+        loaded = LoadedIndex(record, loaded_index)
+        with self._indexes_lock:
+            self._indexes[record.name] = loaded
+        return loaded
 
 
 def verify_index(record: DatasetRecord, loaded_index: VectorIndex, path: Path) -> None:
