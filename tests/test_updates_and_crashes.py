@@ -66,6 +66,24 @@ def test_reingest_is_incremental(engine, case_folder, photos):
     assert "reused 4 unchanged; removed 2" in "\n".join(second.lines())
 
 
+def test_an_ingest_reads_the_dataset_row_once(engine, case_folder, photos, monkeypatch):
+    ingest_folder(engine, case_folder, "case", progress=False)
+    statements = []
+    execute = engine.store._execute
+    monkeypatch.setattr(engine.store, "_execute", lambda cursor, statement, params=(): statements.append(statement)
+                        or execute(cursor, statement, params))
+
+    def row_reads() -> int:
+        return sum("FROM datasets WHERE name = ?" in statement for statement in statements)
+
+    ingest_folder(engine, case_folder, "case", progress=False)  # unchanged: nothing to commit
+    assert row_reads() == 1  # the plan's (it was two, the load of the working index read it again)
+    statements.clear()
+    evolve(case_folder, photos)
+    ingest_folder(engine, case_folder, "case", progress=False)
+    assert row_reads() == 2  # the plan's, and the store's own when its commit returns the new record
+
+
 def test_rebuild_and_refusals(engine, case_folder, tmp_path, photos):
     ingest_folder(engine, case_folder, "case", progress=False)
     rebuilt = ingest_folder(engine, case_folder, "case", progress=False, rebuild=True)
