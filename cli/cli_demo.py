@@ -14,7 +14,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from cli.common import ToolParser, add_common_flags, open_engine, run
+from cli.common import CLI_FIXES, ToolParser, add_common_flags, open_engine, run
 
 TEXT_DATASET = "samples"
 OFFLINE_DATASET = "samples-offline"
@@ -59,7 +59,7 @@ def ingest_samples(engine, folder: Path, name: str, model: str):
     rebuild = existing is not None and (existing.root != os.path.realpath(folder)
                                         or existing.model != parse_model_name(model).name)
     report = ingest_folder(engine, folder, name, model_name=model, rebuild=rebuild, progress=False)
-    print("\n".join(report.lines()))
+    print("\n".join(report.lines(fixes=CLI_FIXES)))
 
 
 def text_demo(engine, folder: Path) -> int:

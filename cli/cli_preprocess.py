@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from cli.common import ToolParser, add_common_flags, add_json_flag, open_engine, print_result, run
+from cli.common import CLI_FIXES, ToolParser, add_common_flags, add_json_flag, open_engine, print_result, run
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -37,7 +37,7 @@ def main(argv=None) -> int:
     report = ingest_folder(engine, args.input_dir, args.name, model_name=args.model, batch_size=args.batch_size,
                            workers=args.workers, rebuild=args.rebuild, follow_symlinks=args.follow_symlinks,
                            progress=not args.no_progress)
-    print_result(args, lambda: "\n".join(report.lines()), report.to_dict())
+    print_result(args, lambda: "\n".join(report.lines(fixes=CLI_FIXES)), report.to_dict())
     return 0
 
 

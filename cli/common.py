@@ -141,6 +141,14 @@ CLI_FIXES = {
     Fix.WEIGHTS_MISSING: "connect to the internet once to download them, or copy the checkpoint file to this machine "
                          "and use --model {architecture}:/path/to/checkpoint.bin, or use --model "
                          "efficientnet-lite0 (works offline; image search only, no text search).",
+    Fix.WEIGHTS_FILE_MISSING: "copy the checkpoint there or fix the path in --model / IMAGE_SEARCH_MODEL.",
+    Fix.USE_CPU: "use --device cpu.",
+    Fix.REBUILD_WITH_FOLDER: "use --rebuild to replace it with this folder, or choose another name.",
+    Fix.REBUILD_WITH_MODEL: "use --rebuild to re-embed it with the new model, or leave out --model.",
+    Fix.USE_DATASET_MODEL: "leave out --model to use {model}.",
+    Fix.REPAIR_INDEX: "repair it with: python -m cli.cli_preprocess -i '{root}' -n {name} --rebuild",
+    Fix.KEEP_EVALUATION_DATASET: "choose another name, or keep the dataset (--keep) to rebuild it.",
+    Fix.FOLLOW_SYMLINKS: "use --follow-symlinks to follow links that stay inside the folder",
 }
 
 

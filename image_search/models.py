@@ -217,7 +217,7 @@ def resolve_device(requested: str | None) -> str:
     if requested in (None, "", "auto"):
         return "cuda" if torch.cuda.is_available() else "cpu"
     if requested.startswith("cuda") and not torch.cuda.is_available():
-        raise InvalidInputError(f"Device '{requested}' was asked for but no CUDA GPU is available; use --device cpu.")
+        raise InvalidInputError(f"Device '{requested}' was asked for but no CUDA GPU is available.", fix=Fix.USE_CPU)
     if requested != "cpu" and not requested.startswith("cuda"):
         raise InvalidInputError(f"Device '{requested}' is not supported; use cpu, cuda or cuda:N.")
     return requested
@@ -464,8 +464,8 @@ def _build_clip(spec: ModelSpec, device: str, *, tuned_for_cpu: bool = True) -> 
         raise ModelError(f"Unknown CLIP architecture '{spec.architecture}' in model '{spec.name}'; "
                          f"pick one of open_clip's architectures, e.g. ViT-B-32, ViT-L-14.")
     if spec.weights and _looks_like_path(spec.weights) and not Path(spec.weights).is_file():
-        raise ModelError(f"The weights file {spec.weights} for model '{spec.name}' does not exist; copy the "
-                         "checkpoint there or fix the path in --model / IMAGE_SEARCH_MODEL.")
+        raise ModelError(f"The weights file {spec.weights} for model '{spec.name}' does not exist.",
+                         fix=Fix.WEIGHTS_FILE_MISSING)
     precision = "fp16" if device.startswith("cuda") else "fp32"
     # open_clip and huggingface_hub log the failure (and every download retry) that we re-raise as one sentence
     noisy = [logging.getLogger(), logging.getLogger("huggingface_hub")]

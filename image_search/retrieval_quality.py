@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Sequence
 import numpy as np
 
 from .embedding import embed_files
-from .errors import InvalidInputError
+from .errors import Fix, InvalidInputError
 from .files import scan_folder
 from .ingest import check_input_folder, ingest_folder, printable
 from .names import validate_dataset_name
@@ -149,7 +149,7 @@ def evaluate_categories(engine: ImageSearch, dataset_dir, name: str | None = Non
     name = validate_dataset_name(name)
     if not keep and engine.store.get_dataset(name) is not None:
         raise InvalidInputError(f"Dataset '{name}' already exists, and the evaluation deletes its dataset when it "
-                                "ends; choose another name, or keep the dataset (--keep) to rebuild it.")
+                                "ends.", fix=Fix.KEEP_EVALUATION_DATASET)
     try:
         report = ingest_folder(engine, train, name, model_name=model_name, batch_size=batch_size, workers=workers,
                                progress=progress, rebuild=True)

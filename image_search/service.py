@@ -13,7 +13,7 @@ from pathlib import Path
 
 from . import vectors
 from .config import Settings, load_settings
-from .errors import DatasetChangedError, IndexCorruptError
+from .errors import DatasetChangedError, Fix, IndexCorruptError
 from .locks import dataset_lock
 from .models import Embedder, ModelCache
 from .names import validate_dataset_name
@@ -26,10 +26,6 @@ from .vectors import UnreadableIndexFile, VectorIndex
 class LoadedIndex:
     record: DatasetRecord
     index: VectorIndex
-
-
-def repair_command(record: DatasetRecord) -> str:
-    return f"python -m cli.cli_preprocess -i '{record.root}' -n {record.name} --rebuild"
 
 
 class ImageSearch:
@@ -112,10 +108,10 @@ class ImageSearch:
                 if current is None or (current.uid, current.generation) != (record.uid, record.generation):
                     raise DatasetChangedError(f"Dataset '{record.name}' changed while it was being read; try "
                                               "again.") from None
-                raise IndexCorruptError(f"The index file of dataset '{record.name}' ({path}) is missing; repair it "
-                                        f"with: {repair_command(record)}") from None
-            raise IndexCorruptError(f"The index file of dataset '{record.name}' ({path}) cannot be read; repair it "
-                                    f"with: {repair_command(record)}") from None
+                raise IndexCorruptError(f"The index file of dataset '{record.name}' ({path}) is missing.",
+                                        **repair_fix(record)) from None
+            raise IndexCorruptError(f"The index file of dataset '{record.name}' ({path}) cannot be read.",
+                                    **repair_fix(record)) from None
         verify_index(record, loaded_index, path)
         loaded_index.set_search_effort(nprobe=self.settings.index.nprobe, ef_search=self.settings.index.ef_search)
         loaded = LoadedIndex(record, loaded_index)
@@ -132,4 +128,8 @@ def verify_index(record: DatasetRecord, loaded_index: VectorIndex, path: Path) -
         problems.append(f"index holds {loaded_index.count} vectors, metadata lists {record.image_count} images")
     if problems:
         raise IndexCorruptError(f"The index of dataset '{record.name}' does not match its metadata "
-                                f"({'; '.join(problems)}); repair it with: {repair_command(record)}")
+                                f"({'; '.join(problems)}).", **repair_fix(record))
+
+
+def repair_fix(record: DatasetRecord) -> dict:
+    return {"fix": Fix.REPAIR_INDEX, "name": record.name, "root": record.root}

@@ -122,6 +122,16 @@ APP_FIXES = {
     Fix.WEIGHTS_MISSING: "connect this server's machine to the internet once, or ask whoever runs the server to "
                          "restart it with the checkpoint file copied to its machine, or with the offline image model "
                          "efficientnet-lite0 (image search only, no text search).",
+    Fix.WEIGHTS_FILE_MISSING: "ask whoever runs the server to copy the checkpoint there, or to restart it with the "
+                              "right path.",
+    Fix.USE_CPU: "ask whoever runs the server to restart it on the CPU.",
+    Fix.REBUILD_WITH_FOLDER: "delete that dataset first to use its name for this folder, or choose another name.",
+    Fix.REBUILD_WITH_MODEL: "delete the dataset and ingest its folder again to embed it with the new model.",
+    Fix.USE_DATASET_MODEL: "search it with its own model, {model}.",
+    Fix.REPAIR_INDEX: "repair it by deleting the dataset and ingesting its folder ({root}) again.",
+    Fix.KEEP_EVALUATION_DATASET: "choose another name.",
+    Fix.FOLLOW_SYMLINKS: "the app does not follow links; copy the files they point to into the folder to include "
+                         "them",
 }
 
 
@@ -281,7 +291,7 @@ def create_server(engine: ImageSearch) -> MLServer:
         log.info("Ingesting %s as dataset %r", folder, name)
         # on a thread of its own: the model's OpenMP workers then end with the ingest (image_search/cpu_threads.py)
         report = run_in_passing_thread(ingest_folder, engine, folder, name, progress=False)
-        summary = printable("\n".join(report.lines()))
+        summary = printable("\n".join(report.lines(fixes=APP_FIXES)))
         log.info("%s", summary)
         return ResponseBody(root=TextResponse(
             value=summary, title=f"Dataset '{report.dataset}': {report.total} images ready to search"))

@@ -117,6 +117,16 @@ def sqlite_engine(data_home):
     search_engine.close()
 
 
+def assert_spelled_by_each_face(error, on_the_command_line: str, in_the_app: str) -> None:
+    """The core's own message names no command-line flag; each face spells the fix in its own words."""
+    from cli.common import cli_message
+    from server.server import app_message
+
+    assert "--" not in str(error) and "python -m" not in str(error)
+    assert on_the_command_line in cli_message(error)
+    assert in_the_app in app_message(error) and "--" not in app_message(error)
+
+
 def tool_env(data_home: Path, database) -> dict:
     """Environment for running the tools (or the server) as subprocesses against this data folder and store."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("DB_", "IMAGE_SEARCH_"))}

@@ -578,8 +578,9 @@ def test_text_form_says_why_when_no_dataset_can_answer_text(weightless_server):
 
 def test_every_fix_is_spelled_by_both_faces():
     from cli.common import CLI_FIXES
-    from image_search.errors import Fix
+    from image_search.errors import API_FIXES, Fix
     from server.server import APP_FIXES
 
-    assert set(CLI_FIXES) == set(Fix) == set(APP_FIXES)
-    assert all("--" not in spelling for spelling in APP_FIXES.values())
+    assert set(CLI_FIXES) == set(Fix) == set(APP_FIXES) == set(API_FIXES)
+    assert all("--" not in spelling and "python -m" not in spelling
+               for spelling in (*APP_FIXES.values(), *API_FIXES.values()))

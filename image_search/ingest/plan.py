@@ -13,7 +13,7 @@ import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from ..errors import InvalidInputError
+from ..errors import Fix, InvalidInputError
 from ..files import FileEntry, ScanResult, printable, scan_folder
 from ..models import Embedder
 from ..search.query import dataset_model
@@ -70,9 +70,8 @@ def choose_model(service: ImageSearch, root: str, existing: DatasetRecord | None
     if rebuild:
         return requested or existing.model
     if existing.root != root:
-        raise InvalidInputError(
-            f"Dataset '{existing.name}' was built from {printable(existing.root)}, not {printable(root)}; use "
-            "--rebuild to replace it with this folder, or choose another name.")
+        raise InvalidInputError(f"Dataset '{existing.name}' was built from {printable(existing.root)}, not "
+                                f"{printable(root)}.", fix=Fix.REBUILD_WITH_FOLDER)
     return dataset_model(existing, requested, for_ingest=True)
 
 

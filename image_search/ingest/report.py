@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Mapping
 
+from ..errors import API_FIXES, Fix, spell
 from ..files import printable
 
 
@@ -31,7 +33,8 @@ class IngestReport:
     def images_per_second(self) -> float:
         return self.indexed / self.embed_seconds if self.embed_seconds > 0 else 0.0
 
-    def lines(self, max_skipped: int = 10) -> list[str]:
+    def lines(self, max_skipped: int = 10, *, fixes: Mapping[Fix, str] = API_FIXES) -> list[str]:
+        """The summary for people; fixes: how the face that shows it spells what they can do (errors.Fix)."""
         lines = []
         if self.recovered:
             lines.append(self.recovered)
@@ -49,8 +52,8 @@ class IngestReport:
         if self.ignored:
             lines.append(f"Ignored {self.ignored} files that are not images.")
         if self.symlinks_skipped:
-            lines.append(f"Did not follow {self.symlinks_skipped} symbolic links (use --follow-symlinks to follow "
-                         "links that stay inside the folder).")
+            lines.append(f"Did not follow {self.symlinks_skipped} symbolic links "
+                         f"({spell(Fix.FOLLOW_SYMLINKS, fixes)}).")
         return lines
 
     def _time_split(self) -> str:

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from ..errors import InvalidInputError, ModelMismatchError, UnsupportedQueryError
+from ..errors import Fix, InvalidInputError, ModelMismatchError, UnsupportedQueryError
 from ..files import printable
 from ..images import _HEADER_BYTES, IMAGE_EXTENSIONS, NotAnImage, UnreadableImage, sniff_format
 from ..models import Embedder, parse_model_name
@@ -39,12 +39,10 @@ def dataset_model(record: DatasetRecord, requested: str | None, *, for_ingest: b
     if requested == record.model:
         return record.model
     if for_ingest:
-        raise ModelMismatchError(
-            f"Dataset '{record.name}' was built with model {record.model}, not {requested}; use --rebuild "
-            "to re-embed it with the new model, or leave out --model.")
-    raise ModelMismatchError(
-        f"Dataset '{record.name}' was built with model {record.model}, so it cannot be searched with "
-        f"{requested}; leave out --model to use {record.model}.")
+        raise ModelMismatchError(f"Dataset '{record.name}' was built with model {record.model}, not {requested}.",
+                                 fix=Fix.REBUILD_WITH_MODEL, model=record.model)
+    raise ModelMismatchError(f"Dataset '{record.name}' was built with model {record.model}, so it cannot be "
+                             f"searched with {requested}.", fix=Fix.USE_DATASET_MODEL, model=record.model)
 
 
 class TextVectorCache:
