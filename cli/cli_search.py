@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import argparse
 
-from cli.common import ToolParser, add_common_flags, add_json_flag, format_table, open_engine, print_result, run
+from cli.common import (ToolParser, add_common_flags, add_json_flag, format_table, open_from_flags, print_result,
+                        run_tool)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -31,16 +32,14 @@ def results_table(results) -> str:
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
-    from image_search.search import search_by_image, search_by_text
-
-    engine = open_engine(args, map_indexes=True)  # one search: page in the lists it probes, not the whole index
+    engine = open_from_flags(args, map_indexes=True)  # one search: page in the lists it probes, not the whole index
     if args.query is not None:
-        results = search_by_text(engine, args.name, args.query, args.num_results, model_name=args.model)
+        results = engine.search_text(args.name, args.query, args.num_results, model=args.model)
     else:
-        results = search_by_image(engine, args.name, args.image, args.num_results, model_name=args.model)
+        results = engine.search_image(args.name, args.image, args.num_results, model=args.model)
     print_result(args, lambda: results_table(results), [r.to_dict() for r in results])
     return 0
 
 
 if __name__ == "__main__":
-    run(main)
+    run_tool(main)

@@ -542,6 +542,6 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    from cli.common import run
+    from cli.common import run_tool
 
-    run(main)
+    run_tool(main)

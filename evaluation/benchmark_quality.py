@@ -19,7 +19,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from cli.common import ToolParser, add_json_flag, print_result, run
+from cli.common import ToolParser, add_json_flag, print_result, run_tool
 
 SEED_EVAL = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "seed-eval"
 DEFAULT_MODEL = "efficientnet-lite0"
@@ -124,4 +124,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    run(main)
+    run_tool(main)

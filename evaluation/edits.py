@@ -69,6 +69,14 @@ def screenshot(image: Image.Image) -> Image.Image:
     return canvas
 
 
+def edited(original, *edits: Callable[[Image.Image], Image.Image]) -> Image.Image:
+    """The image file at original, upright in RGB, with the edits applied in turn."""
+    image = load_rgb(str(original))
+    for edit in edits:
+        image = edit(image)
+    return image
+
+
 EDITS: dict[str, Edit] = {edit.name: edit for edit in (
     Edit("downscale", "resized to 50% (Lanczos)", downscale_half),
     Edit("recompress", "re-saved as JPEG quality 30", identity, quality=30),

@@ -29,16 +29,9 @@ from flask_ml.flask_ml_server.models import (BatchFileResponse, DirectoryInput, 
                                              TextResponse)
 from werkzeug.serving import BaseWSGIServer, WSGIRequestHandler
 
-from cli.common import ToolParser, add_common_flags, cli_message, open_engine, run
-from image_search import __version__
-from image_search.config import DEFAULT_NUM_RESULTS
-from image_search.cpu_threads import run_in_passing_thread
-from image_search.service import ImageSearch
-from image_search.errors import Fix, ImageSearchError, InvalidInputError
-from image_search.ingest import ingest_folder, printable
-from image_search.models import check_weights_obtainable, model_supports_text, parse_model_name
-from image_search.search import SearchResult, check_num_results, search_by_image, search_by_text
-from image_search.store import DatasetRecord
+from image_search import (DEFAULT_NUM_RESULTS, DatasetRecord, Fix, ImageSearch, ImageSearchError, InvalidInputError,
+                          SearchResult, ToolParser, __version__, add_common_flags, check_num_results, cli_message,
+                          open_from_flags, printable, run_tool)
 
 log = logging.getLogger("image_search.server")
 
@@ -189,7 +182,7 @@ def dataset_parameter(engine: ImageSearch, *, text_queries: bool = False,
     except ImageSearchError as error:  # the form still loads, and says why it cannot offer any dataset
         datasets, when_empty = [], app_message(error)
     if text_queries and datasets:
-        datasets = [d for d in datasets if model_supports_text(d.model)]
+        datasets = [d for d in datasets if engine.answers_text(d)]
         when_empty = NO_TEXT_DATASETS
     newest = max(datasets, key=lambda d: (d.created_at, d.name), default=None)
     return ParameterSchema(
@@ -290,7 +283,7 @@ def create_server(engine: ImageSearch) -> MLServer:
         folder, name = inputs["input_dir"].path, parameters["dataset_name"]
         log.info("Ingesting %s as dataset %r", folder, name)
         # on a thread of its own: the model's OpenMP workers then end with the ingest (image_search/cpu_threads.py)
-        report = run_in_passing_thread(ingest_folder, engine, folder, name, progress=False)
+        report = engine.ingest(folder, name, progress=False, own_thread=True)
         summary = printable("\n".join(report.lines(fixes=APP_FIXES)))
         log.info("%s", summary)
         return ResponseBody(root=TextResponse(
@@ -298,13 +291,13 @@ def create_server(engine: ImageSearch) -> MLServer:
 
     @task("searching by text")
     def search_text(inputs: TextSearchInputs, parameters: SearchParameters) -> ResponseBody:
-        return image_grid(search_by_text(engine, parameters["dataset_name"], inputs["text_query"].text,
-                                         number_of_results(parameters["num_results"])))
+        return image_grid(engine.search_text(parameters["dataset_name"], inputs["text_query"].text,
+                                             number_of_results(parameters["num_results"])))
 
     @task("searching by image")
     def search_image(inputs: ImageSearchInputs, parameters: SearchParameters) -> ResponseBody:
-        return image_grid(search_by_image(engine, parameters["dataset_name"], inputs["image_path"].path,
-                                          number_of_results(parameters["num_results"])))
+        return image_grid(engine.search_image(parameters["dataset_name"], inputs["image_path"].path,
+                                              number_of_results(parameters["num_results"])))
 
     @task("listing the datasets")
     def list_datasets(inputs: NoInputs, parameters: NoParameters) -> ResponseBody:
@@ -389,7 +382,7 @@ def warm_up(engine: ImageSearch, datasets: list[DatasetRecord]) -> None:
     """
     for model in sorted({d.model for d in datasets}):
         try:
-            engine.model(model).prepare_image_tower()
+            engine.prepare_model(model)
         except ImageSearchError as error:  # a search with this model will report it to the user
             log.warning("Searches of the datasets built with %s will fail: %s", model, cli_message(error))
 
@@ -398,7 +391,7 @@ def warn_if_default_model_lacks_weights(engine: ImageSearch) -> None:
     """Say once, at start-up, that new datasets cannot be ingested until the default model's weights are here
     (in the operator's words: the server's own flags). The check takes about a second (models.py)."""
     try:
-        check_weights_obtainable(parse_model_name(engine.settings.default_model))
+        engine.check_default_model_weights()
     except ImageSearchError as error:
         log.warning("Ingests of new datasets will fail: %s", cli_message(error))
 
@@ -428,14 +421,14 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    engine = open_engine(args)
+    engine = open_from_flags(args)
     datasets = engine.datasets()  # an unreachable store stops the start with one readable line
     http = PooledWSGIServer(args.host, args.port, create_server(engine).app)
     threading.Thread(target=warn_if_default_model_lacks_weights, args=(engine,), name="weights-check",
                      daemon=True).start()
     threading.Thread(target=warm_up, args=(engine, datasets), name="warm-up", daemon=True).start()
     print(f"image-search {__version__} serving RescueBox at http://{args.host}:{http.port} "
-          f"({len(datasets)} datasets; {engine.store.description}). In RescueBox, register IP {args.host} and port "
+          f"({len(datasets)} datasets; {engine.store_description}). In RescueBox, register IP {args.host} and port "
           f"{http.port}. Stop with Ctrl-C.", flush=True)
     http.serve_forever()
     print("Server stopped.", flush=True)
@@ -443,4 +436,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    run(main)
+    run_tool(main)

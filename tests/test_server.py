@@ -501,16 +501,17 @@ def test_an_ingest_runs_on_a_thread_that_ends_with_it(sqlite_engine, photos, tmp
     """OpenMP keeps a pool of workers for every thread that ran parallel work, for as long as it lives; extra
     pools make each operator of later queries wait for a sleeping worker (image_search/cpu_threads.py). The
     server's request threads live for ever, so an ingest runs its model on a thread that ends with it."""
+    import image_search.ingest
     import server.server as server_module
 
     ingest_threads = []
-    real_ingest = server_module.ingest_folder
+    real_ingest = image_search.ingest.ingest_folder
 
     def recording_ingest(*args, **kwargs):
         ingest_threads.append(threading.current_thread())
         return real_ingest(*args, **kwargs)
 
-    monkeypatch.setattr(server_module, "ingest_folder", recording_ingest)
+    monkeypatch.setattr(image_search.ingest, "ingest_folder", recording_ingest)  # what ImageSearch.ingest runs
     client = server_module.create_server(sqlite_engine).app.test_client()
     folder = copy_photos(photos, tmp_path / "photos", 3)
     response = client.post("/dataset_processing", json={"inputs": {"input_dir": {"path": str(folder)}},
