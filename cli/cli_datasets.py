@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import argparse
 
-from cli.common import ToolParser, add_common_flags, add_json_flag, format_table, open_engine, print_result, run
+from cli.common import (ToolParser, add_common_flags, add_json_flag, format_table, open_from_flags, print_result,
+                        run_tool)
+from image_search import printable
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -25,8 +27,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def datasets_table(datasets) -> str:
-    from image_search.pipeline.scan import printable
-
     if not datasets:
         return "No datasets yet; ingest a folder with python -m cli.cli_preprocess -i DIR -n NAME."
     rows = [[d.name, str(d.image_count), d.model, printable(d.root), str(d.created_at)] for d in datasets]
@@ -35,11 +35,9 @@ def datasets_table(datasets) -> str:
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
-    from image_search.pipeline.scan import printable
-
-    engine = open_engine(args)
+    engine = open_from_flags(args)
     if args.command == "delete":
-        record = engine.delete_dataset(args.name)
+        record = engine.delete(args.name)
         print(f"Deleted dataset '{record.name}' ({record.image_count} images); the image files were not touched.")
         return 0
     datasets = engine.datasets()
@@ -50,4 +48,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    run(main)
+    run_tool(main)

@@ -14,7 +14,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from cli.common import ToolParser, add_common_flags, open_engine, run
+from cli.common import CLI_FIXES, ToolParser, add_common_flags, cli_message, open_from_flags, run_tool
 
 TEXT_DATASET = "samples"
 OFFLINE_DATASET = "samples-offline"
@@ -36,12 +36,10 @@ def text_search_problem(engine) -> str | None:
 
     Loading the model checks first that its weights are cached or can be downloaded (image_search.models), so
     missing weights are known within a second, offline too."""
-    from cli.common import cli_message
-    from image_search.errors import ModelError
+    from image_search import ModelError
 
-    name = engine.settings.default_model
     try:
-        embedder = engine.model(name)
+        embedder = engine.model(engine.default_model)
     except ModelError as error:
         return cli_message(error)
     if not embedder.supports_text:
@@ -52,23 +50,19 @@ def text_search_problem(engine) -> str | None:
 def ingest_samples(engine, folder: Path, name: str, model: str):
     """Ingest the samples as dataset `name` with `model`; the demo owns the name, so a dataset of that name made
     from another folder (an earlier demo run elsewhere) or with another model is rebuilt."""
-    from image_search.ingest import ingest_folder
-    from image_search.models import parse_model_name
-
-    existing = engine.store.get_dataset(name)
+    existing = engine.find_dataset(name)
     rebuild = existing is not None and (existing.root != os.path.realpath(folder)
-                                        or existing.model != parse_model_name(model).name)
-    report = ingest_folder(engine, folder, name, model_name=model, rebuild=rebuild, progress=False)
-    print("\n".join(report.lines()))
+                                        or existing.model != engine.canonical_model_name(model))
+    report = engine.ingest(folder, name, model=model, rebuild=rebuild, progress=False)
+    print("\n".join(report.lines(fixes=CLI_FIXES)))
 
 
 def text_demo(engine, folder: Path) -> int:
     from cli.cli_search import results_table
-    from image_search.search import search_by_text
 
-    ingest_samples(engine, folder, TEXT_DATASET, engine.settings.default_model)
+    ingest_samples(engine, folder, TEXT_DATASET, engine.default_model)
     print(f'\nSearching {TEXT_DATASET} for "{TEXT_QUERY}":')
-    print(results_table([r.to_dict() for r in search_by_text(engine, TEXT_DATASET, TEXT_QUERY, 3)]))
+    print(results_table([r.to_dict() for r in engine.search_text(TEXT_DATASET, TEXT_QUERY, 3)]))
     _print_next_steps(folder, TEXT_DATASET, [f'python -m cli.cli_search -q "a yellow sun over the sea" -n '
                                              f'{TEXT_DATASET}'])
     return 0
@@ -76,17 +70,15 @@ def text_demo(engine, folder: Path) -> int:
 
 def image_demo(engine, folder: Path) -> int:
     from cli.cli_search import results_table
-    from evaluation.edits import brighten_30, downscale_half
-    from image_search.pipeline.decode import load_rgb
-    from image_search.search import search_by_image
+    from evaluation.edits import brighten_30, downscale_half, edited
 
     ingest_samples(engine, folder, OFFLINE_DATASET, OFFLINE_MODEL)
     original = folder / QUERY_SAMPLE
     with tempfile.TemporaryDirectory(prefix="image-search-demo-") as scratch:
         query = Path(scratch) / f"edited-{QUERY_SAMPLE}"
-        brighten_30(downscale_half(load_rgb(str(original)))).save(query, quality=90)
+        edited(original, downscale_half, brighten_30).save(query, quality=90)
         print(f"\nSearching {OFFLINE_DATASET} with an edited copy of {QUERY_SAMPLE} (half the size, 30% brighter):")
-        results = search_by_image(engine, OFFLINE_DATASET, query, 3)
+        results = engine.search_image(OFFLINE_DATASET, query, 3)
     print(results_table([r.to_dict() for r in results]))
     if not results or not os.path.samefile(results[0].path, original):
         top = results[0].path if results else "nothing"
@@ -115,7 +107,7 @@ def main(argv=None) -> int:
     folder = Path(args.samples)
     written = write_demo_images(folder)
     print(f"{len(written)} sample pictures in {folder.resolve()}.")
-    engine = open_engine(args)
+    engine = open_from_flags(args)
     problem = text_search_problem(engine)
     if problem is None:
         return text_demo(engine, folder)
@@ -125,4 +117,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    run(main)
+    run_tool(main)

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import argparse
 
-from cli.common import ToolParser, add_common_flags, add_json_flag, json_to_stdout, open_engine, print_result, run
+from cli.common import (ToolParser, add_common_flags, add_json_flag, json_to_stdout, open_from_flags, print_result,
+                        run_tool)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -23,14 +24,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
-    from image_search.evaluation import evaluate_self_retrieval
-
-    result = evaluate_self_retrieval(open_engine(args), args.input_dir, args.name, model_name=args.model,
-                                     batch_size=args.batch_size, workers=args.workers,
-                                     progress=not json_to_stdout(args))
+    result = open_from_flags(args).evaluate_self_retrieval(args.input_dir, args.name, model=args.model,
+                                                           batch_size=args.batch_size, workers=args.workers,
+                                                           progress=not json_to_stdout(args))
     print_result(args, lambda: "\n".join(result.lines()), result.__dict__)
     return 0
 
 
 if __name__ == "__main__":
-    run(main)
+    run_tool(main)

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import argparse
 
-from cli.common import ToolParser, add_common_flags, add_json_flag, open_engine, print_result, run
+from cli.common import (CLI_FIXES, ToolParser, add_common_flags, add_json_flag, open_from_flags, print_result,
+                        run_tool)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -31,15 +32,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
-    from image_search.ingest import ingest_folder
-
-    engine = open_engine(args)
-    report = ingest_folder(engine, args.input_dir, args.name, model_name=args.model, batch_size=args.batch_size,
-                           workers=args.workers, rebuild=args.rebuild, follow_symlinks=args.follow_symlinks,
-                           progress=not args.no_progress)
-    print_result(args, lambda: "\n".join(report.lines()), report.to_dict())
+    report = open_from_flags(args).ingest(args.input_dir, args.name, model=args.model, batch_size=args.batch_size,
+                                          workers=args.workers, rebuild=args.rebuild,
+                                          follow_symlinks=args.follow_symlinks, progress=not args.no_progress)
+    print_result(args, lambda: "\n".join(report.lines(fixes=CLI_FIXES)), report.to_dict())
     return 0
 
 
 if __name__ == "__main__":
-    run(main)
+    run_tool(main)

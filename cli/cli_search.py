@@ -10,7 +10,8 @@ from __future__ import annotations
 import argparse
 import sys
 
-from cli.common import ToolParser, add_common_flags, add_json_flag, format_table, open_engine, print_result, run
+from cli.common import (ToolParser, add_common_flags, add_json_flag, format_table, open_from_flags, print_result,
+                        run_tool)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -42,10 +43,8 @@ def results_table(results: list[dict]) -> str:
 def search_on_running_server(args) -> list[dict] | None:
     """The results from a server running on this data folder, or None when there is none to use (then search
     here). Reads the discovery file and talks HTTP: nothing here imports torch, numpy or a database driver."""
-    from image_search.config import load_settings
-    from image_search.discovery import ServerRefusal, find_server, search_on_server
-    from image_search.errors import ImageSearchError
-    from image_search.pipeline.scan import absolute_path
+    from image_search import (ImageSearchError, ServerRefusal, absolute_path, find_server, load_settings,
+                              search_on_server)
 
     server = find_server(load_settings(data_home=args.data_dir, model_name=args.model, device=args.device))
     if server is None:
@@ -67,13 +66,11 @@ def search_on_running_server(args) -> list[dict] | None:
 
 
 def search_here(args) -> list[dict]:
-    from image_search.search import search_by_image, search_by_text
-
-    engine = open_engine(args, map_indexes=True)  # one search: page in the lists it probes, not the whole index
+    engine = open_from_flags(args, map_indexes=True)  # one search: page in the lists it probes, not the whole index
     if args.query is not None:
-        results = search_by_text(engine, args.name, args.query, args.num_results, model_name=args.model)
+        results = engine.search_text(args.name, args.query, args.num_results, model=args.model)
     else:
-        results = search_by_image(engine, args.name, args.image, args.num_results, model_name=args.model)
+        results = engine.search_image(args.name, args.image, args.num_results, model=args.model)
     return [result.to_dict() for result in results]
 
 
@@ -87,4 +84,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    run(main)
+    run_tool(main)

@@ -1,5 +1,5 @@
-"""What every command-line tool shares: its parser (mistakes are one line), common flags, --json output, and
-turning errors into one readable line."""
+"""What every command-line tool shares: --json output and tables, and (from image_search, shared with the
+server's start) the parser whose mistakes are one line, the common flags, the fixes in flags and run_tool."""
 
 from __future__ import annotations
 
@@ -11,36 +11,14 @@ import sys
 import tempfile
 from typing import Callable
 
-from image_search.errors import Fix, ImageSearchError
+from image_search import (CLI_FIXES, InvalidInputError, ToolParser, add_common_flags, cli_message, open_from_flags,
+                          run_tool)
 
-MODEL_HELP = ("embedding model: ARCH:PRETRAINED (e.g. ViT-B-32:laion2b_s34b_b79k, the default for new datasets; "
-              "weights download on first use), ARCH:/path/to/weights.pt, ARCH:random (speed tests only), "
-              "efficientnet-lite0 (works offline, image queries only) or test-tiny (tests). New datasets use "
-              "$IMAGE_SEARCH_MODEL when this is not given; an existing dataset always uses its own model, and "
-              "naming another one is refused (ingest with --rebuild to switch)")
+__all__ = ["CLI_FIXES", "ToolParser", "add_common_flags", "add_json_flag", "cli_message", "format_table",
+           "json_to_stdout", "open_from_flags", "print_result", "run_tool", "text_to_stderr_under_json",
+           "write_json_file"]
 
 JSON_TO_STDOUT = "-"  # --json without FILE (or with "-"): JSON on stdout instead of the text
-
-
-class ToolParser(argparse.ArgumentParser):
-    """argparse for every tool: a mistake prints one line starting with 'error:' and exits 2 (argparse's own
-    error() prints the whole usage block first). Subcommands inherit it (add_subparsers uses the parser's class)."""
-
-    def error(self, message: str):
-        self.exit(2, f"error: {message} (see {self.prog} --help)\n")
-
-
-def add_common_flags(parser: argparse.ArgumentParser, *, model: bool = True, device: bool = True) -> None:
-    """--model, --device and --data-dir; a command that loads no model (listing, deleting) leaves the first two
-    out, so its --help shows only what applies."""
-    if model:
-        parser.add_argument("--model", "-m", default=None, help=MODEL_HELP)
-    if device:
-        parser.add_argument("--device", default=None, choices=None,
-                            help="cpu, cuda or cuda:N (default: $IMAGE_SEARCH_DEVICE, else CUDA when available)")
-    parser.add_argument("--data-dir", default=None,
-                        help="where indexes (and the SQLite store) live (default: $IMAGE_SEARCH_HOME, else a "
-                             "per-user data folder)")
 
 
 def _json_target(text: str) -> str:
@@ -70,8 +48,6 @@ def json_to_stdout(args) -> bool:
 
 def write_json_file(path: str | os.PathLike, data) -> None:
     """Write beside the target and rename, so a reader (or a crash) never sees half a file."""
-    from image_search.errors import InvalidInputError
-
     path = os.path.abspath(path)
     temporary = None
     try:
@@ -125,38 +101,3 @@ def format_table(headers: list[str], rows: list[list[str]], *, right: set[int] =
         return "  ".join(padded)
 
     return "\n".join([line(headers), *(line(row) for row in rows)])
-
-
-def open_engine(args, *, map_indexes: bool = False):
-    from image_search.config import load_settings
-    from image_search.engine import ImageSearch
-
-    return ImageSearch(load_settings(data_home=args.data_dir, model_name=getattr(args, "model", None),
-                                     device=getattr(args, "device", None)),
-                       map_indexes=map_indexes)
-
-
-# How someone at the terminal (or starting the server) fixes what an ImageSearchError's `fix` names.
-CLI_FIXES = {
-    Fix.WEIGHTS_MISSING: "connect to the internet once to download them, or copy the checkpoint file to this machine "
-                         "and use --model {architecture}:/path/to/checkpoint.bin, or use --model "
-                         "efficientnet-lite0 (works offline; image search only, no text search).",
-}
-
-
-def cli_message(error: ImageSearchError) -> str:
-    """An ImageSearchError as the command line says it: its message and, when it has one, the fix in flags."""
-    return error.with_fix(CLI_FIXES)
-
-
-def run(main: Callable[[], int]) -> None:
-    """Run a tool: user errors print one line and exit 2; Ctrl-C exits 130; anything else is a real bug."""
-    try:
-        code = main()
-    except ImageSearchError as error:
-        print(f"error: {cli_message(error)}", file=sys.stderr)
-        code = 2
-    except KeyboardInterrupt:
-        print("Interrupted; nothing was changed by the unfinished work.", file=sys.stderr)
-        code = 130
-    sys.exit(code)

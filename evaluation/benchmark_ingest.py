@@ -261,10 +261,13 @@ def environment(**values):
 def measure_ingest(folder: Path, data_home: Path, name: str, args, gpu_decode: bool) -> tuple[float, float, int, int]:
     """(d): the real ingest into a new dataset. Returns (images/s, seconds, indexed, skipped)."""
     from image_search.config import Settings
-    from image_search.engine import ImageSearch
     from image_search.ingest import ingest_folder
+    from image_search.models import shared_models
+    from image_search.service import ImageSearch
 
-    engine = ImageSearch(Settings(data_home=data_home, model_name=args.model, device=args.device, database=None))
+    # the model measured in (a) stays loaded: (d) times the ingest, not a second model load
+    engine = ImageSearch(Settings(data_home=data_home, model_name=args.model, device=args.device, database=None),
+                         models=shared_models)
     try:
         with environment(IMAGE_SEARCH_GPU_DECODE="1" if gpu_decode else "0"):
             started = time.perf_counter()
@@ -431,7 +434,7 @@ def run_memory(args) -> dict:
 def memory_child(args) -> int:
     """Ingest one folder and print the peak memory of this process and of its reader workers as JSON."""
     from image_search.config import Settings
-    from image_search.engine import ImageSearch
+    from image_search.service import ImageSearch
     from image_search.ingest import ingest_folder
 
     with tempfile.TemporaryDirectory(prefix="image-search-memory-home-") as home:
@@ -540,6 +543,6 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    from cli.common import run
+    from cli.common import run_tool
 
-    run(main)
+    run_tool(main)

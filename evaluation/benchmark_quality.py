@@ -19,7 +19,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from cli.common import ToolParser, add_json_flag, print_result, run
+from cli.common import ToolParser, add_json_flag, print_result, run_tool
 
 SEED_EVAL = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "seed-eval"
 DEFAULT_MODEL = "efficientnet-lite0"
@@ -72,8 +72,8 @@ def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     from evaluation.edits import EDITS, write_edited_copies
     from image_search.config import Settings
-    from image_search.engine import ImageSearch
-    from image_search.evaluation import evaluate_categories, evaluate_near_duplicates
+    from image_search.service import ImageSearch
+    from image_search.retrieval_quality import evaluate_categories, evaluate_near_duplicates
     from image_search.pipeline.scan import scan_folder
     from image_search.ingest import ingest_folder, printable
     from image_search.models import parse_model_name
@@ -124,4 +124,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    run(main)
+    run_tool(main)

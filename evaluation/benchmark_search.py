@@ -43,8 +43,8 @@ from cli.common import ToolParser, add_json_flag, print_result, text_to_stderr_u
 from evaluation.synthetic_vectors import DIM, SyntheticCollection
 from image_search import vectors
 from image_search.config import Settings, load_index_settings
-from image_search.engine import ImageSearch
 from image_search.runtime.threads import BusyMeter, run_in_passing_thread
+from image_search.service import ImageSearch
 from image_search.store import ImageRecord, NewDataset
 
 REPO = Path(__file__).resolve().parents[1]
@@ -138,7 +138,7 @@ class SizeBenchmark:
         started = time.perf_counter()
         if self.record is None:
             if store.get_dataset(self.name) is not None:  # left by an earlier run with --keep
-                self.engine.delete_dataset(self.name)
+                self.engine.delete(self.name)
             uid = f"bench{self.size}"
             vectors.layout.remove_dataset_folder(home, uid)
             path = vectors.layout.index_file(home, uid, 1)

@@ -14,7 +14,7 @@ from typing import Callable, Iterable
 
 from PIL import Image, ImageEnhance
 
-from image_search.evaluation import NearDuplicateQuery
+from image_search.retrieval_quality import NearDuplicateQuery
 from image_search.pipeline.decode import NotAnImage, UnreadableImage, load_rgb
 
 _SAVED_JPEG_QUALITY = 95  # copies re-saved by an editor; only the recompress edit degrades on purpose
@@ -67,6 +67,14 @@ def screenshot(image: Image.Image) -> Image.Image:
     canvas.paste((250, 250, 250), (width + 2 * margin, title_bar, canvas.width, canvas.height))
     canvas.paste(image, (margin, title_bar + margin))
     return canvas
+
+
+def edited(original, *edits: Callable[[Image.Image], Image.Image]) -> Image.Image:
+    """The image file at original, upright in RGB, with the edits applied in turn."""
+    image = load_rgb(str(original))
+    for edit in edits:
+        image = edit(image)
+    return image
 
 
 EDITS: dict[str, Edit] = {edit.name: edit for edit in (

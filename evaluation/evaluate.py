@@ -8,7 +8,7 @@ python -m evaluation.sample_images --categories DIR.
 
 from __future__ import annotations
 
-from cli.common import ToolParser, add_common_flags, add_json_flag, open_engine, print_result, run
+from cli.common import ToolParser, add_common_flags, add_json_flag, open_from_flags, print_result, run_tool
 
 
 def build_parser() -> ToolParser:
@@ -26,11 +26,10 @@ def build_parser() -> ToolParser:
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
-    from image_search.evaluation import KEPT_CATEGORY_DATASET, evaluate_categories
+    from image_search import KEPT_CATEGORY_DATASET
 
-    engine = open_engine(args)
     name = args.name or (KEPT_CATEGORY_DATASET if args.keep else None)
-    result = evaluate_categories(engine, args.dataset, name, keep=args.keep, model_name=args.model)
+    result = open_from_flags(args).evaluate_categories(args.dataset, name, keep=args.keep, model=args.model)
 
     def text() -> str:
         lines = result.lines()
@@ -44,4 +43,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    run(main)
+    run_tool(main)

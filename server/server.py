@@ -33,16 +33,9 @@ from flask_ml.flask_ml_server.models import (BatchFileResponse, DirectoryInput, 
                                              TextResponse)
 from werkzeug.serving import BaseWSGIServer, WSGIRequestHandler
 
-from cli.common import ToolParser, add_common_flags, cli_message, open_engine, run
-from image_search import __version__, discovery
-from image_search.config import DEFAULT_NUM_RESULTS
-from image_search.engine import ImageSearch
-from image_search.errors import Fix, ImageSearchError, InvalidInputError
-from image_search.ingest import ingest_folder, printable
-from image_search.models import check_weights_obtainable, model_supports_text, parse_model_name
-from image_search.runtime.threads import run_in_passing_thread
-from image_search.search import SearchResult, check_num_results, search_by_image, search_by_text
-from image_search.store import DatasetRecord
+from image_search import (DEFAULT_NUM_RESULTS, DatasetRecord, Fix, ImageSearch, ImageSearchError, InvalidInputError,
+                          SearchResult, ToolParser, __version__, add_common_flags, check_num_results, cli_message,
+                          discovery, open_from_flags, printable, run_tool)
 
 log = logging.getLogger("image_search.server")
 
@@ -126,6 +119,16 @@ APP_FIXES = {
     Fix.WEIGHTS_MISSING: "connect this server's machine to the internet once, or ask whoever runs the server to "
                          "restart it with the checkpoint file copied to its machine, or with the offline image model "
                          "efficientnet-lite0 (image search only, no text search).",
+    Fix.WEIGHTS_FILE_MISSING: "ask whoever runs the server to copy the checkpoint there, or to restart it with the "
+                              "right path.",
+    Fix.USE_CPU: "ask whoever runs the server to restart it on the CPU.",
+    Fix.REBUILD_WITH_FOLDER: "delete that dataset first to use its name for this folder, or choose another name.",
+    Fix.REBUILD_WITH_MODEL: "delete the dataset and ingest its folder again to embed it with the new model.",
+    Fix.USE_DATASET_MODEL: "search it with its own model, {model}.",
+    Fix.REPAIR_INDEX: "repair it by deleting the dataset and ingesting its folder ({root}) again.",
+    Fix.KEEP_EVALUATION_DATASET: "choose another name.",
+    Fix.FOLLOW_SYMLINKS: "the app does not follow links; copy the files they point to into the folder to include "
+                         "them",
 }
 
 
@@ -183,7 +186,7 @@ def dataset_parameter(engine: ImageSearch, *, text_queries: bool = False,
     except ImageSearchError as error:  # the form still loads, and says why it cannot offer any dataset
         datasets, when_empty = [], app_message(error)
     if text_queries and datasets:
-        datasets = [d for d in datasets if model_supports_text(d.model)]
+        datasets = [d for d in datasets if engine.answers_text(d)]
         when_empty = NO_TEXT_DATASETS
     newest = max(datasets, key=lambda d: (d.created_at, d.name), default=None)
     return ParameterSchema(
@@ -283,22 +286,22 @@ def create_server(engine: ImageSearch) -> MLServer:
     def ingest_dataset(inputs: IngestInputs, parameters: IngestParameters) -> ResponseBody:
         folder, name = inputs["input_dir"].path, parameters["dataset_name"]
         log.info("Ingesting %s as dataset %r", folder, name)
-        # on a thread of its own: the model's OpenMP workers then end with the ingest (image_search/runtime/threads.py)
-        report = run_in_passing_thread(ingest_folder, engine, folder, name, progress=False)
-        summary = printable("\n".join(report.lines()))
+        # on a thread of its own: the model's OpenMP workers then end with the ingest (image_search/cpu_threads.py)
+        report = engine.ingest(folder, name, progress=False, own_thread=True)
+        summary = printable("\n".join(report.lines(fixes=APP_FIXES)))
         log.info("%s", summary)
         return ResponseBody(root=TextResponse(
             value=summary, title=f"Dataset '{report.dataset}': {report.total} images ready to search"))
 
     @task("searching by text")
     def search_text(inputs: TextSearchInputs, parameters: SearchParameters) -> ResponseBody:
-        return image_grid(search_by_text(engine, parameters["dataset_name"], inputs["text_query"].text,
-                                         number_of_results(parameters["num_results"])))
+        return image_grid(engine.search_text(parameters["dataset_name"], inputs["text_query"].text,
+                                             number_of_results(parameters["num_results"])))
 
     @task("searching by image")
     def search_image(inputs: ImageSearchInputs, parameters: SearchParameters) -> ResponseBody:
-        return image_grid(search_by_image(engine, parameters["dataset_name"], inputs["image_path"].path,
-                                          number_of_results(parameters["num_results"])))
+        return image_grid(engine.search_image(parameters["dataset_name"], inputs["image_path"].path,
+                                              number_of_results(parameters["num_results"])))
 
     @task("listing the datasets")
     def list_datasets(inputs: NoInputs, parameters: NoParameters) -> ResponseBody:
@@ -308,7 +311,7 @@ def create_server(engine: ImageSearch) -> MLServer:
     def delete_dataset(inputs: NoInputs, parameters: DatasetParameters) -> ResponseBody:
         if parameters["dataset_name"] == "":  # the form starts with none chosen (dataset_parameter)
             raise InvalidInputError("No dataset was chosen; pick the dataset to delete from the list.")
-        record = engine.delete_dataset(parameters["dataset_name"])
+        record = engine.delete(parameters["dataset_name"])
         log.info("Deleted dataset %r", record.name)
         return ResponseBody(root=TextResponse(
             value=f"Deleted dataset '{record.name}' ({record.image_count} images); the image files were not "
@@ -406,13 +409,13 @@ class CommandLineSearches:
                 or sum(isinstance(body.get(key), str) for key in ("text", "image_path")) != 1):
             return _json_answer({"error": 'This route takes a JSON body {"dataset": ..., "text" or "image_path": '
                                           '..., "num_results": ..., "model": ...}.'}, 400)
-        search, query = ((search_by_text, body["text"]) if isinstance(body.get("text"), str)
-                         else (search_by_image, body["image_path"]))
+        search, query = ((self.engine.search_text, body["text"]) if isinstance(body.get("text"), str)
+                         else (self.engine.search_image, body["image_path"]))
         try:
-            results = search(self.engine, body["dataset"], query, body.get("num_results", DEFAULT_NUM_RESULTS),
-                             model_name=body.get("model"))
-        except ImageSearchError as error:
-            return _json_answer({"error": str(error)}, 400)
+            results = search(body["dataset"], query, body.get("num_results", DEFAULT_NUM_RESULTS),
+                             model=body.get("model"))
+        except ImageSearchError as error:  # printed by the command line: in its words
+            return _json_answer({"error": cli_message(error)}, 400)
         except Exception as error:  # noqa: BLE001 - the command line then searches by itself
             log.exception("A command-line search failed")
             return _json_answer({"error": f"The server failed unexpectedly ({type(error).__name__}: {error})."}, 500)
@@ -463,7 +466,7 @@ def warm_up(engine: ImageSearch, datasets: list[DatasetRecord]) -> None:
     """
     for model in sorted({d.model for d in datasets}):
         try:
-            engine.model(model).prepare_image_tower()
+            engine.prepare_model(model)
         except ImageSearchError as error:  # a search with this model will report it to the user
             log.warning("Searches of the datasets built with %s will fail: %s", model, cli_message(error))
 
@@ -473,7 +476,7 @@ def warn_if_default_model_lacks_weights(engine: ImageSearch) -> None:
     (in the operator's words: the server's own flags). The check takes about a second
     (image_search/models/weights.py)."""
     try:
-        check_weights_obtainable(parse_model_name(engine.settings.default_model))
+        engine.check_default_model_weights()
     except ImageSearchError as error:
         log.warning("Ingests of new datasets will fail: %s", cli_message(error))
 
@@ -503,7 +506,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    engine = open_engine(args)
+    engine = open_from_flags(args)
     datasets = engine.datasets()  # an unreachable store stops the start with one readable line
     app = create_server(engine).app
     command_line = CommandLineSearches(engine)
@@ -513,7 +516,7 @@ def main(argv=None) -> int:
                      daemon=True).start()
     threading.Thread(target=warm_up, args=(engine, datasets), name="warm-up", daemon=True).start()
     print(f"image-search {__version__} serving RescueBox at http://{args.host}:{http.port} "
-          f"({len(datasets)} datasets; {engine.store.description}). In RescueBox, register IP {args.host} and port "
+          f"({len(datasets)} datasets; {engine.store_description}). In RescueBox, register IP {args.host} and port "
           f"{http.port}. Stop with Ctrl-C.", flush=True)
     with command_line.announced(args.host, http.port):
         http.serve_forever()
@@ -522,4 +525,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    run(main)
+    run_tool(main)

@@ -96,9 +96,10 @@ def settings(backend, data_home):
 
 @pytest.fixture
 def engine(settings):
-    from image_search.engine import ImageSearch
+    from image_search.models import shared_models
+    from image_search.service import ImageSearch
 
-    search_engine = ImageSearch(settings)
+    search_engine = ImageSearch(settings, models=shared_models)  # one test-tiny for the session, as load_model's
     yield search_engine
     search_engine.close()
 
@@ -107,11 +108,23 @@ def engine(settings):
 def sqlite_engine(data_home):
     """For tests about files rather than the store: one backend is enough."""
     from image_search.config import Settings
-    from image_search.engine import ImageSearch
+    from image_search.models import shared_models
+    from image_search.service import ImageSearch
 
-    search_engine = ImageSearch(Settings(data_home=data_home, model_name=TEST_MODEL, device="cpu", database=None))
+    search_engine = ImageSearch(Settings(data_home=data_home, model_name=TEST_MODEL, device="cpu", database=None),
+                                models=shared_models)
     yield search_engine
     search_engine.close()
+
+
+def assert_spelled_by_each_face(error, on_the_command_line: str, in_the_app: str) -> None:
+    """The core's own message names no command-line flag; each face spells the fix in its own words."""
+    from cli.common import cli_message
+    from server.server import app_message
+
+    assert "--" not in str(error) and "python -m" not in str(error)
+    assert on_the_command_line in cli_message(error)
+    assert in_the_app in app_message(error) and "--" not in app_message(error)
 
 
 def tool_env(data_home: Path, database) -> dict:

@@ -10,7 +10,7 @@ import pytest
 from PIL import Image
 
 from evaluation.edits import EDITS, write_edited_copies
-from image_search.evaluation import hits_at, mean_reciprocal_rank
+from image_search.retrieval_quality import hits_at, mean_reciprocal_rank
 from tests.conftest import REPO, run_tool
 
 

@@ -300,6 +300,6 @@ def test_evaluate_keeps_its_dataset_only_when_asked(cli_env, category_set, photo
     assert "Kept dataset 'evaluation-train'" in kept.stdout and "Precision@1:" in kept.stdout
     # a throwaway evaluation never replaces a dataset that exists: the user's one stays as it was
     line = _one_error_line(run_tool("evaluation.evaluate", "--dataset", category_set, "-n", "mine", env=cli_env))
-    assert "Dataset 'mine' already exists" in line
+    assert "Dataset 'mine' already exists" in line and "or keep the dataset (--keep) to rebuild it." in line
     listing = json.loads(run_tool("cli.cli_datasets", "list", "--json", env=cli_env).stdout)
     assert sorted((d["name"], d["images"]) for d in listing) == [("evaluation-train", 40), ("mine", 12)]

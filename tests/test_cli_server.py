@@ -141,7 +141,7 @@ def dead_pid() -> int:
 
 def ingest_here(home: Path, folder: Path) -> None:
     from image_search.config import Settings
-    from image_search.engine import ImageSearch
+    from image_search.service import ImageSearch
     from image_search.ingest import ingest_folder
 
     engine = ImageSearch(Settings(data_home=home, model_name=TEST_MODEL, device="cpu", database=None))

@@ -15,7 +15,7 @@ import torch
 from PIL import Image
 
 from image_search.errors import UnsupportedQueryError
-from image_search.evaluation import evaluate_self_retrieval
+from image_search.retrieval_quality import evaluate_self_retrieval
 from image_search.ingest import ingest_folder
 from image_search.models import load_model, parse_model_name
 from image_search.pipeline.decode import read_pixels

@@ -14,8 +14,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from cli.common import CLI_FIXES
 from image_search.ingest import ingest_folder, printable
 from image_search.search import search_by_image, search_by_text
+from server.server import APP_FIXES
 from tests.conftest import REPO
 
 
@@ -109,6 +111,12 @@ def test_symlinks_are_not_followed_by_default(sqlite_engine, tmp_path, photos):
     os.symlink(folder / "missing.jpg", folder / "dangling.jpg")
     report = ingest_folder(sqlite_engine, folder, "links", progress=False)
     assert report.total == 1 and report.symlinks_skipped == 4
+    said = "Did not follow 4 symbolic links ({})."
+    assert said.format("ingest with follow_symlinks=True to follow links that stay inside the folder") in report.lines()
+    assert said.format("use --follow-symlinks to follow links that stay inside the folder") in report.lines(
+        fixes=CLI_FIXES)
+    assert said.format("the app does not follow links; copy the files they point to into the folder to include "
+                       "them") in report.lines(fixes=APP_FIXES)
     followed = ingest_folder(sqlite_engine, folder, "links2", progress=False, follow_symlinks=True)
     paths = {r.path for r in search_by_text(sqlite_engine, "links2", "x", 10)}
     assert followed.total == 1 and paths == {str(folder / "inner" / "real.jpg")}  # loop ended, outside not read
@@ -163,7 +171,7 @@ def test_unreadable_files_are_reported(tmp_path, photos):
     shutil.copy(sorted(photos.iterdir())[2], folder / "closed" / "inside.jpg")
     os.chmod(folder / "closed", 0o000)
     home = tmp_path / "perm-home"
-    script = ("from image_search.engine import ImageSearch; from image_search.config import Settings;"
+    script = ("from image_search.service import ImageSearch; from image_search.config import Settings;"
               "from image_search.ingest import ingest_folder; from pathlib import Path;"
               f"e = ImageSearch(Settings(Path({str(home)!r}), 'test-tiny', 'cpu', None));"
               f"r = ingest_folder(e, {str(folder)!r}, 'perm', progress=False, workers=0);"

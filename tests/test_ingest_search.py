@@ -11,6 +11,7 @@ import pytest
 from image_search.errors import (DatasetNotFoundError, InvalidInputError, ModelMismatchError)
 from image_search.ingest import ingest_folder
 from image_search.search import search_by_image, search_by_text
+from tests.conftest import assert_spelled_by_each_face
 
 
 def test_ingest_reports_broken_files_and_indexes_the_rest(engine, mixed_folder):
@@ -71,8 +72,10 @@ def test_unknown_dataset_and_bad_queries(engine, mixed_folder, tmp_path):
 
 def test_query_with_another_model_is_refused(engine, mixed_folder):
     ingest_folder(engine, mixed_folder, "case1", progress=False)
-    with pytest.raises(ModelMismatchError, match="built with model test-tiny"):
+    with pytest.raises(ModelMismatchError, match="built with model test-tiny") as mismatch:
         search_by_text(engine, "case1", "cat", model_name="ViT-B-32:random")
+    assert_spelled_by_each_face(mismatch.value, "cannot be searched with ViT-B-32:random; leave out --model to use "
+                                "test-tiny.", "search it with its own model, test-tiny.")
 
 
 def test_bad_dataset_names_are_refused_and_store_untouched(engine, mixed_folder):
@@ -100,11 +103,11 @@ def test_list_and_delete(engine, mixed_folder):
     assert [d.name for d in engine.datasets()] == ["one", "two"]
     index_folder = engine.data_home / "indexes" / engine.dataset("one").uid
     assert index_folder.is_dir()
-    engine.delete_dataset("one")
+    engine.delete("one")
     assert [d.name for d in engine.datasets()] == ["two"]
     assert not index_folder.exists()
     with pytest.raises(DatasetNotFoundError):
-        engine.delete_dataset("one")
+        engine.delete("one")
     assert len(search_by_text(engine, "two", "cat", 3)) == 3
 
 

@@ -14,10 +14,11 @@ import pytest
 from evaluation.sample_images import write_photos
 from image_search import vectors
 from image_search.config import IndexSettings, load_settings
-from image_search.engine import ImageSearch
-from image_search.errors import DatasetNotFoundError, InvalidInputError
+from image_search.service import ImageSearch
+from image_search.errors import DatasetChangedError, DatasetNotFoundError, InvalidInputError
 from image_search.ingest import ingest_folder
-from image_search.search import TextVectorCache, search_by_text, search_vectors, text_vectors
+from image_search.search import (SearchFilter, TextVectorCache, allowed_ids, search_by_image, search_by_text,
+                                 search_vectors)
 from tests.conftest import run_tool
 
 
@@ -141,7 +142,7 @@ def test_a_warm_engine_notices_changes_and_deletion(settings, photos, tmp_path):
         ingest_folder(other, folder, "case1", progress=False)
         assert str(new[0]) in {r.path for r in search_by_text(warm, "case1", "a photo", 50)}
 
-        other.delete_dataset("case1")
+        other.delete("case1")
         with pytest.raises(DatasetNotFoundError):
             search_by_text(warm, "case1", "a photo", 3)
     finally:
@@ -158,7 +159,7 @@ def test_a_warm_engine_is_not_fooled_by_a_new_dataset_of_the_same_name(settings,
         ingest_folder(other, photos, "case1", progress=False)
         first_record = other.dataset("case1")
         assert len(search_by_text(warm, "case1", "a photo", 50)) == 12
-        other.delete_dataset("case1")
+        other.delete("case1")
         ingest_folder(other, second, "case1", progress=False)
         record = other.dataset("case1")
         assert record.generation == first_record.generation  # only the uid tells them apart
@@ -187,6 +188,46 @@ def test_an_empty_cached_dataset_is_still_checked(settings, photos, tmp_path):
         other.close()
 
 
+def test_every_kind_of_search_reads_the_new_state_when_the_one_it_began_with_was_replaced(settings, photos,
+                                                                                        tmp_path, monkeypatch):
+    """A cold search reads the dataset's row, then its index file; when an ingest elsewhere replaced that
+    generation in between (and removed its file), the search's one retry loop reads the new state."""
+    folder = tmp_path / "case"
+    shutil.copytree(photos, folder)
+    searcher, other = ImageSearch(settings), ImageSearch(settings)
+    try:
+        ingest_folder(other, folder, "case1", progress=False)
+        stale = other.dataset("case1")
+        write_photos(folder, 1, megapixels=0.1, seed=42, prefix="added")
+        ingest_folder(other, folder, "case1", progress=False)
+        with pytest.raises(DatasetChangedError):
+            searcher.index_of(stale)
+        vectors_of_one = other.model("test-tiny").encode_texts(["a photo"])
+        searches = {"text": lambda: search_by_text(searcher, "case1", "a photo", 50),
+                    "image": lambda: search_by_image(searcher, "case1", folder / "photo_00001.jpg", 50),
+                    "vectors": lambda: search_vectors(searcher, "case1", vectors_of_one, 50)[0]}
+        current = searcher.dataset
+        for kind, search in searches.items():
+            reads = []
+            monkeypatch.setattr(searcher, "dataset", lambda name: reads.append(name) or (
+                stale if len(reads) == 1 else current(name)))
+            searcher.forget_index("case1")
+            assert len(search()) == 13 and len(reads) == 2, kind
+    finally:
+        searcher.close()
+        other.close()
+
+
+def test_a_search_filter_without_conditions_allows_every_image(engine, photos):
+    ingest_folder(engine, photos, "case1", progress=False)
+    record = engine.dataset("case1")
+    assert SearchFilter().is_empty
+    assert allowed_ids(engine.store, record, None) is None
+    assert allowed_ids(engine.store, record, SearchFilter()) is None
+    unfiltered = search_by_text(engine, "case1", "a photo", 5)
+    assert search_by_text(engine, "case1", "a photo", 5, filters=SearchFilter()) == unfiltered
+
+
 def test_repeated_text_queries_are_embedded_once(engine, photos, monkeypatch):
     ingest_folder(engine, photos, "case1", progress=False)
     embedder = engine.model("test-tiny")
@@ -194,7 +235,7 @@ def test_repeated_text_queries_are_embedded_once(engine, photos, monkeypatch):
     original = type(embedder).encode_texts
     monkeypatch.setattr(type(embedder), "encode_texts", lambda self, texts: calls.append(list(texts))
                         or original(self, texts))
-    text_vectors.clear()
+    engine.text_vectors.clear()
     first = search_by_text(engine, "case1", "a red car", 5)
     again = search_by_text(engine, "case1", "  a red car ", 5)
     assert first == again and calls == [["a red car"]]

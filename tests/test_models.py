@@ -14,7 +14,7 @@ import pytest
 from cli.common import cli_message
 from image_search.errors import InvalidInputError, ModelError
 from image_search.models import WeightsSource, load_model, model_supports_text, parse_model_name
-from tests.conftest import REPO, empty_cache_env, run_tool
+from tests.conftest import REPO, assert_spelled_by_each_face, empty_cache_env, run_tool
 
 DEFAULT_MODEL = "ViT-B-32:laion2b_s34b_b79k"
 
@@ -75,8 +75,10 @@ def test_naming_a_model_imports_neither_torch_nor_open_clip():
 
 
 def test_missing_weights_file_says_how_to_fix(tmp_path):
-    with pytest.raises(ModelError, match="does not exist; copy the checkpoint there"):
+    with pytest.raises(ModelError, match="does not exist; copy the checkpoint there") as missing:
         load_model(f"ViT-B-32:{tmp_path / 'missing.bin'}", "cpu")
+    assert_spelled_by_each_face(missing.value, "does not exist; copy the checkpoint there or fix the path in --model "
+                                "/ IMAGE_SEARCH_MODEL.", "ask whoever runs the server to copy the checkpoint there")
 
 
 def test_undownloadable_pretrained_weights_say_how_to_fix(monkeypatch, caplog):
@@ -122,8 +124,10 @@ def test_cuda_request_without_gpu_is_a_clear_error():
 
     if torch.cuda.is_available():
         pytest.skip("this machine has a GPU")
-    with pytest.raises(InvalidInputError, match="no CUDA GPU"):
+    with pytest.raises(InvalidInputError, match="no CUDA GPU") as no_gpu:
         load_model("test-tiny", "cuda")
+    assert_spelled_by_each_face(no_gpu.value, "no CUDA GPU is available; use --device cpu.",
+                                "ask whoever runs the server to restart it on the CPU")
 
 
 def test_text_support_is_known_without_loading_the_model():

@@ -501,16 +501,17 @@ def test_an_ingest_runs_on_a_thread_that_ends_with_it(sqlite_engine, photos, tmp
     """OpenMP keeps a pool of workers for every thread that ran parallel work, for as long as it lives; extra
     pools make each operator of later queries wait for a sleeping worker (image_search/runtime/threads.py). The
     server's request threads live for ever, so an ingest runs its model on a thread that ends with it."""
+    import image_search.ingest
     import server.server as server_module
 
     ingest_threads = []
-    real_ingest = server_module.ingest_folder
+    real_ingest = image_search.ingest.ingest_folder
 
     def recording_ingest(*args, **kwargs):
         ingest_threads.append(threading.current_thread())
         return real_ingest(*args, **kwargs)
 
-    monkeypatch.setattr(server_module, "ingest_folder", recording_ingest)
+    monkeypatch.setattr(image_search.ingest, "ingest_folder", recording_ingest)  # what ImageSearch.ingest runs
     client = server_module.create_server(sqlite_engine).app.test_client()
     folder = copy_photos(photos, tmp_path / "photos", 3)
     response = client.post("/dataset_processing", json={"inputs": {"input_dir": {"path": str(folder)}},
@@ -530,7 +531,7 @@ def weightless_server(photos, tmp_path_factory):
     """The default model (ViT-B-32:laion2b_s34b_b79k) with empty download caches and this machine's real network
     (no internet), on a store holding one dataset built with the image-only efficientnet-lite0."""
     from image_search.config import Settings
-    from image_search.engine import ImageSearch
+    from image_search.service import ImageSearch
     from image_search.ingest import ingest_folder
 
     home = tmp_path_factory.mktemp("weightless-home")
@@ -578,8 +579,9 @@ def test_text_form_says_why_when_no_dataset_can_answer_text(weightless_server):
 
 def test_every_fix_is_spelled_by_both_faces():
     from cli.common import CLI_FIXES
-    from image_search.errors import Fix
+    from image_search.errors import API_FIXES, Fix
     from server.server import APP_FIXES
 
-    assert set(CLI_FIXES) == set(Fix) == set(APP_FIXES)
-    assert all("--" not in spelling for spelling in APP_FIXES.values())
+    assert set(CLI_FIXES) == set(Fix) == set(APP_FIXES) == set(API_FIXES)
+    assert all("--" not in spelling and "python -m" not in spelling
+               for spelling in (*APP_FIXES.values(), *API_FIXES.values()))

@@ -25,7 +25,7 @@ import pytest
 
 from evaluation.sample_images import write_photos
 from image_search.config import Settings
-from image_search.engine import ImageSearch
+from image_search.service import ImageSearch
 from image_search.errors import StoreUnavailableError
 from image_search.ingest import ingest_folder
 from image_search.search import search_by_text

@@ -15,11 +15,11 @@ import pytest
 from PIL import Image
 
 from image_search.config import Settings
-from image_search.engine import ImageSearch
+from image_search.service import ImageSearch
 from image_search.errors import DatasetBusyError, IndexCorruptError, InvalidInputError, ModelMismatchError
 from image_search.ingest import ingest_folder
 from image_search.search import search_by_text
-from tests.conftest import REPO, TEST_MODEL, run_tool
+from tests.conftest import REPO, TEST_MODEL, assert_spelled_by_each_face, run_tool
 
 
 def dataset_paths(engine: ImageSearch, name: str) -> set[str]:
@@ -66,6 +66,24 @@ def test_reingest_is_incremental(engine, case_folder, photos):
     assert "reused 4 unchanged; removed 2" in "\n".join(second.lines())
 
 
+def test_an_ingest_reads_the_dataset_row_once(engine, case_folder, photos, monkeypatch):
+    ingest_folder(engine, case_folder, "case", progress=False)
+    statements = []
+    execute = engine.store._execute
+    monkeypatch.setattr(engine.store, "_execute", lambda cursor, statement, params=(): statements.append(statement)
+                        or execute(cursor, statement, params))
+
+    def row_reads() -> int:
+        return sum("FROM datasets WHERE name = ?" in statement for statement in statements)
+
+    ingest_folder(engine, case_folder, "case", progress=False)  # unchanged: nothing to commit
+    assert row_reads() == 1  # the plan's (it was two, the load of the working index read it again)
+    statements.clear()
+    evolve(case_folder, photos)
+    ingest_folder(engine, case_folder, "case", progress=False)
+    assert row_reads() == 2  # the plan's, and the store's own when its commit returns the new record
+
+
 def test_rebuild_and_refusals(engine, case_folder, tmp_path, photos):
     ingest_folder(engine, case_folder, "case", progress=False)
     rebuilt = ingest_folder(engine, case_folder, "case", progress=False, rebuild=True)
@@ -74,10 +92,14 @@ def test_rebuild_and_refusals(engine, case_folder, tmp_path, photos):
     other = tmp_path / "other"
     other.mkdir()
     shutil.copy(sorted(photos.iterdir())[9], other / "x.jpg")
-    with pytest.raises(InvalidInputError, match="was built from .*--rebuild"):
+    with pytest.raises(InvalidInputError, match="was built from .*rebuild=True") as other_folder:
         ingest_folder(engine, other, "case", progress=False)
-    with pytest.raises(ModelMismatchError, match="--rebuild"):
+    assert_spelled_by_each_face(other_folder.value, "use --rebuild to replace it with this folder",
+                                "delete that dataset first")
+    with pytest.raises(ModelMismatchError, match="rebuild=True") as other_model:
         ingest_folder(engine, case_folder, "case", progress=False, model_name="ViT-B-32:random")
+    assert_spelled_by_each_face(other_model.value, "use --rebuild to re-embed it with the new model, or leave out "
+                                "--model.", "delete the dataset and ingest its folder again")
     assert engine.dataset("case").image_count == 6  # refusals changed nothing
     replaced = ingest_folder(engine, other, "case", progress=False, rebuild=True)
     assert replaced.total == 1 and dataset_paths(engine, "case") == {str(other / "x.jpg")}
@@ -93,12 +115,15 @@ def test_index_and_metadata_disagreeing_is_reported_with_the_repair_command(engi
     damaged.remove_ids(faiss.IDSelectorRange(1, 3))
     faiss.write_index(damaged, str(index_path))
     fresh = ImageSearch(engine.settings)
-    with pytest.raises(IndexCorruptError, match="does not match its metadata .*--rebuild"):
+    repair = f"repair it with: python -m cli.cli_preprocess -i '{record.root}' -n case --rebuild"
+    with pytest.raises(IndexCorruptError, match="does not match its metadata .*rebuild=True") as mismatch:
         search_by_text(fresh, "case", "x")
+    assert_spelled_by_each_face(mismatch.value, f"); {repair}", "repair it by deleting the dataset")
     index_path.unlink()
     fresh = ImageSearch(engine.settings)
-    with pytest.raises(IndexCorruptError, match="is missing; repair it with: python -m cli.cli_preprocess"):
+    with pytest.raises(IndexCorruptError, match="is missing; repair it by ingesting") as missing:
         search_by_text(fresh, "case", "x")
+    assert_spelled_by_each_face(missing.value, f"is missing; {repair}", f"ingesting its folder ({record.root}) again")
     repaired = ingest_folder(fresh, case_folder, "case", progress=False, rebuild=True)
     assert repaired.total == 6 and len(dataset_paths(fresh, "case")) == 6
 

@@ -10,7 +10,7 @@ import pytest
 from evaluation.synthetic_vectors import SyntheticCollection
 from image_search import vectors
 from image_search.config import IndexSettings
-from image_search.engine import ImageSearch
+from image_search.service import ImageSearch
 from image_search.ingest import ingest_folder
 from image_search.vectors import policy
 

@@ -22,10 +22,10 @@ neither torch nor open_clip (4 s together); the first model built does.
 from .base import Embedder, ModelFamily, ModelSpec, resolve_device
 from .clip import TEST_TINY, ClipEmbedder
 from .efficientnet import EFFICIENTNET_LITE0
-from .loading import build_reference_model, load_model
+from .loading import ModelCache, build_reference_model, load_model, shared_models
 from .registry import model_supports_text, parse_model_name
 from .weights import WeightsSource, check_weights_obtainable, hub_reachable
 
-__all__ = ["EFFICIENTNET_LITE0", "TEST_TINY", "ClipEmbedder", "Embedder", "ModelFamily", "ModelSpec",
+__all__ = ["EFFICIENTNET_LITE0", "TEST_TINY", "ClipEmbedder", "Embedder", "ModelCache", "ModelFamily", "ModelSpec",
            "WeightsSource", "build_reference_model", "check_weights_obtainable", "hub_reachable", "load_model",
-           "model_supports_text", "parse_model_name", "resolve_device"]
+           "model_supports_text", "parse_model_name", "resolve_device", "shared_models"]

@@ -15,7 +15,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from ..errors import InvalidInputError, ModelError
+from ..errors import Fix, InvalidInputError, ModelError
 from ..runtime.threads import run_query_work
 
 
@@ -59,7 +59,7 @@ def resolve_device(requested: str | None) -> str:
     if requested in (None, "", "auto"):
         return "cuda" if torch.cuda.is_available() else "cpu"
     if requested.startswith("cuda") and not torch.cuda.is_available():
-        raise InvalidInputError(f"Device '{requested}' was asked for but no CUDA GPU is available; use --device cpu.")
+        raise InvalidInputError(f"Device '{requested}' was asked for but no CUDA GPU is available.", fix=Fix.USE_CPU)
     if requested != "cpu" and not requested.startswith("cuda"):
         raise InvalidInputError(f"Device '{requested}' is not supported; use cpu, cuda or cuda:N.")
     return requested

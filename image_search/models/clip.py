@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import ModelError
+from ..errors import Fix, ModelError
 from ..runtime.threads import run_in_passing_thread
 from .base import Embedder, ModelFamily, ModelSpec
 from .cpu import tower_forms
@@ -175,8 +175,8 @@ def _build_clip(spec: ModelSpec, device: str, *, tuned_for_cpu: bool = True) -> 
         raise ModelError(f"Unknown CLIP architecture '{spec.architecture}' in model '{spec.name}'; "
                          f"pick one of open_clip's architectures, e.g. ViT-B-32, ViT-L-14.")
     if spec.weights and looks_like_path(spec.weights) and not Path(spec.weights).is_file():
-        raise ModelError(f"The weights file {spec.weights} for model '{spec.name}' does not exist; copy the "
-                         "checkpoint there or fix the path in --model / IMAGE_SEARCH_MODEL.")
+        raise ModelError(f"The weights file {spec.weights} for model '{spec.name}' does not exist.",
+                         fix=Fix.WEIGHTS_FILE_MISSING)
     precision = "fp16" if device.startswith("cuda") else "fp32"
     # open_clip and huggingface_hub log the failure (and every download retry) that we re-raise as one sentence
     noisy = [logging.getLogger(), logging.getLogger("huggingface_hub")]

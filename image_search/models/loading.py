@@ -11,33 +11,45 @@ from .clip import TEST_TINY, ClipEmbedder, _build_clip
 from .registry import parse_model_name
 from .weights import check_weights_obtainable
 
-_cache: dict[tuple[str, str], Embedder] = {}
-_built: set[str] = set()  # names of the models in _cache, whatever their device
-_loading_locks: dict[tuple[str, str], threading.Lock] = {}
-_cache_lock = threading.Lock()
-
-
-def load_model(name: str, device: str | None = None) -> Embedder:
-    """Load (once per process) the model with this name on this device.
+class ModelCache:
+    """The models one owner has loaded (an ImageSearch holds one): each model is built once per device.
 
     Each model has its own loading lock, so a slow first load (a weights download) never holds up requests that
     use a model which is already loaded.
     """
-    spec = parse_model_name(name)
-    if spec.name not in _built:
-        # before resolve_device imports torch: weights that cannot be had are reported within a second
-        check_weights_obtainable(spec)
-    key = (spec.name, resolve_device(device))
-    cached = _cache.get(key)
-    if cached is not None:
-        return cached
-    with _cache_lock:
-        loading = _loading_locks.setdefault(key, threading.Lock())
-    with loading:
-        if key not in _cache:
-            _cache[key] = run_in_passing_thread(_build, spec, key[1])
-            _built.add(spec.name)
-        return _cache[key]
+
+    def __init__(self) -> None:
+        self._models: dict[tuple[str, str], Embedder] = {}
+        self._built: set[str] = set()  # names of the models held, whatever their device
+        self._loading_locks: dict[tuple[str, str], threading.Lock] = {}
+        self._lock = threading.Lock()
+
+    def load(self, name: str, device: str | None = None) -> Embedder:
+        spec = parse_model_name(name)
+        if spec.name not in self._built:
+            # before resolve_device imports torch: weights that cannot be had are reported within a second
+            check_weights_obtainable(spec)
+        key = (spec.name, resolve_device(device))
+        cached = self._models.get(key)
+        if cached is not None:
+            return cached
+        with self._lock:
+            loading = self._loading_locks.setdefault(key, threading.Lock())
+        with loading:
+            if key not in self._models:
+                self._models[key] = run_in_passing_thread(_build, spec, key[1])
+                self._built.add(spec.name)
+            return self._models[key]
+
+
+# load_model's models, for callers that hold no ImageSearch (benchmarks, tests); ImageSearch(models=shared_models)
+# shares them with such callers.
+shared_models = ModelCache()
+
+
+def load_model(name: str, device: str | None = None) -> Embedder:
+    """Load (once per process) the model with this name on this device."""
+    return shared_models.load(name, device)
 
 
 def _build(spec: ModelSpec, device: str) -> Embedder:

@@ -14,17 +14,19 @@ import os
 import re
 import uuid
 from dataclasses import dataclass
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
 import numpy as np
 
 from .pipeline.batches import embed_files
-from .engine import ImageSearch
-from .errors import InvalidInputError
+from .errors import Fix, InvalidInputError
 from .pipeline.scan import scan_folder
 from .ingest import check_input_folder, ingest_folder, printable
 from .datasets.names import validate_dataset_name
 from .search import SearchResult, search_vectors
+
+if TYPE_CHECKING:
+    from .service import ImageSearch
 
 _TRAILING_NUMBER = re.compile(r"_\d+$")
 KEPT_CATEGORY_DATASET = "evaluation-train"  # the original's name for the category evaluation's dataset
@@ -147,7 +149,7 @@ def evaluate_categories(engine: ImageSearch, dataset_dir, name: str | None = Non
     name = validate_dataset_name(name)
     if not keep and engine.store.get_dataset(name) is not None:
         raise InvalidInputError(f"Dataset '{name}' already exists, and the evaluation deletes its dataset when it "
-                                "ends; choose another name, or keep the dataset (--keep) to rebuild it.")
+                                "ends.", fix=Fix.KEEP_EVALUATION_DATASET)
     try:
         report = ingest_folder(engine, train, name, model_name=model_name, batch_size=batch_size, workers=workers,
                                progress=progress, rebuild=True)
@@ -155,7 +157,7 @@ def evaluate_categories(engine: ImageSearch, dataset_dir, name: str | None = Non
                                  progress=progress)
     finally:
         if not keep and engine.store.get_dataset(name) is not None:
-            engine.delete_dataset(name)
+            engine.delete(name)
 
 
 def _score_categories(engine: ImageSearch, name: str, val: str, depth: int, *, batch_size, workers,
