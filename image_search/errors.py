@@ -7,7 +7,8 @@ the server returns it as a 400 (or 503 for an unavailable service).
 Where what to do depends on who reads it (a command-line flag for someone at the terminal, a form or a request to
 the server's operator for someone in the app), the error carries a Fix: str(error) spells it in the Python API's
 words (API_FIXES), and each face spells it in its own with ImageSearchError.with_fix (the command line's
-CLI_FIXES, the app's APP_FIXES in server/server.py).
+CLI_FIXES in image_search/command_line.py, the only module of the core that names flags; the app's APP_FIXES in
+server/server.py).
 """
 
 from __future__ import annotations

@@ -156,9 +156,6 @@ class ImageSearch:
                     self._store = store
         return self._store
 
-    def model(self, name: str) -> Embedder:
-        return self.models.load(name, self.settings.device)
-
     @property
     def store_description(self) -> str:
         """Where the metadata lives, in words (a database server or the SQLite file)."""
