@@ -232,3 +232,21 @@ def test_url_weights_are_looked_up_in_open_clips_folder(monkeypatch, tmp_path):
 def test_unknown_pretrained_tag_lists_the_known_ones():
     with pytest.raises(ModelError, match="'nosuchtag' is not a pretrained tag of ViT-B-32.*laion2b_s34b_b79k"):
         load_model("ViT-B-32:nosuchtag", "cpu")
+
+
+def test_the_pretrained_table_falls_back_to_open_clip_when_it_cannot_be_read_alone(monkeypatch):
+    """If a future open_clip's table needs more than the light load allows, the real module is used instead."""
+    import sys
+
+    from image_search.models import weights
+
+    for name in [n for n in sys.modules if n.startswith(weights._PRETRAINED_TABLE)]:
+        monkeypatch.delitem(sys.modules, name)
+
+    def refuse_everything(name, *args, **kwargs):
+        raise ImportError(f"{name} refused by the test")
+
+    monkeypatch.setattr(weights, "_import_without_torch", refuse_everything)
+    table = weights._open_clip_pretrained()
+    assert table.__name__ == "open_clip.pretrained"
+    assert "laion2b_s34b_b79k" in table.list_pretrained_tags_by_model("ViT-B-32")
