@@ -334,3 +334,31 @@ def test_the_app_says_how_many_images_were_recovered(sqlite_engine, tmp_path):
                                                         "parameters": {"dataset_name": "case"}})
     assert response.status_code == 200, response.get_json()
     assert "Recovered 16 images that the interrupted ingest had embedded" in response.get_json()["value"]
+
+
+def test_the_checkpoint_setting_is_read_and_checked(monkeypatch):
+    from image_search.config import CHECKPOINT_IMAGES, load_settings
+    from image_search.errors import InvalidInputError
+
+    monkeypatch.delenv("IMAGE_SEARCH_CHECKPOINT_IMAGES", raising=False)
+    assert load_settings().checkpoints == CheckpointSettings(images=CHECKPOINT_IMAGES, seconds=60.0)
+    monkeypatch.setenv("IMAGE_SEARCH_CHECKPOINT_IMAGES", "500")
+    assert load_settings().checkpoints.images == 500
+    monkeypatch.setenv("IMAGE_SEARCH_CHECKPOINT_IMAGES", "0")
+    with pytest.raises(InvalidInputError, match="IMAGE_SEARCH_CHECKPOINT_IMAGES=0 is not valid"):
+        load_settings()
+
+
+def test_the_benchmark_measures_checkpoints_on_and_off(tmp_path):
+    """A smoke run only: the cost itself is measured by the benchmark on a quiet machine."""
+    output = tmp_path / "cost.json"
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("DB_", "IMAGE_SEARCH_"))}
+    env.update(PYTHONPATH=str(REPO), HF_HUB_OFFLINE="1", XDG_CACHE_HOME=str(tmp_path / "cache"))
+    done = run_tool("evaluation.benchmark_ingest", "--checkpoint-cost", "--count", 6, "--sizes", "0.05", "--model",
+                    "test-tiny", "--device", "cpu", "--batch-size", 2, "--checkpoint-images", 2, "--corpus",
+                    tmp_path / "corpus", "--json", output, env=env)
+    assert done.returncode == 0, done.stderr
+    (row,) = json.loads(output.read_text())["results"]
+    assert row["images"] == 6 and row["checkpoints_written"] == 3 and row["checkpoint_seconds"] > 0
+    assert row["off_images_per_second"] > 0 and row["on_images_per_second"] > 0
+    assert "without checkpoints" in done.stdout
