@@ -362,3 +362,40 @@ def test_the_benchmark_measures_checkpoints_on_and_off(tmp_path):
     assert row["images"] == 6 and row["checkpoints_written"] == 3 and row["checkpoint_seconds"] > 0
     assert row["off_images_per_second"] > 0 and row["on_images_per_second"] > 0
     assert "without checkpoints" in done.stdout
+
+
+def test_what_was_captured_about_each_file_survives_the_checkpoints(engine, tmp_path):
+    """Every field of ImageRecord goes through a checkpoint, the facts of issue 13 (ImageFacts) too."""
+    import hashlib
+
+    from image_search.store import ImageFacts
+
+    def facts_of(path: str) -> ImageFacts:
+        data = Path(path).read_bytes()
+        return ImageFacts(sha256=hashlib.sha256(data).hexdigest(), md5=hashlib.md5(data).hexdigest(), width=len(data),
+                          height=7, format="JPEG", taken_at="2024-05-01T10:00:00", taken_offset="+02:00",
+                          camera_make="Canon", camera_model="EOS \u00e9", lens=None, gps_lat=-33.856784,
+                          gps_lon=151.215297, orientation=6)
+
+    def capturing(after_batches: int | None):
+        """The local embedding step, with the facts a capturing reader would attach to each batch."""
+        def embed(embedder, paths, **kwargs):
+            for number, batch in enumerate(embed_locally(embedder, paths, **kwargs)):
+                if number == after_batches:
+                    raise RuntimeError("the ingest died here")
+                batch.facts = [facts_of(paths[position]) for position in batch.positions]
+                yield batch
+        return embed
+
+    folder = photo_folder(tmp_path, 24)
+    engine = with_every(engine)
+    with pytest.raises(RuntimeError):
+        ingest_folder(engine, folder, "case", batch_size=BATCH, progress=False, embed=capturing(2))
+    report = ingest_folder(engine, folder, "case", batch_size=BATCH, progress=False, embed=capturing(None))
+    assert report.recovered_images == 16
+    record = engine.dataset("case")
+    ids = [r.vector_id for r in engine.store.image_records(record.id)]
+    found, _ = engine.store.lookup_images(record.id, ids)
+    assert len(found) == 24
+    for image in found.values():
+        assert image.facts == facts_of(image.path), image.path

@@ -59,8 +59,8 @@ def ingest_folder(service: ImageSearch, input_dir, name: str, *, model_name: str
             for batch in embed(plan.embedder, paths, batch_size=batch_size, workers=workers, progress=progress):
                 report.skipped.extend((paths[position], reason) for position, reason in batch.skipped)
                 report.ignored += len(batch.ignored)
-                records = (generation.add(batch.vectors, [plan.to_embed[position] for position in batch.positions])
-                           if batch.positions else [])
+                files = [plan.to_embed[position] for position in batch.positions]
+                records = generation.add(batch.vectors, files, batch.facts) if files else []
                 checkpoints.add(batch.vectors, records)
                 if delay:
                     time.sleep(delay)

@@ -23,7 +23,7 @@ import numpy as np
 
 from .. import vectors
 from ..pipeline.scan import FileEntry
-from ..store import DatasetRecord, ImageRecord, NewDataset
+from ..store import DatasetRecord, ImageFacts, ImageRecord, NewDataset
 from ..vectors import VectorIndex
 from .checkpoint import discard_checkpoints
 
@@ -90,11 +90,14 @@ class NewGeneration:
     next_id: int  # the next unused vector id
     added: list[ImageRecord] = field(default_factory=list)
 
-    def add(self, vectors_of_files: np.ndarray, files: Sequence[FileEntry]) -> list[ImageRecord]:
-        """Add the vectors of these files (one row per file) under new vector ids; their records."""
+    def add(self, vectors_of_files: np.ndarray, files: Sequence[FileEntry],
+            facts: Sequence[ImageFacts | None] = ()) -> list[ImageRecord]:
+        """Add the vectors of these files (one row per file) under new vector ids, with what was captured about
+        each file (facts aligned with files; empty: nothing captured); their records."""
         ids = range(self.next_id, self.next_id + len(files))
-        records = [ImageRecord(vector_id, entry.path, entry.size, entry.mtime_ns)
-                   for vector_id, entry in zip(ids, files)]
+        facts = list(facts) or [None] * len(files)
+        records = [ImageRecord(vector_id, entry.path, entry.size, entry.mtime_ns, file_facts)
+                   for vector_id, entry, file_facts in zip(ids, files, facts)]
         self.add_records(vectors_of_files, records)
         return records
 
