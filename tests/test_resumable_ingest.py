@@ -270,6 +270,10 @@ def test_checkpoints_of_another_folder_or_dataset_state_are_discarded_with_a_not
         assert not checkpoint_folder(engine.data_home, "case").exists()
         interrupt(engine, other, "case", after_batches=2)  # the same state's checkpoints again
     assert len(read_saved_work(engine.data_home, "case", record, **same).records) == 16
+    (checkpoint_folder(engine.data_home, "case") / "owner.json").write_text('{"format": 1, "uid": ')
+    assert read_saved_work(engine.data_home, "case", record, **same).notes == [
+        "The checkpoints of an interrupted ingest of 'case' could not be read (their owner.json is damaged); "
+        "discarded them."]
 
 
 def test_a_rebuild_discards_checkpoints_and_a_commit_cleans_them(engine, tmp_path):

@@ -104,10 +104,15 @@ def read_saved_work(data_home: Path, name: str, existing: DatasetRecord | None, 
         return SavedWork()
     try:
         owner = _read_owner(folder / _OWNER)
-    except (OSError, ValueError, TypeError, KeyError):
+        chunks = _chunk_files(folder)
+    except FileNotFoundError:  # killed as it started them, before it saved anything
         discard_checkpoints(data_home, name)
-        return SavedWork(notes=[f"The checkpoints of an interrupted ingest of '{name}' could not be read (their "
-                                "owner.json is missing or damaged); discarded them."])
+        return SavedWork()
+    except (OSError, ValueError, TypeError, KeyError) as error:
+        discard_checkpoints(data_home, name)
+        reason = error.strerror if isinstance(error, OSError) else "their owner.json is damaged"
+        return SavedWork(notes=[f"The checkpoints of an interrupted ingest of '{name}' could not be read ({reason}); "
+                                "discarded them."])
     reason = owner.mismatch(existing, model, dim, root)
     if reason:
         discard_checkpoints(data_home, name)
@@ -115,7 +120,7 @@ def read_saved_work(data_home: Path, name: str, existing: DatasetRecord | None, 
 
     saved = SavedWork(owner=owner)
     latest: dict[str, tuple[ImageRecord, np.ndarray]] = {}  # path -> (record, vector) of the latest chunk
-    for number, files in sorted(_chunk_files(folder).items()):
+    for number, files in sorted(chunks.items()):
         saved.last_chunk = max(saved.last_chunk, number)
         try:
             records, vectors = _read_chunk(folder, number, files, dim)
@@ -225,6 +230,7 @@ class CheckpointWriter:
             replace_durably(self.folder / _OWNER, json.dumps({"format": FORMAT, **dataclasses.asdict(self.owner)})
                             .encode("ascii"))
             fsync_folder(self.folder.parent)
+            fsync_folder(self.folder.parent.parent)  # the journal folder may be new too
         except OSError as error:
             self._fail(error)
 
