@@ -8,6 +8,9 @@ run on this machine, with the same model and settings:
   (d) ingest  the real ingest_folder into a new dataset (SQLite in a temporary data folder)
 and prints images/s for each, d / min(a, b) and d / c. On CUDA it also measures (b) and (d) with JPEGs decoded on
 the GPU. --memory instead measures the peak memory of ingests of different sizes (default 1,000 and 5,000 images).
+--checkpoint-cost instead measures (d) with and without checkpoints (image_search/ingest/checkpoint.py), each
+right after the other, and what writing them took (--checkpoint-images N: one every N images, to see the cost of
+many on a small run; default: the ingest's own setting).
 Files are read from the page cache after the first pass: this measures computation, not the disk.
 """
 
@@ -24,7 +27,7 @@ import sys
 import tempfile
 import time
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 DEFAULT_MODEL = "ViT-B-32:random"
@@ -33,6 +36,7 @@ DEFAULT_COUNT = 200
 DEFAULT_NAIVE_COUNT = 24
 DEFAULT_MEMORY_COUNTS = "1000,5000"
 MEMORY_DISTINCT_PHOTOS = 200  # the memory check links its thousands of files to this many distinct photos
+_DEFAULT = object()  # timed_ingest's checkpoints when not given: the ingest's own setting
 
 
 # -- corpus -----------------------------------------------------------------------------------------------------
@@ -260,14 +264,23 @@ def environment(**values):
 
 def measure_ingest(folder: Path, data_home: Path, name: str, args, gpu_decode: bool) -> tuple[float, float, int, int]:
     """(d): the real ingest into a new dataset. Returns (images/s, seconds, indexed, skipped)."""
+    seconds, report = timed_ingest(folder, data_home, name, args, gpu_decode)
+    return report.indexed / seconds, seconds, report.indexed, len(report.skipped)
+
+
+def timed_ingest(folder: Path, data_home: Path, name: str, args, gpu_decode: bool, *, checkpoints=_DEFAULT):
+    """The real ingest into a new dataset: (seconds, IngestReport). checkpoints: CheckpointSettings, or None for
+    none (default: the ingest's own)."""
     from image_search.config import Settings
     from image_search.ingest import ingest_folder
     from image_search.models import shared_models
     from image_search.service import ImageSearch
 
+    settings = Settings(data_home=data_home, model_name=args.model, device=args.device, database=None)
+    if checkpoints is not _DEFAULT:
+        settings = replace(settings, checkpoints=checkpoints)
     # the model measured in (a) stays loaded: (d) times the ingest, not a second model load
-    engine = ImageSearch(Settings(data_home=data_home, model_name=args.model, device=args.device, database=None),
-                         models=shared_models)
+    engine = ImageSearch(settings, models=shared_models)
     try:
         with environment(IMAGE_SEARCH_GPU_DECODE="1" if gpu_decode else "0"):
             started = time.perf_counter()
@@ -276,7 +289,53 @@ def measure_ingest(folder: Path, data_home: Path, name: str, args, gpu_decode: b
             seconds = time.perf_counter() - started
     finally:
         engine.close()
-    return report.indexed / seconds, seconds, report.indexed, len(report.skipped)
+    return seconds, report
+
+
+# -- checkpoint cost --------------------------------------------------------------------------------------------
+def run_checkpoint_cost(args) -> dict:
+    """(d) without and with checkpoints, one right after the other, best of --repeat each."""
+    from image_search.config import CheckpointSettings
+    from image_search.models import load_model
+
+    embedder = load_model(args.model, args.device)
+    embedder.prepare_image_tower()
+    args.device = embedder.device
+    every = CheckpointSettings(images=args.checkpoint_images) if args.checkpoint_images else CheckpointSettings()
+    print(_machine_line(machine_info()))
+    print(f"Settings: model {embedder.name} on {embedder.device}, a checkpoint every {every.images} images or "
+          f"{every.seconds:g} s; best of {args.repeat}.", flush=True)
+    results = []
+    with tempfile.TemporaryDirectory(prefix="image-search-bench-") as scratch:
+        scratch = Path(scratch)
+        corpus = list(corpus_folders(args, scratch))
+        if corpus:  # one-time costs (creating the store, first imports) are not part of any row
+            warm_up = link_folder([Path(p) for p in image_files(corpus[0][1])[:2]], scratch / "warm-up")
+            timed_ingest(warm_up, scratch / "home", "warmup", args, False)
+        for label, folder in corpus:
+            best = {"off": None, "on": None}
+            for attempt in range(args.repeat):
+                for mode, checkpoints in (("off", None), ("on", every)):
+                    seconds, report = timed_ingest(folder, scratch / "home", f"cp-{mode}-{len(results)}-{attempt}",
+                                                   args, False, checkpoints=checkpoints)
+                    if best[mode] is None or seconds < best[mode][0]:
+                        best[mode] = (seconds, report)
+            (off_seconds, off), (on_seconds, on) = best["off"], best["on"]
+            row = {"label": label, "images": on.indexed, "off_images_per_second": round(off.indexed / off_seconds, 2),
+                   "on_images_per_second": round(on.indexed / on_seconds, 2),
+                   "cost": round(on_seconds / off_seconds - 1, 4), "checkpoints_written": on.checkpoints_written,
+                   "checkpoint_seconds": round(on.checkpoint_seconds, 3),
+                   "checkpoint_share": round(on.checkpoint_seconds / on_seconds, 4)}
+            results.append(row)
+            print(f"{label}: {row['off_images_per_second']:.1f} images/s without checkpoints, "
+                  f"{row['on_images_per_second']:.1f} with ({row['checkpoints_written']} written, "
+                  f"{row['checkpoint_seconds']:.2f} s on their thread, {100 * row['checkpoint_share']:.1f}% of the "
+                  f"ingest): {100 * row['cost']:+.1f}% time", flush=True)
+    return {"benchmark": "ingest-checkpoint-cost", "machine": machine_info(),
+            "settings": {"model": embedder.name, "device": embedder.device, "batch_size": args.batch_size,
+                         "workers": args.workers, "checkpoint_images": every.images,
+                         "checkpoint_seconds": every.seconds, "repeat": args.repeat},
+            "results": results}
 
 
 # -- the run ----------------------------------------------------------------------------------------------------
@@ -523,6 +582,11 @@ def parse_args(argv=None):
     parser.add_argument("--memory-size", type=float, default=0.3,
                         help="megapixels of the photos for --memory (default: 0.3)")
     parser.add_argument("--memory-child", metavar="DIR", help=argparse.SUPPRESS)
+    parser.add_argument("--checkpoint-cost", action="store_true",
+                        help="instead of speed, measure ingests with and without checkpoints")
+    parser.add_argument("--checkpoint-images", type=_positive, default=None,
+                        help="for --checkpoint-cost: a checkpoint every this many images (default: the ingest's "
+                             "own, 10,000 or a minute)")
     args = parser.parse_args(argv)
     if args.workers is not None and args.workers < 0:
         parser.error("--workers must be 0 or more")
@@ -537,7 +601,8 @@ def main(argv=None) -> int:
     from cli.common import print_result, text_to_stderr_under_json
 
     with text_to_stderr_under_json(args):
-        result = run_memory(args) if args.memory else run_speed(args)
+        result = (run_memory(args) if args.memory else run_checkpoint_cost(args) if args.checkpoint_cost
+                  else run_speed(args))
     print_result(args, None, result)
     return 0
 

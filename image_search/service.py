@@ -184,6 +184,9 @@ class ImageSearch:
         with self.lock(name, "delete"):
             record = self.store.delete_dataset(name)
             vectors.layout.remove_dataset_folder(self.data_home, record.uid)
+            from .ingest.checkpoint import discard_checkpoints  # here: a search starts without the ingest modules
+
+            discard_checkpoints(self.data_home, name)  # an interrupted ingest's work on it
         self.forget_index(name)
         return record
 

@@ -25,6 +25,7 @@ from .. import vectors
 from ..pipeline.scan import FileEntry
 from ..store import DatasetRecord, ImageFacts, ImageRecord, NewDataset
 from ..vectors import VectorIndex
+from .checkpoint import discard_checkpoints
 
 if TYPE_CHECKING:
     from ..service import ImageSearch
@@ -65,6 +66,7 @@ def recover_interrupted(service: ImageSearch, name: str, record: DatasetRecord |
     started = entry.get("started", "an earlier time")
     if record is not None and record.uid == entry["uid"] and record.generation == entry["new_generation"]:
         vectors.layout.remove_other_generations(service.data_home, record.uid, record.generation)
+        discard_checkpoints(service.data_home, name)  # they are in the committed generation
         message = (f"An earlier ingest of '{name}' (started {started}) was interrupted after it committed; "
                    "finished its clean-up.")
     else:
@@ -89,15 +91,25 @@ class NewGeneration:
     added: list[ImageRecord] = field(default_factory=list)
 
     def add(self, vectors_of_files: np.ndarray, files: Sequence[FileEntry],
-            facts: Sequence[ImageFacts | None] = ()) -> None:
+            facts: Sequence[ImageFacts | None] = ()) -> list[ImageRecord]:
         """Add the vectors of these files (one row per file) under new vector ids, with what was captured about
-        each file (facts aligned with files; empty: nothing captured)."""
-        ids = np.arange(self.next_id, self.next_id + len(files), dtype=np.int64)
-        self.next_id += len(files)
-        self.index.add(vectors_of_files, ids)
+        each file (facts aligned with files; empty: nothing captured); their records."""
+        ids = range(self.next_id, self.next_id + len(files))
         facts = list(facts) or [None] * len(files)
-        self.added.extend(ImageRecord(vector_id, entry.path, entry.size, entry.mtime_ns, file_facts)
-                          for vector_id, entry, file_facts in zip(ids.tolist(), files, facts))
+        records = [ImageRecord(vector_id, entry.path, entry.size, entry.mtime_ns, file_facts)
+                   for vector_id, entry, file_facts in zip(ids, files, facts)]
+        self.add_records(vectors_of_files, records)
+        return records
+
+    def add_records(self, vectors_of_files: np.ndarray, records: Sequence[ImageRecord]) -> None:
+        """Add vectors under the ids their records carry (one row per record): new ones, or ones an interrupted
+        ingest of the same base generation gave them (its checkpoints)."""
+        if not records:
+            return
+        ids = np.fromiter((record.vector_id for record in records), dtype=np.int64, count=len(records))
+        self.index.add(vectors_of_files, ids)
+        self.added.extend(records)
+        self.next_id = max(self.next_id, int(ids.max()) + 1)
 
 
 def start_generation(service: ImageSearch, plan: Plan) -> NewGeneration:
@@ -107,10 +119,15 @@ def start_generation(service: ImageSearch, plan: Plan) -> NewGeneration:
         index = service.index_of(existing).index.without(plan.removed_ids)
     else:
         index = vectors.new_index(plan.embedder.dim)
-    uid = existing.uid if existing else uuid.uuid4().hex
+    saved = plan.saved
+    # a new dataset keeps the uid an interrupted ingest of it gave it, whose checkpoints this one goes on with
+    uid = existing.uid if existing else (saved.owner.uid if saved.owner else uuid.uuid4().hex)
     base_generation = existing.generation if existing else 0
+    # new ids go above every id in the checkpoints kept on disk, used here or not
     generation = NewGeneration(uid, base_generation, base_generation + 1, index,
-                               existing.next_vector_id if existing else 1)
+                               max(existing.next_vector_id if existing else 1, saved.highest_id + 1))
+    if saved.records:
+        generation.add_records(saved.vectors, saved.records)
     _write_journal(service, plan.name, {"uid": uid, "base_generation": base_generation,
                                         "new_generation": generation.number, "pid": os.getpid(),
                                         "started": time.strftime("%Y-%m-%d %H:%M:%S")})
@@ -118,7 +135,9 @@ def start_generation(service: ImageSearch, plan: Plan) -> NewGeneration:
 
 
 def end_journal(service: ImageSearch, plan: Plan) -> None:
-    """The ingest committed, or wrote nothing: its journal entry goes."""
+    """The ingest committed, or wrote nothing: its checkpoints and then its journal entry go (a crash between the
+    two leaves the entry, and the next ingest finds the commit and removes the checkpoints)."""
+    discard_checkpoints(service.data_home, plan.name)
     _journal_path(service, plan.name).unlink(missing_ok=True)
 
 

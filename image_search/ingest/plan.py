@@ -4,14 +4,16 @@ The caller holds the dataset's lock. make_plan reads the dataset's row once (eve
 plan), finishes or rolls back an earlier ingest of it that was killed, chooses the model by the one model-match
 rule (image_search/search/query.py), loads it, and sorts the folder's files into unchanged (same size and
 modification time: their vectors are kept), new or changed (to embed) and gone (their vectors are removed); of the
-unchanged ones, those stored without facts (before schema 3) are read for their facts only (backfill.py).
+unchanged ones, those stored without facts (before schema 3) are read for their facts only (backfill.py). Of the
+files to embed, those an interrupted ingest of the same dataset state had embedded, and that are unchanged since,
+come from its checkpoints (checkpoint.py) instead.
 """
 
 from __future__ import annotations
 
 import os
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING
 
 from ..config import capture_requested
@@ -19,7 +21,8 @@ from ..errors import Fix, InvalidInputError
 from ..pipeline.scan import FileEntry, ScanResult, printable, scan_folder
 from ..models import Embedder
 from ..search.query import dataset_model
-from ..store import DatasetRecord
+from ..store import DatasetRecord, ImageRecord
+from .checkpoint import SavedWork, checkpoint_folder, discard_checkpoints, read_saved_work
 from .commit import recover_interrupted
 
 if TYPE_CHECKING:
@@ -36,11 +39,12 @@ class Plan:
     model_seconds: float  # loading the model (about 0 when the process had it loaded already)
     recovered: str | None  # what was done about an interrupted earlier ingest
     scan: ScanResult
-    to_embed: list[FileEntry]  # new or changed files (every file for a new dataset or a rebuild)
+    to_embed: list[FileEntry]  # new or changed files (every file for a new dataset or a rebuild), less `saved`'s
     reused: int  # unchanged files, whose vectors are kept
     removed_ids: list[int]  # vectors of files gone or changed (every vector, on a rebuild)
     # unchanged files whose rows have no facts (written before schema 3): (vector_id, file), filled in by backfill
     facts_missing: list[tuple[int, FileEntry]] = field(default_factory=list)
+    saved: SavedWork = field(default_factory=SavedWork)  # of the files to embed, those checkpoints hold
 
     @property
     def incremental(self) -> bool:
@@ -79,6 +83,11 @@ def choose_model(service: ImageSearch, root: str, existing: DatasetRecord | None
     return dataset_model(existing, requested, for_ingest=True)
 
 
+def unchanged(record: ImageRecord, entry: FileEntry) -> bool:
+    """Whether the file is the one the record was made from (the vector is kept; else it is embedded again)."""
+    return record.size == entry.size and record.mtime_ns == entry.mtime_ns
+
+
 def make_plan(service: ImageSearch, root: str, name: str, *, model_name: str | None, rebuild: bool,
               follow_symlinks: bool) -> Plan:
     existing = service.store.get_dataset(name)  # the one read of the dataset's row
@@ -97,7 +106,7 @@ def make_plan(service: ImageSearch, root: str, name: str, *, model_name: str | N
     to_embed, facts_missing = [], []
     for entry in scan.files:
         record = known.get(entry.path)
-        if record is not None and record.size == entry.size and record.mtime_ns == entry.mtime_ns:
+        if record is not None and unchanged(record, entry):
             keep_ids.add(record.vector_id)
             if record.vector_id in without_facts:
                 facts_missing.append((record.vector_id, entry))
@@ -106,6 +115,34 @@ def make_plan(service: ImageSearch, root: str, name: str, *, model_name: str | N
     removed_ids = [r.vector_id for r in known.values() if r.vector_id not in keep_ids]
     if existing is not None and rebuild:
         removed_ids = service.store.vector_ids(existing.id)
+    saved = resume(service, name, existing, rebuild, embedder, root, to_embed)
+    if saved.records:
+        recovered_paths = {record.path for record in saved.records}
+        to_embed = [entry for entry in to_embed if entry.path not in recovered_paths]
     return Plan(name=name, root=root, existing=existing, rebuild=rebuild, embedder=embedder,
                 model_seconds=model_seconds, recovered=recovered, scan=scan, to_embed=to_embed,
-                reused=len(keep_ids), removed_ids=removed_ids, facts_missing=facts_missing)
+                reused=len(keep_ids), removed_ids=removed_ids, facts_missing=facts_missing, saved=saved)
+
+
+def resume(service: ImageSearch, name: str, existing: DatasetRecord | None, rebuild: bool, embedder: Embedder,
+           root: str, to_embed: list[FileEntry]) -> SavedWork:
+    """What the checkpoints of an interrupted ingest hold of the files to embed, unchanged since (a rebuild starts
+    over: it discards them)."""
+    if rebuild:
+        if checkpoint_folder(service.data_home, name).is_dir():
+            discard_checkpoints(service.data_home, name)
+            return SavedWork(notes=[f"Discarded the checkpoints of an interrupted ingest of '{name}': a rebuild "
+                                    "embeds everything again."])
+        return SavedWork()
+    saved = read_saved_work(service.data_home, name, existing, model=embedder.name, dim=embedder.dim, root=root)
+    if not saved.records:
+        return saved
+    wanted = {entry.path: entry for entry in to_embed}
+    keep = [i for i, record in enumerate(saved.records)
+            if record.path in wanted and unchanged(record, wanted[record.path])]
+    stale = len(saved.records) - len(keep)
+    notes = list(saved.notes)
+    if stale:
+        notes.append(f"{stale} of the images in the checkpoints of '{name}' have changed or gone since; the ones "
+                     "still there are embedded again.")
+    return replace(saved, records=[saved.records[i] for i in keep], vectors=saved.vectors[keep], notes=notes)

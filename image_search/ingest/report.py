@@ -16,6 +16,7 @@ class IngestReport:
     model: str
     indexed: int = 0  # embedded in this run
     to_embed: int = 0  # new or changed files read for embedding (indexed, or skipped as unreadable)
+    recovered_images: int = 0  # new or changed files whose vectors came from an interrupted ingest's checkpoints
     model_seconds: float = 0.0  # loading the model (about 0 when the process had it loaded already)
     embed_seconds: float = 0.0  # reading and embedding only (no model loading, scanning or committing)
     reused: int = 0  # unchanged since the last ingest, not embedded again
@@ -28,7 +29,10 @@ class IngestReport:
     seconds: float = 0.0
     created: bool = False
     changed: bool = False
-    recovered: str | None = None
+    recovered: str | None = None  # what was done about an interrupted earlier ingest
+    notes: list[str] = field(default_factory=list)  # checkpoints discarded or damaged, or not written
+    checkpoints_written: int = 0  # chunks this run saved (ingest/checkpoint.py)
+    checkpoint_seconds: float = 0.0  # spent writing them, on a thread beside the embedding
 
     @property
     def images_per_second(self) -> float:
@@ -39,6 +43,10 @@ class IngestReport:
         lines = []
         if self.recovered:
             lines.append(self.recovered)
+        lines.extend(self.notes)
+        if self.recovered_images:
+            lines.append(f"Recovered {self.recovered_images} images that the interrupted ingest had embedded (from "
+                         "its checkpoints); they were not embedded again.")
         verb = "Created" if self.created else ("Updated" if self.changed else "Checked")
         lines.append(f"{verb} dataset '{self.dataset}' from {self.root} with model {self.model}: "
                      f"{self.total} images in the dataset.")
@@ -62,7 +70,8 @@ class IngestReport:
 
     def _time_split(self) -> str:
         """Where the time went: model loading apart from embedding, and a rate only when images were embedded."""
-        parts = [] if self.to_embed else ["nothing new or changed to embed"]
+        parts = [] if self.to_embed else [
+            "nothing else to embed" if self.recovered_images else "nothing new or changed to embed"]
         if self.model_seconds >= 0.05:  # a server has its model loaded already: nothing to report
             parts.append(f"model loading {self.model_seconds:.1f} s")
         if self.indexed:
@@ -80,5 +89,7 @@ class IngestReport:
             "images_per_second": round(self.images_per_second, 2) if self.indexed else None, "ignored": self.ignored,
             "skipped": [{"path": printable(p), "reason": r} for p, r in self.skipped],
             "symlinks_skipped": self.symlinks_skipped, "created": self.created, "changed": self.changed,
-            "recovered": self.recovered,
+            "recovered": self.recovered, "recovered_images": self.recovered_images, "notes": list(self.notes),
+            "checkpoints_written": self.checkpoints_written,
+            "checkpoint_seconds": round(self.checkpoint_seconds, 3),
         }

@@ -12,6 +12,7 @@ from typing import Callable, Iterable
 
 import numpy as np
 
+from ..durable_files import fsync_folder
 from .base import Chunks, Neighbours, UnreadableIndexFile, VectorIndex
 from .kinds import FLAT, HNSW, IVF, IVF_SQ8
 from .policy import TRAIN_ITERATIONS, TRAIN_PER_LIST
@@ -99,7 +100,7 @@ class FaissIndex(VectorIndex):
             with open(temporary, "rb+") as handle:
                 os.fsync(handle.fileno())
             os.replace(temporary, path)
-            _fsync_folder(path.parent)
+            fsync_folder(path.parent)
         finally:
             if temporary.exists():
                 temporary.unlink()
@@ -292,12 +293,3 @@ def _training_sample(chunks: Chunks, count: int, wanted: int) -> np.ndarray:
     parts = [vectors[rng.random(len(vectors)) < fraction] if fraction < 1 else vectors for _, vectors in chunks]
     return np.ascontiguousarray(np.concatenate(parts), dtype=np.float32)
 
-
-def _fsync_folder(folder: Path) -> None:
-    if os.name == "nt":
-        return
-    fd = os.open(folder, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
