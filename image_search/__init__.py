@@ -27,6 +27,7 @@ _PUBLIC = {
     "ingest": ["IngestReport"],
     "search": ["SearchFilter", "SearchResult", "check_num_results"],
     "store": ["DatasetRecord", "ImageFacts"],
+    "duplicates": ["DuplicateGroup", "Duplicates"],
     "retrieval_quality": ["CategoryRetrievalResult", "KEPT_CATEGORY_DATASET", "SelfRetrievalResult"],
     "errors": ["API_FIXES", "DatasetBusyError", "DatasetChangedError", "DatasetExistsError", "DatasetNotFoundError",
                "Fix", "ImageSearchError", "IndexCorruptError", "InvalidInputError", "ModelError", "ModelMismatchError",
