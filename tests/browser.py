@@ -45,6 +45,20 @@ def install_chromium() -> str | None:
     return find_chromium()
 
 
+def require_chromium() -> str:
+    """Chromium's path, installed first when missing; a test is skipped, with the reason, only when it can be
+    neither found nor installed, and in CI (CI=true, as .ci/run sets, which installs it) it fails instead."""
+    import pytest
+
+    executable = find_chromium() or install_chromium()
+    if executable is None:
+        reason = "Chromium is not installed and cannot be installed here (apt-get install chromium)"
+        if os.environ.get("CI"):
+            pytest.fail(reason)
+        pytest.skip(reason)
+    return executable
+
+
 class BrowserError(Exception):
     pass
 
