@@ -25,12 +25,12 @@ HNSW_EF_SEARCH = 512  # recall@10 0.968 at 100k on the benchmark (256: 0.951)
 _BUILD_CHUNK = 65_536
 
 # The neighbour graph of near-copies (similar_pairs) asks each stored vector for its closest few, which sit in the
-# lists nearest to it, so it scans far fewer lists than a text query needs: on 100,000 synthetic vectors with 1,000
-# planted copies at cosine 0.905-0.995 (evaluation/benchmark_duplicates.py --nprobe 1,2,4,8), 1 list found 96.0% of the copies, 2
-# 99.3%, 4 and more 99.9%, each doubling doubling the time; 8 leaves room for copies further away (efficientnet-
-# lite0's threshold is 0.76). An HNSW graph is walked with GROUPING_EF_SEARCH for the same reason. An exact index
-# above FLAT_GROUPING_MAX vectors would compare every pair (n^2: hours at 1M), so its graph is found through an IVF
-# copy of its vectors instead.
+# lists nearest to it, so it scans far fewer lists than a text query needs: on 100,000 synthetic vectors with
+# 1,000 planted copies at cosine 0.905-0.995 (evaluation/benchmark_duplicates.py --nprobe 1,2,4,8), 1 list found
+# 96.0% of the copies, 2 99.3%, 4 and more 99.9%, each doubling about doubling the time; 8 leaves room for copies
+# further away (efficientnet-lite0's threshold is 0.76). An HNSW graph is walked with GROUPING_EF_SEARCH for the
+# same reason. An exact index above FLAT_GROUPING_MAX vectors would compare every pair (n^2: hours at 1M), so its
+# graph is found through an IVF copy of its vectors instead.
 GROUPING_NPROBE = 8
 GROUPING_EF_SEARCH = 64
 FLAT_GROUPING_MAX = 50_000
