@@ -415,7 +415,7 @@ def create_server(engine: ImageSearch) -> MLServer:
     @task("finding duplicates")
     def find_duplicates(inputs: NoInputs, parameters: DuplicatesParameters) -> ResponseBody:
         found = engine.find_duplicates(parameters["dataset_name"], threshold_of(parameters["threshold"]),
-                                       exact_only=exact_only_of(parameters["groups"]))
+                                       exact_only=exact_only_of(parameters["groups"]), own_thread=True)
         if not found.exact_groups and not found.near_groups:
             return ResponseBody(root=TextResponse(value=f"No duplicates in dataset '{found.dataset}'.",
                                                   title="No duplicates"))
@@ -444,7 +444,7 @@ def create_server(engine: ImageSearch) -> MLServer:
     @task("writing the duplicates report")
     def write_duplicates_report(inputs: ReportFolderInputs, parameters: DuplicatesParameters) -> ResponseBody:
         found = engine.find_duplicates(parameters["dataset_name"], threshold_of(parameters["threshold"]),
-                                       exact_only=exact_only_of(parameters["groups"]))
+                                       exact_only=exact_only_of(parameters["groups"]), own_thread=True)
         html_path, csv_path = write_report_files(inputs["output_dir"].path, found.to_dict())
         log.info("Wrote the report %s and %s", html_path, csv_path)
         return report_written(html_path, csv_path, f"{len(found.exact_groups)} groups of exact copies and "
