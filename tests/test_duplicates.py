@@ -181,15 +181,17 @@ def test_images_ingested_before_hashes_are_counted_and_still_grouped_by_vector(e
     assert sorted(sorted(int(p[5:8]) - 1 for p in g.paths()) for g in found.near_groups) == expected
 
 
-def test_an_unknown_or_empty_dataset(engine, tmp_path):
+def test_an_unknown_dataset_and_one_without_copies(engine, scenes, tmp_path):
     from image_search import DatasetNotFoundError
 
     with pytest.raises(DatasetNotFoundError):
         engine.find_duplicates("nothing-here")
-    (tmp_path / "empty").mkdir()
-    engine.ingest(tmp_path / "empty", "empty", progress=False)
-    found = engine.find_duplicates("empty")
-    assert found.exact_groups == () and found.near_groups == () and found.images == 0
+    (tmp_path / "distinct").mkdir()
+    for scene in sorted(scenes.iterdir())[:3]:
+        shutil.copy(scene, tmp_path / "distinct" / scene.name)
+    engine.ingest(tmp_path / "distinct", "distinct", progress=False)
+    found = engine.find_duplicates("distinct")
+    assert found.exact_groups == () and found.near_groups == () and found.images == 3
 
 
 def test_the_duplicates_report_loads_in_chromium_with_every_thumbnail(engine, scenes, tmp_path):
