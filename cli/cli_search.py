@@ -10,8 +10,8 @@ from __future__ import annotations
 import argparse
 import sys
 
-from cli.common import (ToolParser, add_common_flags, add_json_flag, format_table, open_from_flags, print_result,
-                        run_tool)
+from cli.common import (ToolParser, add_common_flags, add_export_flag, add_json_flag, export_report, format_table,
+                        open_from_flags, print_result, run_tool)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -26,6 +26,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="how many results to show (default 5)")
     add_json_flag(parser, 'the results (a list of {"path", "score", "sha256", "date_taken", "camera", ...}: see the '
                           "README)")
+    add_export_flag(parser)
     parser.add_argument("--no-server", action="store_true",
                         help="search in this process even when a server (python -m server.server) is running on "
                              "the same data folder; by default the search is sent to it, which is much faster")
@@ -96,12 +97,26 @@ def search_here(args) -> list[dict]:
     return [result.to_dict() for result in results]
 
 
+def report_of(args, results: list[dict], searched_at: str) -> dict:
+    """The --export report: the results with the query, the dataset's model, the time and the tool's version."""
+    from image_search import search_report
+
+    model = open_from_flags(args).dataset(args.name).model  # the store only: no model is loaded
+    query = {"text": args.query} if args.query is not None else {"image": args.image}
+    return search_report(results, dataset=args.name, model=model, searched_at=searched_at, **query)
+
+
 def main(argv=None) -> int:
+    from datetime import datetime
+
     args = build_parser().parse_args(argv)
+    searched_at = datetime.now().astimezone().isoformat(timespec="seconds")
     results = None if args.no_server else search_on_running_server(args)
     if results is None:
         results = search_here(args)
     print_result(args, lambda: results_table(results), results)
+    if args.export:
+        export_report(args, report_of(args, results, searched_at))
     return 0
 
 

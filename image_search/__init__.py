@@ -27,6 +27,8 @@ _PUBLIC = {
     "ingest": ["IngestReport"],
     "search": ["SearchFilter", "SearchResult", "check_num_results"],
     "store": ["DatasetRecord", "ImageFacts"],
+    "duplicates": ["DuplicateGroup", "Duplicates"],
+    "reports": ["REPORT_FORMATS", "check_report_path", "search_report", "write_report", "write_report_files"],
     "retrieval_quality": ["CategoryRetrievalResult", "KEPT_CATEGORY_DATASET", "SelfRetrievalResult"],
     "errors": ["API_FIXES", "DatasetBusyError", "DatasetChangedError", "DatasetExistsError", "DatasetNotFoundError",
                "Fix", "ImageSearchError", "IndexCorruptError", "InvalidInputError", "ModelError", "ModelMismatchError",

@@ -29,6 +29,7 @@ from .store import DatasetRecord, MetadataStore, open_store
 from .vectors import UnreadableIndexFile, VectorIndex
 
 if TYPE_CHECKING:  # imported when first used: a search or a listing starts without the ingest pipeline
+    from .duplicates import Duplicates
     from .ingest import IngestReport
     from .retrieval_quality import CategoryRetrievalResult, SelfRetrievalResult
 
@@ -94,6 +95,17 @@ class ImageSearch:
                        filters: SearchFilter | None = None) -> list[list[SearchResult]]:
         """The k best images for each query vector (made by the dataset's own model)."""
         return search_vectors(self, name, queries, k, filters)
+
+    def find_duplicates(self, name: str, threshold: float | None = None, exact_only: bool = False, *,
+                        own_thread: bool = False) -> Duplicates:
+        """The dataset's groups of exact copies (same SHA-256) and, unless exact_only, of near-copies: images whose
+        embeddings reach `threshold` cosine similarity (default: the one measured for the dataset's model family),
+        largest groups first (image_search/duplicates). own_thread: as for ingest (the neighbour search runs on
+        every core, and its OpenMP workers should end with it)."""
+        from .duplicates import find_duplicates
+
+        run = partial(find_duplicates, self, name, threshold, exact_only=exact_only)
+        return run_in_passing_thread(run) if own_thread else run()
 
     # -- evaluations ------------------------------------------------------------------------------------------
     def evaluate_self_retrieval(self, folder, name: str, *, model: str | None = None, batch_size: int | None = None,

@@ -21,21 +21,23 @@ import os
 import queue
 import signal
 import threading
+from datetime import datetime
 from typing import Callable, TypedDict
 
 from flask import Response, request
 from flask_ml.flask_ml_server import MLServer
 from flask_ml.flask_ml_server.errors import BadRequestError
 from flask_ml.flask_ml_server.models import (BatchFileResponse, DirectoryInput, EnumParameterDescriptor, EnumVal,
-                                             FileInput, FileResponse, FileType, InputSchema, InputType,
-                                             IntParameterDescriptor, MarkdownResponse, ParameterSchema,
-                                             ResponseBody, TaskSchema, TextInput, TextParameterDescriptor,
-                                             TextResponse)
+                                             FileInput, FileResponse, FileType, FloatParameterDescriptor,
+                                             InputSchema, InputType, IntParameterDescriptor, MarkdownResponse,
+                                             ParameterSchema, ResponseBody, TaskSchema, TextInput,
+                                             TextParameterDescriptor, TextResponse)
 from werkzeug.serving import BaseWSGIServer, WSGIRequestHandler
 
-from image_search import (DEFAULT_NUM_RESULTS, DatasetRecord, Fix, ImageSearch, ImageSearchError, InvalidInputError,
-                          SearchResult, ToolParser, __version__, add_common_flags, check_num_results, cli_message,
-                          discovery, open_from_flags, printable, run_tool)
+from image_search import (DEFAULT_NUM_RESULTS, DatasetRecord, Duplicates, Fix, ImageSearch, ImageSearchError,
+                          InvalidInputError, SearchResult, ToolParser, __version__, add_common_flags, check_num_results,
+                          cli_message, discovery, open_from_flags, printable, run_tool, search_report,
+                          write_report_files)
 
 log = logging.getLogger("image_search.server")
 
@@ -48,6 +50,13 @@ TEXT_SEARCH_TITLE = "Search Images by Text Query"
 IMAGE_SEARCH_TITLE = "Search Images by Image File"
 LIST_TITLE = "List Datasets"
 DELETE_TITLE = "Delete a Dataset"
+DUPLICATES_TITLE = "Find Duplicates"
+TEXT_REPORT_TITLE = "Write a Report of a Text Search"
+IMAGE_REPORT_TITLE = "Write a Report of an Image Search"
+DUPLICATES_REPORT_TITLE = "Write a Duplicates Report"
+
+# The duplicates grid shows at most this many images (the app draws every one); the report tasks list them all.
+MAX_DUPLICATE_IMAGES = 1000
 
 NO_DATASETS = f"No datasets yet: run '{INGEST_TITLE}' on a folder of images first."
 NO_TEXT_DATASETS = ("No dataset can be searched by text: every dataset was built with an image-only model "
@@ -76,6 +85,16 @@ similarity score.
 
 **{DELETE_TITLE}**: removes a dataset's index and records so that its name can be used again. The image files
 are not touched.
+
+**{DUPLICATES_TITLE}**: the groups of exact copies (the same SHA-256) and of near-copies (edited, resized,
+recompressed) in a dataset, largest first; each image's subtitle names its group. A threshold of 0 uses the value
+measured for the dataset's model; a higher one (up to 1) finds fewer, closer copies. The grid shows the first
+{MAX_DUPLICATE_IMAGES} images; the duplicates report lists every group.
+
+**{TEXT_REPORT_TITLE}**, **{IMAGE_REPORT_TITLE}**, **{DUPLICATES_REPORT_TITLE}**: run the search (or find the
+duplicates) and write a report into the folder you choose: one HTML page to open in a web browser (thumbnails,
+hashes, EXIF and paths of every hit, with the query, dataset, model and time at the top; it needs no network) and
+a CSV table beside it. Earlier reports in the folder are never replaced.
 """
 
 
@@ -111,6 +130,26 @@ class NoParameters(TypedDict):
 
 class DatasetParameters(TypedDict):
     dataset_name: str
+
+
+class DuplicatesParameters(TypedDict):
+    dataset_name: str
+    threshold: float
+    groups: str
+
+
+class ReportFolderInputs(TypedDict):
+    output_dir: DirectoryInput
+
+
+class TextReportInputs(TypedDict):
+    text_query: TextInput
+    output_dir: DirectoryInput
+
+
+class ImageReportInputs(TypedDict):
+    image_path: FileInput
+    output_dir: DirectoryInput
 
 
 # -- errors -----------------------------------------------------------------------------------------------------
@@ -201,6 +240,21 @@ def num_results_parameter() -> ParameterSchema:
                            value=IntParameterDescriptor(default=DEFAULT_NUM_RESULTS))
 
 
+def duplicates_parameters(engine: ImageSearch) -> list[ParameterSchema]:
+    return [dataset_parameter(engine),
+            ParameterSchema(key="threshold", label="Similarity threshold for near-copies",
+                            subtitle="0 uses the value measured for the dataset's model; up to 1 for closer copies",
+                            value=FloatParameterDescriptor(default=0.0)),
+            ParameterSchema(key="groups", label="Groups",
+                            value=EnumParameterDescriptor(enum_vals=[
+                                EnumVal(key="all", label="Exact copies and near-copies"),
+                                EnumVal(key="exact", label="Exact copies only (the same SHA-256)")], default="all"))]
+
+
+def report_folder_input() -> InputSchema:
+    return InputSchema(key="output_dir", label="Folder to write the report to", input_type=InputType.DIRECTORY)
+
+
 def ingest_schema() -> TaskSchema:
     return TaskSchema(
         inputs=[InputSchema(key="input_dir", label="Folder of images to ingest", input_type=InputType.DIRECTORY)],
@@ -240,6 +294,47 @@ def subtitle(result: SearchResult) -> str:
     if result.camera:
         parts.append(result.camera)
     return " · ".join(parts)
+
+
+def threshold_of(value) -> float | None:
+    """The threshold parameter: 0 (the form's default) means the dataset model's own; the core checks the rest."""
+    if value is None or value == "" or (isinstance(value, (int, float)) and not isinstance(value, bool)
+                                        and value == 0):
+        return None
+    return value
+
+
+def exact_only_of(value) -> bool:
+    if value not in ("all", "exact"):
+        raise InvalidInputError(f"The groups {value!r} are not valid; choose exact copies and near-copies, or exact "
+                                "copies only.")
+    return value == "exact"
+
+
+def duplicates_grid(found: Duplicates) -> ResponseBody:
+    """The groups' images, largest group first, each subtitled with its group (at most MAX_DUPLICATE_IMAGES)."""
+    shown: list[tuple[SearchResult, str]] = []
+    groups = [*found.exact_groups, *found.near_groups]
+    for number, group in enumerate(groups, 1):
+        for member in group.members:
+            if group.kind == "exact":
+                subtitle = f"group {number} of {len(groups)}: {group.size} exact copies, SHA-256 {group.sha256[:12]}"
+            else:
+                subtitle = f"group {number} of {len(groups)}: {group.size} near-copies, similarity {member.score:.3f}"
+            shown.append((member, subtitle))
+    shown = shown[:MAX_DUPLICATE_IMAGES]
+    titles = unique_titles([printable(member.title) for member, _ in shown])
+    return ResponseBody(root=BatchFileResponse(files=[
+        FileResponse(file_type=FileType.IMG, path=printable(member.path), title=title, subtitle=subtitle)
+        for (member, subtitle), title in zip(shown, titles)]))
+
+
+def report_written(html_path: str, csv_path: str, what: str) -> ResponseBody:
+    """The report tasks' answer. The app's file types have no HTML, so the page's path is given in words."""
+    return ResponseBody(root=TextResponse(
+        title=f"Report written: {os.path.basename(html_path)}",
+        value=f"{what}\n\nOpen the report in a web browser (it needs no network):\n{html_path}\n\nThe same as a "
+              f"table (CSV), beside it:\n{csv_path}"))
 
 
 def markdown_cell(text: str) -> str:
@@ -328,6 +423,51 @@ def create_server(engine: ImageSearch) -> MLServer:
             value=f"Deleted dataset '{record.name}' ({record.image_count} images); the image files were not "
                   "touched.", title=f"Deleted '{record.name}'"))
 
+    @task("finding duplicates")
+    def find_duplicates(inputs: NoInputs, parameters: DuplicatesParameters) -> ResponseBody:
+        found = engine.find_duplicates(parameters["dataset_name"], threshold_of(parameters["threshold"]),
+                                       exact_only=exact_only_of(parameters["groups"]), own_thread=True)
+        if not found.exact_groups and not found.near_groups:
+            return ResponseBody(root=TextResponse(value=f"No duplicates in dataset '{found.dataset}'.",
+                                                  title="No duplicates"))
+        return duplicates_grid(found)
+
+    def write_search_report(search: Callable, parameters, query_key: str, query: str, folder: str) -> ResponseBody:
+        name = parameters["dataset_name"]
+        searched_at = datetime.now().astimezone().isoformat(timespec="seconds")
+        results = search(name, query, number_of_results(parameters["num_results"]))
+        report = search_report([result.to_dict() for result in results], dataset=name,
+                               model=engine.dataset(name).model, searched_at=searched_at, **{query_key: query})
+        html_path, csv_path = write_report_files(folder, report)
+        log.info("Wrote the report %s and %s", html_path, csv_path)
+        return report_written(html_path, csv_path, f"{len(results)} results from dataset '{name}'.")
+
+    @task("writing the report")
+    def write_text_report(inputs: TextReportInputs, parameters: SearchParameters) -> ResponseBody:
+        return write_search_report(engine.search_text, parameters, "text", inputs["text_query"].text,
+                                   inputs["output_dir"].path)
+
+    @task("writing the report")
+    def write_image_report(inputs: ImageReportInputs, parameters: SearchParameters) -> ResponseBody:
+        return write_search_report(engine.search_image, parameters, "image", inputs["image_path"].path,
+                                   inputs["output_dir"].path)
+
+    @task("writing the duplicates report")
+    def write_duplicates_report(inputs: ReportFolderInputs, parameters: DuplicatesParameters) -> ResponseBody:
+        found = engine.find_duplicates(parameters["dataset_name"], threshold_of(parameters["threshold"]),
+                                       exact_only=exact_only_of(parameters["groups"]), own_thread=True)
+        html_path, csv_path = write_report_files(inputs["output_dir"].path, found.to_dict())
+        log.info("Wrote the report %s and %s", html_path, csv_path)
+        return report_written(html_path, csv_path, f"{len(found.exact_groups)} groups of exact copies and "
+                                                   f"{len(found.near_groups)} groups of near-copies in dataset "
+                                                   f"'{found.dataset}'.")
+
+    def report_schema(query: InputSchema) -> Callable[[], TaskSchema]:
+        text_queries = query.input_type == InputType.TEXT
+        return lambda: TaskSchema(inputs=[query, report_folder_input()],
+                                  parameters=[dataset_parameter(engine, text_queries=text_queries),
+                                              num_results_parameter()])
+
     add_task("/dataset_processing", 0, INGEST_TITLE, ingest_schema, ingest_dataset)
     add_task("/search_by_text", 1, TEXT_SEARCH_TITLE,
              search_schema(InputSchema(key="text_query", label="Describe the image", input_type=InputType.TEXT)),
@@ -338,6 +478,17 @@ def create_server(engine: ImageSearch) -> MLServer:
     add_task("/list_datasets", 3, LIST_TITLE, lambda: TaskSchema(inputs=[], parameters=[]), list_datasets)
     add_task("/delete_dataset", 4, DELETE_TITLE,
              lambda: TaskSchema(inputs=[], parameters=[dataset_parameter(engine, preselect=False)]), delete_dataset)
+    add_task("/find_duplicates", 5, DUPLICATES_TITLE,
+             lambda: TaskSchema(inputs=[], parameters=duplicates_parameters(engine)), find_duplicates)
+    add_task("/report_text_search", 6, TEXT_REPORT_TITLE,
+             report_schema(InputSchema(key="text_query", label="Describe the image", input_type=InputType.TEXT)),
+             write_text_report)
+    add_task("/report_image_search", 7, IMAGE_REPORT_TITLE,
+             report_schema(InputSchema(key="image_path", label="Example image", input_type=InputType.FILE)),
+             write_image_report)
+    add_task("/report_duplicates", 8, DUPLICATES_REPORT_TITLE,
+             lambda: TaskSchema(inputs=[report_folder_input()], parameters=duplicates_parameters(engine)),
+             write_duplicates_report)
 
     @server.app.before_request
     def refuse_malformed_bodies():

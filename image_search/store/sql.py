@@ -181,6 +181,29 @@ class MetadataStore:
                                                   ImageFacts.from_row(row[5:]))
         return records, generation
 
+    def images_sharing_hashes(self, dataset_id: int,
+                              uid: str | None = None) -> tuple[list[tuple[str, int]], int | None]:
+        """(sha256, vector_id) of every image of the dataset whose SHA-256 another of its images shares, ordered by
+        hash, plus the dataset's current generation, in one query (a consistent view, as lookup_images)."""
+        same_uid = " AND d.uid = ?" if uid is not None else ""
+        statement = ("SELECT d.generation, i.sha256, i.vector_id FROM datasets d LEFT JOIN images i "
+                     "ON i.dataset_id = d.id AND i.sha256 IN (SELECT sha256 FROM images WHERE dataset_id = ? "
+                     "AND sha256 IS NOT NULL GROUP BY sha256 HAVING COUNT(*) > 1) "
+                     f"WHERE d.id = ?{same_uid} ORDER BY i.sha256, i.vector_id")
+        with self._cursor() as cursor:
+            self._execute(cursor, statement, (dataset_id, dataset_id, *([uid] if uid is not None else [])))
+            rows = cursor.fetchall()
+        if not rows:
+            return [], None
+        return [(str(sha), int(v)) for _, sha, v in rows if v is not None], int(rows[0][0])
+
+    def count_without_hashes(self, dataset_id: int) -> int:
+        """How many images of the dataset have no SHA-256 (written before schema 3, until their next ingest)."""
+        with self._cursor() as cursor:
+            self._execute(cursor, "SELECT COUNT(*) FROM images WHERE dataset_id = ? AND sha256 IS NULL",
+                          (dataset_id,))
+            return int(cursor.fetchone()[0])
+
     def lookup_paths(self, dataset_id: int, vector_ids: Sequence[int],
                      uid: str | None = None) -> tuple[dict[int, str], int | None]:
         """Paths of the given vector ids plus the dataset's current generation, in one query (lookup_images)."""

@@ -19,6 +19,8 @@ import numpy as np
 
 # (ids, vectors) pairs: int64 ids and the float32 vectors stored under them, a chunk at a time
 Chunks = Iterator[tuple[np.ndarray, np.ndarray]]
+# (ids, neighbour ids, scores): edges between stored vectors, a chunk at a time (similar_pairs)
+Edges = Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]
 
 
 class Neighbours(NamedTuple):
@@ -126,3 +128,37 @@ class VectorIndex(ABC):
     def search(self, queries: np.ndarray, k: int, ids: np.ndarray | None = None) -> list[Neighbours]:
         """The k best for each query (a row of `queries`), best first. `ids`: a sorted int64 array of the only
         ids that may be returned (None: any id); the search effort (nprobe, ef_search) is the same either way."""
+
+    def similar_pairs(self, min_score: float, neighbours: int,
+                      wanted: Callable[[np.ndarray], np.ndarray] | None = None) -> Edges:
+        """The stored vectors' nearest-neighbour graph, cut at min_score: for each stored vector (or each whose id
+        `wanted(ids)` marks True), up to `neighbours` other stored ids whose inner product with it is at least
+        min_score, as chunks of (ids, neighbour ids, scores). Every vector is a query, so a backend searches here
+        with the effort that suits near-copies (close neighbours), not a text query's."""
+        for ids, vectors in self.export():
+            if wanted is not None:
+                keep = wanted(ids)
+                ids, vectors = ids[keep], vectors[keep]
+            if len(ids):
+                yield edges_from(ids, self.search(vectors, neighbours + 1), min_score)
+
+
+def edges_from(ids: np.ndarray, rows: list[Neighbours], min_score: float) -> tuple[np.ndarray, np.ndarray,
+                                                                                   np.ndarray]:
+    """(query ids, neighbour ids, scores) of the neighbours in `rows` (one per id) that reach min_score."""
+    width = max((len(row.ids) for row in rows), default=0)
+    found = np.full((len(rows), width), -1, dtype=np.int64)
+    scores = np.full((len(rows), width), -np.inf, dtype=np.float32)
+    for position, row in enumerate(rows):
+        found[position, :len(row.ids)] = row.ids
+        scores[position, :len(row.ids)] = row.scores
+    return edges_from_arrays(ids, found, scores, min_score)
+
+
+def edges_from_arrays(ids: np.ndarray, found: np.ndarray, scores: np.ndarray,
+                      min_score: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The same from a k-nearest search's (ids, scores) arrays, one row per query id (-1: no neighbour), less
+    each query itself."""
+    queries = np.broadcast_to(np.asarray(ids, dtype=np.int64)[:, None], found.shape)
+    keep = (scores >= min_score) & (found >= 0) & (found != queries)
+    return queries[keep], found[keep].astype(np.int64), scores[keep]
