@@ -35,7 +35,8 @@ class Batch:
 
 
 class _FileDataset:
-    """Map-style dataset for torch's DataLoader: item i is the outcome of reading paths[i]."""
+    """Map-style dataset for torch's DataLoader: item i is the outcome of reading paths[i], a file an ingest's scan
+    found (its FileEntry.read_path), which must still be a regular file exactly there (pipeline/safe_open.py)."""
 
     def __init__(self, paths: Sequence[str], geometry: Callable, min_side: int | None,
                  encoded_jpegs: bool = False) -> None:
@@ -53,7 +54,7 @@ class _FileDataset:
             if encoded is not None:
                 return position, ENCODED, encoded
         try:
-            return position, OK, read_pixels(self.paths[position], self.geometry, self.min_side)
+            return position, OK, read_pixels(self.paths[position], self.geometry, self.min_side, scanned=True)
         except NotAnImage:
             return position, IGNORED, None
         except UnreadableImage as error:

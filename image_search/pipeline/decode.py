@@ -14,6 +14,8 @@ from typing import Callable
 import numpy as np
 from PIL import Image, ImageFile, ImageOps
 
+from .safe_open import NotARegularFile, open_regular_file, open_scanned_file
+
 # Seized drives hold every kind of broken file; Pillow's decompression-bomb guard stays on (its default limit),
 # and a bomb becomes a skipped file with a reason, not a crash.
 ImageFile.LOAD_TRUNCATED_IMAGES = False
@@ -68,15 +70,21 @@ def _to_rgb(image: Image.Image) -> Image.Image:
     return image
 
 
-def load_rgb(path: str, *, min_side: int | None = None) -> Image.Image:
+def open_image_file(path: str, *, scanned: bool = False):
+    """The file opened for reading when it is a regular file (pipeline/safe_open.py): scanned, a path an ingest's
+    scan found, which must still be exactly there; otherwise a path someone gave, whose links are followed."""
+    return open_scanned_file(path) if scanned else open_regular_file(path, follow_symlinks=True)
+
+
+def load_rgb(path: str, *, min_side: int | None = None, scanned: bool = False) -> Image.Image:
     """Decode an image file to an upright RGB image.
 
     min_side: when given, JPEGs are decoded at a reduced scale (libjpeg DCT scaling) as long as both sides stay at
-    least this large; the caller resizes afterwards, so this only saves work.
+    least this large; the caller resizes afterwards, so this only saves work. scanned: see open_image_file.
     Raises NotAnImage or UnreadableImage.
     """
     try:
-        with open(path, "rb") as handle:
+        with open_image_file(path, scanned=scanned) as handle:
             header = handle.read(_HEADER_BYTES)
             claimed = Path(path).suffix.lower() in IMAGE_EXTENSIONS
             fmt = sniff_format(header)
@@ -97,6 +105,8 @@ def load_rgb(path: str, *, min_side: int | None = None) -> Image.Image:
                 image = _to_rgb(image)
     except (NotAnImage, UnreadableImage):
         raise
+    except NotARegularFile as error:
+        raise UnreadableImage(f"not read: {error}") from None
     except Image.DecompressionBombError:
         raise UnreadableImage("too many pixels (over Pillow's decompression-bomb limit)") from None
     except PermissionError:
@@ -112,9 +122,9 @@ def load_rgb(path: str, *, min_side: int | None = None) -> Image.Image:
     return image
 
 
-def read_pixels(path: str, geometry: Callable, min_side: int | None) -> np.ndarray:
+def read_pixels(path: str, geometry: Callable, min_side: int | None, *, scanned: bool = False) -> np.ndarray:
     """One file -> uint8 array [3, S, S]. Raises NotAnImage or UnreadableImage."""
-    image = load_rgb(path, min_side=min_side)
+    image = load_rgb(path, min_side=min_side, scanned=scanned)
     try:
         plan = _resize_crop_plan(geometry)
         image = resize_and_crop(image, *plan) if plan else geometry(image)

@@ -15,6 +15,8 @@ from typing import Sequence
 import numpy as np
 from PIL import Image
 
+from .safe_open import open_scanned_file
+
 JPEG_SIGNATURE = b"\xff\xd8\xff"
 JPEG_END = b"\xff\xd9"
 _EXIF_ORIENTATION = 0x0112
@@ -29,12 +31,13 @@ class EncodedJpeg:
 
 def read_encoded_jpeg(path: str) -> EncodedJpeg | None:
     """The bytes of a JPEG the GPU decoder handles well (8-bit baseline YCbCr/RGB), or None: decode it on the CPU.
+    path: one an ingest's scan found (pipeline/safe_open.py: open_scanned_file).
 
-    Never raises: anything unusual (progressive, CMYK, greyscale, truncated, too many pixels) goes to the CPU reader,
-    which decodes it or gives the reason it cannot.
+    Never raises: anything unusual (progressive, CMYK, greyscale, truncated, too many pixels, no longer a regular
+    file) goes to the CPU reader, which decodes it or gives the reason it cannot.
     """
     try:
-        with open(path, "rb") as handle:
+        with open_scanned_file(path) as handle:
             data = handle.read()
         if not data.startswith(JPEG_SIGNATURE) or not data.endswith(JPEG_END):
             return None  # not a JPEG, or truncated (or trailing data) which nvJPEG might decode into garbage
