@@ -44,11 +44,15 @@ def ingest_folder(service: ImageSearch, input_dir, name: str, *, model_name: str
                               model_seconds=plan.model_seconds, skipped=list(plan.scan.problems),
                               symlinks_skipped=plan.scan.symlinks_skipped, reused=plan.reused,
                               to_embed=len(plan.to_embed), created=plan.existing is None)
+        if plan.repair:
+            report.notes.append(f"{plan.repair.rstrip('.')}; repaired it by embedding all {len(plan.to_embed)} "
+                                "files again.")
         generation = start_generation(service, plan)
-        paths = [entry.path for entry in plan.to_embed]
+        # the readers open each file where the scan found it (links resolved), and refuse what replaced it since
+        paths = [entry.read_path for entry in plan.to_embed]
         embed_started = time.perf_counter()
         for batch in embed(plan.embedder, paths, batch_size=batch_size, workers=workers, progress=progress):
-            report.skipped.extend((paths[position], reason) for position, reason in batch.skipped)
+            report.skipped.extend((plan.to_embed[position].path, reason) for position, reason in batch.skipped)
             report.ignored += len(batch.ignored)
             if batch.positions:
                 generation.add(batch.vectors, [plan.to_embed[position] for position in batch.positions])
@@ -62,6 +66,7 @@ def ingest_folder(service: ImageSearch, input_dir, name: str, *, model_name: str
                 f"No usable images were found in {printable(root)}: {len(report.skipped)} files could not be read"
                 f"{first} and {report.ignored} are not images; nothing was saved.")
         report.changed = commit_generation(service, plan, generation)
+        report.notes.extend(generation.notes)
     if report.changed:
         service.forget_index(name)
     report.seconds = time.perf_counter() - started

@@ -28,6 +28,7 @@ class IngestReport:
     created: bool = False
     changed: bool = False
     recovered: str | None = None
+    notes: list[str] = field(default_factory=list)  # about this ingest's own way: an index repaired, a wait
 
     @property
     def images_per_second(self) -> float:
@@ -38,6 +39,7 @@ class IngestReport:
         lines = []
         if self.recovered:
             lines.append(self.recovered)
+        lines.extend(self.notes)
         verb = "Created" if self.created else ("Updated" if self.changed else "Checked")
         lines.append(f"{verb} dataset '{self.dataset}' from {self.root} with model {self.model}: "
                      f"{self.total} images in the dataset.")
@@ -76,5 +78,5 @@ class IngestReport:
             "images_per_second": round(self.images_per_second, 2) if self.indexed else None, "ignored": self.ignored,
             "skipped": [{"path": printable(p), "reason": r} for p, r in self.skipped],
             "symlinks_skipped": self.symlinks_skipped, "created": self.created, "changed": self.changed,
-            "recovered": self.recovered,
+            "recovered": self.recovered, "notes": list(self.notes),
         }
