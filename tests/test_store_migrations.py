@@ -147,12 +147,18 @@ def contents(store) -> dict:
             "images": rows(store, f"SELECT {', '.join(V1_IMAGE_COLUMNS)} FROM images ORDER BY dataset_id, vector_id")}
 
 
+def _v1_fields(record) -> dict:
+    """An image record as plain values, without the fields added since version 1 while they are empty (a migrated
+    row has no inode or change time until its next ingest fills them in)."""
+    return {k: v for k, v in asdict(record).items() if not (k in ("ctime_ns", "inode") and v is None)}
+
+
 def answers(store) -> dict:
     """What the store's own methods return, as plain values (the records of either version's classes)."""
     datasets = store.list_datasets()
     return {"datasets": [asdict(d) for d in datasets],
             "found": [asdict(store.require_dataset(d.name)) for d in datasets],
-            "images": {d.name: sorted((asdict(r) for r in store.image_records(d.id)), key=lambda r: r["vector_id"])
+            "images": {d.name: sorted((_v1_fields(r) for r in store.image_records(d.id)), key=lambda r: r["vector_id"])
                        for d in datasets},
             "vector_ids": {d.name: sorted(store.vector_ids(d.id)) for d in datasets},
             "lookups": {d.name: store.lookup_paths(d.id, range(1, 8), uid=d.uid) for d in datasets}}
