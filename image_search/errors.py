@@ -112,7 +112,17 @@ class UnsupportedQueryError(InvalidInputError):
 
 
 class StoreUnavailableError(ImageSearchError):
-    """The metadata database cannot be reached."""
+    """The metadata database cannot be reached or used (down, locked by another process, damaged)."""
+
+
+class StoreUnreachableError(StoreUnavailableError):
+    """The database server cannot be reached now (stopped, restarting, network): worth waiting for, which is what
+    an ingest's commit does before it keeps its work for later (image_search/ingest/commit.py)."""
+
+
+class DataFolderError(ImageSearchError):
+    """The data folder cannot take a write: its disk is full, or it is read-only or not writable by this user
+    (image_search/data_folder.py)."""
 
 
 class IndexCorruptError(ImageSearchError):

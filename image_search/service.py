@@ -20,7 +20,7 @@ import numpy as np
 from . import vectors
 from .config import DEFAULT_NUM_RESULTS, Settings, load_settings
 from .runtime.threads import run_in_passing_thread
-from .errors import DatasetChangedError, Fix, IndexCorruptError
+from .errors import DataFolderError, DatasetChangedError, Fix, IndexCorruptError
 from .datasets.locks import dataset_lock
 from .models import Embedder, ModelCache, check_weights_obtainable, model_supports_text, parse_model_name
 from .datasets.names import validate_dataset_name
@@ -194,7 +194,17 @@ class ImageSearch:
     def delete(self, name: str) -> DatasetRecord:
         name = validate_dataset_name(name)
         with self.lock(name, "delete"):
-            record = self.store.delete_dataset(name)
+            try:
+                record = self.store.delete_dataset(name)
+            except DataFolderError:
+                # A full disk: SQLite needs room in its journal even to delete rows. The index files, most of a
+                # dataset's space, go first, with the room the store keeps for this (store/sqlite.py), then the
+                # rows; should that still fail, the dataset stays listed without its index (its searches say so),
+                # to be deleted again once there is room.
+                vectors.layout.remove_dataset_folder(self.data_home, self.store.require_dataset(name).uid)
+                self.store.free_room()
+                record = self.store.delete_dataset(name)
+                self.store.keep_room()
             vectors.layout.remove_dataset_folder(self.data_home, record.uid)
             from .ingest.checkpoint import discard_checkpoints  # here: a search starts without the ingest modules
 
@@ -216,8 +226,10 @@ class ImageSearch:
         return self.index_of(self.dataset(name))
 
     def index_of(self, record: DatasetRecord) -> LoadedIndex:
-        """The index of the dataset state `record` describes, checked against it (cached until the dataset
-        changes). Raises DatasetChangedError when an ingest replaced that state while its file was being read."""
+        """The index of the dataset state `record` describes, checked against it and against its file's seal
+        (image_search/vectors/seal.py; cached until the dataset changes). Raises IndexCorruptError when the file is
+        missing, damaged or not this state's, DatasetChangedError when an ingest replaced that state while its file
+        was being read."""
         cached = self.cached_index(record.name)
         if cached and cached.record.uid == record.uid and cached.record.generation == record.generation:
             return cached
@@ -234,7 +246,12 @@ class ImageSearch:
                                         **repair_fix(record)) from None
             raise IndexCorruptError(f"The index file of dataset '{record.name}' ({path}) cannot be read.",
                                     **repair_fix(record)) from None
+        sealed = vectors.seal.seal_problem(path, record.uid, record.generation, loaded_index.file_digest)
+        if sealed is not None:
+            raise IndexCorruptError(f"The index file of dataset '{record.name}' ({path}) {sealed}.",
+                                    **repair_fix(record))
         verify_index(record, loaded_index, path)
+        vectors.seal.trust_on_first_load(path, record.uid, record.generation, loaded_index.file_digest)
         loaded_index.set_search_effort(nprobe=self.settings.index.nprobe, ef_search=self.settings.index.ef_search)
         loaded = LoadedIndex(record, loaded_index)
         with self._indexes_lock:

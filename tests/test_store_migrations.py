@@ -148,10 +148,9 @@ def contents(store) -> dict:
 
 
 def v1_fields(image_record) -> dict:
-    """An ImageRecord's version 1 fields (later versions add facts, which a row written by version 1 has none of)."""
-    values = asdict(image_record)
-    assert values.pop("facts", None) is None
-    return values
+    """An ImageRecord as plain values, without the fields added since version 1 while they are empty (a migrated
+    row has no facts, inode or change time until its next ingest fills them in)."""
+    return {k: v for k, v in asdict(image_record).items() if not (k in ("ctime_ns", "inode", "facts") and v is None)}
 
 
 def answers(store) -> dict:

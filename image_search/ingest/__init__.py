@@ -51,8 +51,12 @@ def ingest_folder(service: ImageSearch, input_dir, name: str, *, model_name: str
                               symlinks_skipped=plan.scan.symlinks_skipped, reused=plan.reused,
                               to_embed=len(plan.to_embed), created=plan.existing is None,
                               recovered_images=len(plan.saved.records), notes=list(plan.saved.notes))
+        if plan.repair:
+            report.notes.append(f"{plan.repair.rstrip('.')}; repaired it by embedding all {len(plan.to_embed)} "
+                                "files again.")
         generation = start_generation(service, plan)
-        paths = [entry.path for entry in plan.to_embed]
+        # the readers open each file where the scan found it (links resolved), and refuse what replaced it since
+        paths = [entry.read_path for entry in plan.to_embed]
         owner = CheckpointOwner(generation.uid, generation.base_generation, plan.embedder.name, plan.embedder.dim,
                                 plan.root)
         delay = test_batch_delay()
@@ -60,7 +64,7 @@ def ingest_folder(service: ImageSearch, input_dir, name: str, *, model_name: str
                                plan.saved) as checkpoints:
             embed_started = time.perf_counter()
             for batch in embed(plan.embedder, paths, batch_size=batch_size, workers=workers, progress=progress):
-                report.skipped.extend((paths[position], reason) for position, reason in batch.skipped)
+                report.skipped.extend((plan.to_embed[position].path, reason) for position, reason in batch.skipped)
                 report.ignored += len(batch.ignored)
                 files = [plan.to_embed[position] for position in batch.positions]
                 records = generation.add(batch.vectors, files, batch.facts) if files else []
@@ -84,6 +88,7 @@ def ingest_folder(service: ImageSearch, input_dir, name: str, *, model_name: str
                 f"{first} and {report.ignored} are not images; nothing was saved.")
         index_changed = commit_generation(service, plan, generation, refreshed)
         report.changed = index_changed or bool(refreshed)
+        report.notes.extend(generation.notes)
     if index_changed:
         service.forget_index(name)
     report.seconds = time.perf_counter() - started

@@ -24,7 +24,7 @@ CHUNK = 256  # files in flight at once: bounds memory (their bytes) however many
 def facts_of_file(path: str) -> ImageFacts | None:
     """The facts of one file, or None when it cannot be read now (its row keeps NULL facts, tried next time)."""
     try:
-        data, _ = read_image_file(path)
+        data, _ = read_image_file(path, scanned=True)  # a path the scan found, opened safely (safe_open.py)
     except (NotAnImage, UnreadableImage):
         return None
     return facts_from_bytes(data)
@@ -42,7 +42,7 @@ def backfill_facts(missing: Sequence[tuple[int, FileEntry]], *, workers: int | N
                                 thread_name_prefix="facts") as pool:
             for start in range(0, len(missing), CHUNK):
                 chunk = missing[start:start + CHUNK]
-                for (vector_id, _), facts in zip(chunk, pool.map(facts_of_file, [e.path for _, e in chunk])):
+                for (vector_id, _), facts in zip(chunk, pool.map(facts_of_file, [e.read_path for _, e in chunk])):
                     if facts is not None:
                         found.append((vector_id, facts))
                 bar.update(len(chunk))

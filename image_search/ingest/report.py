@@ -30,7 +30,7 @@ class IngestReport:
     created: bool = False
     changed: bool = False
     recovered: str | None = None  # what was done about an interrupted earlier ingest
-    notes: list[str] = field(default_factory=list)  # checkpoints discarded or damaged, or not written
+    notes: list[str] = field(default_factory=list)  # checkpoints discarded or damaged, or not written; an index repaired, a wait
     checkpoints_written: int = 0  # chunks this run saved (ingest/checkpoint.py)
     checkpoint_seconds: float = 0.0  # spent writing them, on a thread beside the embedding
 

@@ -37,7 +37,8 @@ class Batch:
 
 
 class _FileDataset:
-    """Map-style dataset for torch's DataLoader: item i is the outcome of reading paths[i]."""
+    """Map-style dataset for torch's DataLoader: item i is the outcome of reading paths[i], a file an ingest's scan
+    found (its FileEntry.read_path), which must still be a regular file exactly there (pipeline/safe_open.py)."""
 
     def __init__(self, paths: Sequence[str], geometry: Callable, min_side: int | None,
                  encoded_jpegs: bool = False, capture: bool = True) -> None:
@@ -53,7 +54,7 @@ class _FileDataset:
     def __getitem__(self, position: int):
         """(position, status, payload): for OK, (pixels, facts); for ENCODED, an EncodedJpeg (facts inside)."""
         try:
-            data, fmt = read_image_file(self.paths[position])  # the one read of the file
+            data, fmt = read_image_file(self.paths[position], scanned=True)  # the one read of the file
             if self.encoded_jpegs and fmt == "JPEG":
                 encoded = encoded_jpeg_from_bytes(data, capture=self.capture)
                 if encoded is not None:

@@ -17,6 +17,7 @@ from PIL import Image, ImageFile, ImageOps
 
 from ..store.records import ImageFacts
 from .facts import facts_from_bytes
+from .safe_open import NotARegularFile, open_regular_file, open_scanned_file
 
 # Seized drives hold every kind of broken file; Pillow's decompression-bomb guard stays on (its default limit),
 # and a bomb becomes a skipped file with a reason, not a crash.
@@ -72,12 +73,18 @@ def _to_rgb(image: Image.Image) -> Image.Image:
     return image
 
 
-def read_image_file(path: str) -> tuple[bytes, str]:
+def open_image_file(path: str, *, scanned: bool = False):
+    """The file opened for reading when it is a regular file (pipeline/safe_open.py): scanned, a path an ingest's
+    scan found, which must still be exactly there; otherwise a path someone gave, whose links are followed."""
+    return open_scanned_file(path) if scanned else open_regular_file(path, follow_symlinks=True)
+
+
+def read_image_file(path: str, *, scanned: bool = False) -> tuple[bytes, str]:
     """The whole file and the image format its first bytes name: the one read of a file that every later step
     (decoding, the GPU path, hashing) works from. Only a file that looks like an image is read past its header.
-    Raises NotAnImage or UnreadableImage."""
+    scanned: see open_image_file. Raises NotAnImage or UnreadableImage."""
     try:
-        with open(path, "rb") as handle:
+        with open_image_file(path, scanned=scanned) as handle:
             header = handle.read(_HEADER_BYTES)
             fmt = sniff_format(header)
             if fmt is None:
@@ -87,6 +94,8 @@ def read_image_file(path: str) -> tuple[bytes, str]:
                     raise UnreadableImage("empty file (0 bytes)")
                 raise UnreadableImage("not an image: its content is not JPEG, PNG, WebP, BMP, GIF or TIFF")
             return header + handle.read(), fmt
+    except NotARegularFile as error:
+        raise UnreadableImage(f"not read: {error}") from None
     except PermissionError:
         raise UnreadableImage("permission denied") from None
     except FileNotFoundError:
@@ -137,9 +146,9 @@ def load_rgb(path: str, *, min_side: int | None = None) -> Image.Image:
     return decode_rgb(data, fmt, min_side=min_side)[0]
 
 
-def read_pixels(path: str, geometry: Callable, min_side: int | None) -> np.ndarray:
+def read_pixels(path: str, geometry: Callable, min_side: int | None, *, scanned: bool = False) -> np.ndarray:
     """One file -> uint8 array [3, S, S]. Raises NotAnImage or UnreadableImage."""
-    data, fmt = read_image_file(path)
+    data, fmt = read_image_file(path, scanned=scanned)
     return pixels_from_bytes(data, fmt, geometry, min_side)[0]
 
 

@@ -17,6 +17,7 @@ from PIL import Image
 
 from ..store.records import ImageFacts
 from .facts import facts_from_bytes
+from .safe_open import open_scanned_file
 
 JPEG_SIGNATURE = b"\xff\xd8\xff"
 JPEG_END = b"\xff\xd9"
@@ -33,12 +34,13 @@ class EncodedJpeg:
 
 def read_encoded_jpeg(path: str, *, capture: bool = False) -> EncodedJpeg | None:
     """The bytes of a JPEG the GPU decoder handles well (8-bit baseline YCbCr/RGB), or None: decode it on the CPU.
+    path: one an ingest's scan found (pipeline/safe_open.py: open_scanned_file).
 
-    Never raises: anything unusual (progressive, CMYK, greyscale, truncated, too many pixels) goes to the CPU reader,
-    which decodes it or gives the reason it cannot.
+    Never raises: anything unusual (progressive, CMYK, greyscale, truncated, too many pixels, no longer a regular
+    file) goes to the CPU reader, which decodes it or gives the reason it cannot.
     """
     try:
-        with open(path, "rb") as handle:
+        with open_scanned_file(path) as handle:
             data = handle.read()
     except Exception:  # noqa: BLE001 - the CPU path reports the real reason
         return None

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import warnings
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Callable, Sequence
 
 from .decode import NotAnImage, UnreadableImage, read_pixels
@@ -88,7 +89,7 @@ def decode_batch(encoded: EncodedBatch, paths: Sequence[str], *, geometry: Calla
     import torch  # imported here for start-up time (see pipeline/__init__.py)
 
     if cpu_reader is None:
-        cpu_reader = read_pixels
+        cpu_reader = partial(read_pixels, scanned=True)  # paths an ingest's scan found, like the reader's
     outputs: dict[int, object] = {}
     skipped: list[tuple[int, str]] = []
     fallbacks = 0

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from ..errors import DatasetChangedError, ImageSearchError, InvalidInputError
+from ..errors import DatasetChangedError, Fix, ImageSearchError, IndexCorruptError, InvalidInputError
 from .filters import SearchFilter, allowed_ids
 from .query import Query
 from .results import SearchResult, title_of
@@ -82,8 +82,17 @@ def search_loaded(service: ImageSearch, loaded: LoadedIndex, queries: np.ndarray
     # even with no hits: the lookup is what tells a cached index that its dataset changed
     wanted = sorted({i for row in hits for i, _ in row})
     images, generation = service.store.lookup_images(record.id, wanted, uid=record.uid)
-    if generation != record.generation or len(images) != len(wanted):
+    if generation != record.generation:
         return None
+    if len(images) != len(wanted):
+        # The dataset is at the state this index was loaded for, yet the index gave ids its metadata does not
+        # have: the file is not that state's (one that could not be hashed: seal.py). Searching again would
+        # only find the same ids.
+        service.forget_index(record.name)
+        unknown = len(wanted) - len(images)
+        raise IndexCorruptError(f"The index of dataset '{record.name}' gave {unknown} vector ids that its metadata "
+                                "does not list, so its file is damaged or is not this dataset's.",
+                                fix=Fix.REPAIR_INDEX, name=record.name, root=record.root)
     return [[result_of(images[i], score, record.root) for i, score in row] for row in hits]
 
 

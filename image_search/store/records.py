@@ -82,6 +82,8 @@ class ImageRecord:
     path: str
     size: int
     mtime_ns: int
+    ctime_ns: int | None = None  # None in rows written before schema version 2 filled them
+    inode: int | None = None
     facts: Optional[ImageFacts] = None
 
 

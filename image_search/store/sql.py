@@ -4,15 +4,20 @@ Every value is passed as a parameter; a backend only supplies connections and it
 serial primary key and the binary column type). An ingest commits its new rows, its removals and the new
 generation in one transaction, which is what keeps the index file and the metadata in step (see
 image_search.vectors).
+
+A backend that keeps connections between operations (PostgreSQL) raises ConnectionLost when a kept one turns out
+dead: the server restarted since it was last used. Every operation then runs once more on a new connection
+(@reconnecting); the writes first check whether their transaction went through before the connection died.
 """
 
 from __future__ import annotations
 
+import functools
 from contextlib import contextmanager
 from datetime import datetime, timezone
-from typing import Iterable, Sequence
+from typing import Callable, Iterable, Sequence
 
-from ..errors import DatasetExistsError, DatasetNotFoundError, ImageSearchError
+from ..errors import DatasetExistsError, DatasetNotFoundError, ImageSearchError, StoreUnreachableError
 from . import schema
 from .records import FACT_COLUMNS, DatasetRecord, ImageFacts, ImageRecord, NewDataset, decode_path, encode_path
 
@@ -20,6 +25,7 @@ _DATASET_COLUMNS = ("id, name, uid, model, dim, root, image_count, generation, n
                     "created_at, updated_at")
 
 _IMAGE_COLUMNS = ", ".join(("vector_id", "path", "size", "mtime_ns", *FACT_COLUMNS))
+_INSERTED_COLUMNS = ", ".join(("vector_id", "path", "size", "mtime_ns", "ctime_ns", "inode", *FACT_COLUMNS))
 _SET_FACTS = ", ".join(f"{name} = ?" for name in FACT_COLUMNS)
 _NO_FACTS = (None,) * len(FACT_COLUMNS)
 
@@ -28,6 +34,25 @@ BATCH = 1000
 
 def _now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+class ConnectionLost(StoreUnreachableError):
+    """A connection kept from an earlier operation was found closed by the server (it restarted meanwhile); it
+    has been dropped, so the next use connects again."""
+
+
+def reconnecting(operation: Callable) -> Callable:
+    """Run a store operation once more when it failed on a connection the server had closed meanwhile. Only for
+    operations that may simply run again: reads, and writes that are whole transactions and idempotent."""
+
+    @functools.wraps(operation)
+    def run(self, *args, **kwargs):
+        try:
+            return operation(self, *args, **kwargs)
+        except ConnectionLost:
+            return operation(self, *args, **kwargs)
+
+    return run
 
 
 class MetadataStore:
@@ -49,6 +74,12 @@ class MetadataStore:
 
     def close(self) -> None:
         pass
+
+    def free_room(self) -> None:
+        """Give back the room a store that lives in the data folder keeps for deleting on a full disk (SQLite)."""
+
+    def keep_room(self) -> None:
+        """Set that room aside again, where there is space for it."""
 
     def _sql(self, statement: str) -> str:
         return statement if self.placeholder == "?" else statement.replace("?", self.placeholder)
@@ -80,6 +111,7 @@ class MetadataStore:
         if batch:
             cursor.executemany(sql, batch)
 
+    @reconnecting
     def ensure_schema(self) -> None:
         """Create the tables, or migrate an older store, on the first use by this process (image_search.store.schema).
 
@@ -103,6 +135,7 @@ class MetadataStore:
         raise NotImplementedError
 
     # -- datasets ---------------------------------------------------------------------------------------------
+    @reconnecting
     def get_dataset(self, name: str) -> DatasetRecord | None:
         self.ensure_schema()
         with self._cursor() as cursor:
@@ -118,6 +151,7 @@ class MetadataStore:
             raise DatasetNotFoundError(f"There is no dataset named '{name}' ({hint}).")
         return record
 
+    @reconnecting
     def list_datasets(self) -> list[DatasetRecord]:
         self.ensure_schema()
         with self._cursor() as cursor:
@@ -127,24 +161,43 @@ class MetadataStore:
 
     def delete_dataset(self, name: str) -> DatasetRecord:
         record = self.require_dataset(name)
+        try:
+            self._delete_rows(record)
+        except ConnectionLost:
+            if self.get_dataset(name) is not None:  # else the lost connection's transaction did go through
+                self._delete_rows(record)
+        return record
+
+    def _delete_rows(self, record: DatasetRecord) -> None:
         with self._cursor(write=True) as cursor:
             self._execute(cursor, "DELETE FROM images WHERE dataset_id = ?", (record.id,))
             self._execute(cursor, "DELETE FROM datasets WHERE id = ?", (record.id,))
-        return record
 
     # -- images -----------------------------------------------------------------------------------------------
+    @reconnecting
     def image_records(self, dataset_id: int) -> list[ImageRecord]:
         with self._cursor() as cursor:
-            self._execute(cursor, "SELECT vector_id, path, size, mtime_ns FROM images WHERE dataset_id = ?",
-                          (dataset_id,))
+            self._execute(cursor, "SELECT vector_id, path, size, mtime_ns, ctime_ns, inode FROM images "
+                                  "WHERE dataset_id = ?", (dataset_id,))
             rows = cursor.fetchall()
-        return [ImageRecord(int(v), decode_path(p), int(s), int(m)) for v, p, s, m in rows]
+        return [ImageRecord(int(v), decode_path(p), int(s), int(m), None if c is None else int(c),
+                            None if i is None else int(i)) for v, p, s, m, c, i in rows]
 
+    @reconnecting
+    def record_file_identity(self, dataset_id: int, rows: Iterable[tuple[int, int, int]]) -> None:
+        """Fill the change time and inode of existing rows ((vector_id, ctime_ns, inode)), for rows written before
+        they were recorded. It changes nothing a search sees, so it needs no new generation."""
+        with self._cursor(write=True) as cursor:
+            self._execute_many(cursor, "UPDATE images SET ctime_ns = ?, inode = ? WHERE dataset_id = ? AND "
+                                       "vector_id = ?", ((c, i, dataset_id, v) for v, c, i in rows))
+
+    @reconnecting
     def vector_ids(self, dataset_id: int) -> list[int]:
         with self._cursor() as cursor:
             self._execute(cursor, "SELECT vector_id FROM images WHERE dataset_id = ?", (dataset_id,))
             return [int(row[0]) for row in cursor.fetchall()]
 
+    @reconnecting
     def vector_ids_without_facts(self, dataset_id: int) -> set[int]:
         """The vector ids whose facts were never captured (rows written before schema 3)."""
         with self._cursor() as cursor:
@@ -152,6 +205,7 @@ class MetadataStore:
                           (dataset_id,))
             return {int(row[0]) for row in cursor.fetchall()}
 
+    @reconnecting
     def lookup_images(self, dataset_id: int, vector_ids: Sequence[int],
                       uid: str | None = None) -> tuple[dict[int, ImageRecord], int | None]:
         """The records (facts included) of the given vector ids plus the dataset's current generation, in one query.
@@ -178,9 +232,10 @@ class MetadataStore:
                 continue
             vector_id, path, size, mtime_ns = row[1:5]
             records[int(vector_id)] = ImageRecord(int(vector_id), decode_path(path), int(size), int(mtime_ns),
-                                                  ImageFacts.from_row(row[5:]))
+                                                  facts=ImageFacts.from_row(row[5:]))
         return records, generation
 
+    @reconnecting
     def images_sharing_hashes(self, dataset_id: int,
                               uid: str | None = None) -> tuple[list[tuple[str, int]], int | None]:
         """(sha256, vector_id) of every image of the dataset whose SHA-256 another of its images shares, ordered by
@@ -197,6 +252,7 @@ class MetadataStore:
             return [], None
         return [(str(sha), int(v)) for _, sha, v in rows if v is not None], int(rows[0][0])
 
+    @reconnecting
     def count_without_hashes(self, dataset_id: int) -> int:
         """How many images of the dataset have no SHA-256 (written before schema 3, until their next ingest)."""
         with self._cursor() as cursor:
@@ -221,6 +277,22 @@ class MetadataStore:
         never both believe they committed on top of the same state.
         """
         self.ensure_schema()
+        added = added if isinstance(added, Sequence) else list(added)  # a retry reads them again
+        arguments = dict(dataset=dataset, base_generation=base_generation, new_generation=new_generation,
+                         added=added, removed_ids=removed_ids, image_count=image_count, next_vector_id=next_vector_id)
+        try:
+            self._write_generation(**arguments)
+        except ConnectionLost:
+            current = self.get_dataset(dataset.name)
+            if current is None or (current.uid, current.generation) != (dataset.uid, new_generation):
+                self._write_generation(**arguments)  # it did not go through: once more
+        record = self.get_dataset(dataset.name)
+        assert record is not None
+        return record
+
+    def _write_generation(self, *, dataset: DatasetRecord | NewDataset, base_generation: int, new_generation: int,
+                          added: Sequence[ImageRecord], removed_ids: Sequence[int], image_count: int,
+                          next_vector_id: int) -> None:
         now = _now()
         with self._cursor(write=True) as cursor:
             if isinstance(dataset, NewDataset):
@@ -250,10 +322,10 @@ class MetadataStore:
                                            "nothing was written, run the ingest again.")
             self._execute_many(cursor, "DELETE FROM images WHERE dataset_id = ? AND vector_id = ?",
                                ((dataset_id, vid) for vid in removed_ids))
-            marks = ", ".join("?" for _ in _IMAGE_COLUMNS.split(", "))
+            marks = ", ".join("?" for _ in _INSERTED_COLUMNS.split(", "))
             self._execute_many(
-                cursor, f"INSERT INTO images (dataset_id, {_IMAGE_COLUMNS}) VALUES (?, {marks})",
-                ((dataset_id, r.vector_id, encode_path(r.path), r.size, r.mtime_ns,
+                cursor, f"INSERT INTO images (dataset_id, {_INSERTED_COLUMNS}) VALUES (?, {marks})",
+                ((dataset_id, r.vector_id, encode_path(r.path), r.size, r.mtime_ns, r.ctime_ns, r.inode,
                   *(r.facts.as_row() if r.facts is not None else _NO_FACTS)) for r in added))
             self._update_facts(cursor, dataset_id, refreshed_facts)
         record = self.get_dataset(name)

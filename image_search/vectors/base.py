@@ -34,6 +34,10 @@ class UnreadableIndexFile(Exception):
 
 
 class VectorIndex(ABC):
+    # The size and SHA-256 of the file this index was loaded from or last saved to (seal.FileDigest; its sha256
+    # is None for a large mapped file), or None for an index that was neither
+    file_digest = None
+
     # -- making, reading and writing ------------------------------------------------------------------------------
     @classmethod
     @abstractmethod
@@ -55,8 +59,13 @@ class VectorIndex(ABC):
         searches touch them instead of reading them all; a mapped index is read-only."""
 
     @abstractmethod
-    def save(self, path: Path) -> None:
-        """Write atomically: readers and crashes see the old file or the complete new one, never a part."""
+    def save(self, path: Path):
+        """Write atomically: readers and crashes see the old file or the complete new one, never a part. Returns
+        the written file's seal.FileDigest (also kept as file_digest); an OSError (a full disk) leaves no file."""
+
+    def estimated_file_bytes(self) -> int:
+        """About how many bytes save() writes (for the message when they do not fit): the vectors and ids."""
+        return self.count * (self.dim * 4 + 8)
 
     # -- what it is -------------------------------------------------------------------------------------------
     @property

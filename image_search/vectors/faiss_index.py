@@ -16,6 +16,7 @@ from ..durable_files import fsync_folder
 from .base import Chunks, Edges, Neighbours, UnreadableIndexFile, VectorIndex, edges_from_arrays
 from .kinds import FLAT, HNSW, IVF, IVF_SQ8
 from .policy import TRAIN_ITERATIONS, TRAIN_PER_LIST, lists_for
+from .seal import MAPPED_DIGEST_LIMIT, FileDigest, Hasher, digest_of_file
 
 # HNSW graph: neighbours per node and construction effort (build time vs graph quality), search effort. Text
 # queries are unlike the stored image vectors, which a graph handles worse than IVF: it needs a high efSearch.
@@ -37,6 +38,11 @@ GROUPING_EF_SEARCH = 64
 FLAT_GROUPING_MAX = 50_000
 _GROUPING_BATCH = 16_384
 _IVF = (IVF, IVF_SQ8)
+# Files are written and read through Python in blocks of this size, so that each block is hashed on the way
+# (seal.py) and a write error keeps its errno (a full disk is an OSError 28, not FAISS's RuntimeError text).
+# Measured on the 2-core machine, a 400 MB flat index: written and hashed in 0.65 s (FAISS alone 0.22 s, then
+# hashing it from the page cache 1.07 s in all), read and hashed in 1.42 s (FAISS alone 1.16 s).
+_IO_BLOCK = 1 << 20
 
 
 class FaissIndex(VectorIndex):
@@ -44,6 +50,7 @@ class FaissIndex(VectorIndex):
         """Wrap a faiss.Index of one of the kinds above."""
         self._index = index
         self._kind = _kind_of(index)
+        self.file_digest = None
 
     # -- making, reading and writing ------------------------------------------------------------------------------
     @classmethod
@@ -97,25 +104,50 @@ class FaissIndex(VectorIndex):
         # IO_FLAG_MMAP_IFC maps the vectors of flat, HNSW and IVF indexes alike (IO_FLAG_MMAP would map IVF lists
         # only, through read-only on-disk lists, and cannot be combined with it)
         try:
-            index = faiss.read_index(str(path), faiss.IO_FLAG_MMAP_IFC if mapped else 0)
-        except RuntimeError as error:
+            if mapped:
+                index = faiss.read_index(str(path), faiss.IO_FLAG_MMAP_IFC)
+                digest = digest_of_file(path, limit=MAPPED_DIGEST_LIMIT)
+            else:
+                index, digest = _read_hashed(path)
+        except (RuntimeError, OSError) as error:
             raise UnreadableIndexFile(f"{path}: {error}") from None
-        return cls(index)
+        loaded = cls(index)
+        loaded.file_digest = digest
+        return loaded
 
-    def save(self, path: Path) -> None:
+    def save(self, path: Path) -> FileDigest:
         import faiss
 
         path.parent.mkdir(parents=True, exist_ok=True)
         temporary = path.with_name(path.name + f".tmp-{os.getpid()}")
+        hasher = Hasher()
         try:
-            faiss.write_index(self._index, str(temporary))
-            with open(temporary, "rb+") as handle:
-                os.fsync(handle.fileno())
+            descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | getattr(os, "O_BINARY", 0),
+                                 0o644)
+            try:
+                def write(data: bytes) -> int:
+                    view = memoryview(data)
+                    while view:
+                        view = view[os.write(descriptor, view):]
+                    hasher.update(data)
+                    return len(data)
+
+                faiss.write_index(self._index, faiss.PyCallbackIOWriter(write, _IO_BLOCK))
+                os.fsync(descriptor)
+            finally:
+                os.close(descriptor)
             os.replace(temporary, path)
             fsync_folder(path.parent)
         finally:
             if temporary.exists():
                 temporary.unlink()
+        self.file_digest = hasher.digest()
+        return self.file_digest
+
+    def estimated_file_bytes(self) -> int:
+        per_vector = {IVF_SQ8: self.dim + 8, HNSW: self.dim * 4 + 8 + HNSW_M * 2 * 4}.get(self._kind, self.dim * 4 + 8)
+        centroids = (self.lists or 0) * self.dim * 4
+        return self.count * per_vector + centroids + 4096
 
     # -- what it is -------------------------------------------------------------------------------------------
     @property
@@ -346,4 +378,21 @@ def _training_sample(chunks: Chunks, count: int, wanted: int) -> np.ndarray:
     fraction = min(1.0, wanted / max(1, count))
     parts = [vectors[rng.random(len(vectors)) < fraction] if fraction < 1 else vectors for _, vectors in chunks]
     return np.ascontiguousarray(np.concatenate(parts), dtype=np.float32)
+
+
+def _read_hashed(path: Path):
+    """The index in the file and the file's digest, from one read."""
+    import faiss
+
+    hasher = Hasher()
+    with open(path, "rb") as handle:
+        def read(size: int) -> bytes:
+            data = handle.read(size)
+            hasher.update(data)
+            return data
+
+        index = faiss.read_index(faiss.PyCallbackIOReader(read, _IO_BLOCK))
+        while read(_IO_BLOCK):  # bytes after the index, should there be any, are part of the file too
+            pass
+    return index, hasher.digest()
 
