@@ -23,9 +23,13 @@ class EmbeddedBatch:
 
 
 def default_batch_size(embedder: Embedder) -> int:
+    return batch_size_for_device(embedder.device)
+
+
+def batch_size_for_device(device: str) -> int:
     # A GPU needs big batches to be busy. On the CPU the model's speed is the same from 8 to 64 images per batch;
     # whole ingests measured 29 / 30 / 32 images/s with batches of 8 / 16 / 32 (2 MP photos, 2 cores).
-    return 256 if embedder.device.startswith("cuda") else 32
+    return 256 if device.startswith("cuda") else 32
 
 
 # Each reader worker fills whole batches, so model-sized GPU batches (256) would leave most workers idle unless
@@ -36,7 +40,11 @@ GPU_READER_BATCH = 32
 
 
 def reader_batch_size(embedder: Embedder, batch_size: int) -> int:
-    return min(batch_size, GPU_READER_BATCH) if embedder.device.startswith("cuda") else batch_size
+    return reader_batch_for_device(embedder.device, batch_size)
+
+
+def reader_batch_for_device(device: str, batch_size: int) -> int:
+    return min(batch_size, GPU_READER_BATCH) if device.startswith("cuda") else batch_size
 
 
 def embed_files(embedder: Embedder, paths: Sequence[str], *, batch_size: int | None = None,
@@ -50,21 +58,27 @@ def embed_files(embedder: Embedder, paths: Sequence[str], *, batch_size: int | N
     if decode_on_device is None:
         decode_on_device = on_gpu and device_decode_requested()
     reader_batch = reader_batch_size(embedder, batch_size)
-    bar = _progress_bar(len(paths), progress, label)
+    bar = progress_bar(len(paths), progress, label)
     empty = np.zeros((0, embedder.dim), dtype=np.float32)
     try:
         batches = iter_batches(paths, geometry=embedder.geometry, min_side=embedder.input_size,
                                batch_size=reader_batch, workers=workers, pin_memory=on_gpu,
                                encoded_jpegs=decode_on_device)
-        decoded = (_decode_encoded(embedder, paths, batch) if batch.encoded is not None else
-                   (batch.positions, _to_device(batch.pixels, embedder.device), batch.skipped, batch.ignored)
-                   for batch in batches)
+        decoded = (decode_read_batch(embedder, paths, batch) for batch in batches)
         for positions, pixels, skipped, ignored in _regroup(decoded, batch_size):
             vectors = embedder.encode_pixels(pixels) if pixels is not None else empty
             bar.update(len(positions) + len(skipped) + len(ignored))
             yield EmbeddedBatch(positions, vectors, skipped, ignored)
     finally:
         bar.close()
+
+
+def decode_read_batch(embedder: Embedder, paths: Sequence[str], batch):
+    """A reader's Batch -> (positions, pixels on the model's device or None, skipped, ignored), its undecoded JPEGs
+    decoded on the device; what the model embeds, wherever the batch was read."""
+    if batch.encoded is not None:
+        return _decode_encoded(embedder, paths, batch)
+    return batch.positions, _to_device(batch.pixels, embedder.device), batch.skipped, batch.ignored
 
 
 def _to_device(pixels, device: str):
@@ -117,7 +131,7 @@ class _NoBar:
         pass
 
 
-def _progress_bar(total: int, enabled: bool, label: str):
+def progress_bar(total: int, enabled: bool, label: str):
     if not enabled or total == 0:
         return _NoBar()
     from tqdm import tqdm  # imported here for start-up time (see pipeline/__init__.py)

@@ -48,21 +48,29 @@ class _FileDataset:
         return len(self.paths)
 
     def __getitem__(self, position: int):
-        if self.encoded_jpegs:
-            encoded = read_encoded_jpeg(self.paths[position])
-            if encoded is not None:
-                return position, ENCODED, encoded
-        try:
-            return position, OK, read_pixels(self.paths[position], self.geometry, self.min_side)
-        except NotAnImage:
-            return position, IGNORED, None
-        except UnreadableImage as error:
-            return position, SKIPPED, str(error)
-        except Exception as error:  # noqa: BLE001 - a reader must never take the whole ingest down
-            return position, SKIPPED, f"unexpected error: {type(error).__name__}: {error}"[:300]
+        return (position, *read_file(self.paths[position], self.geometry, self.min_side, self.encoded_jpegs))
 
 
-def _collate(items) -> Batch:
+def read_file(path: str, geometry: Callable, min_side: int | None, encoded_jpegs: bool = False) -> tuple[str, object]:
+    """The outcome of reading one file: (OK, uint8 pixels [3, S, S]), (ENCODED, EncodedJpeg) for a JPEG left for the
+    GPU to decode, (SKIPPED, reason) or (IGNORED, None). Never raises: every reader (these workers, a Ray cluster's)
+    calls it, so a file has the same outcome wherever it is read."""
+    if encoded_jpegs:
+        encoded = read_encoded_jpeg(path)
+        if encoded is not None:
+            return ENCODED, encoded
+    try:
+        return OK, read_pixels(path, geometry, min_side)
+    except NotAnImage:
+        return IGNORED, None
+    except UnreadableImage as error:
+        return SKIPPED, str(error)
+    except Exception as error:  # noqa: BLE001 - a reader must never take the whole ingest down
+        return SKIPPED, f"unexpected error: {type(error).__name__}: {error}"[:300]
+
+
+def collate(items) -> Batch:
+    """(position, status, payload) outcomes -> one Batch."""
     import torch  # imported here for start-up time (see pipeline/__init__.py)
 
     positions, arrays, skipped, ignored, encoded = [], [], [], [], []
@@ -108,7 +116,7 @@ def iter_batches(paths: Sequence[str], *, geometry: Callable, min_side: int | No
     if len(paths) <= batch_size:
         workers = 0  # starting worker processes costs more than reading one batch
     loader = DataLoader(
-        dataset, batch_size=batch_size, shuffle=False, num_workers=workers, collate_fn=_collate,
+        dataset, batch_size=batch_size, shuffle=False, num_workers=workers, collate_fn=collate,
         pin_memory=pin_memory, worker_init_fn=_init_worker if workers else None,
         prefetch_factor=2 if workers else None, persistent_workers=False)  # 2 keeps every worker busy
     yield from loader
