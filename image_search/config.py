@@ -70,6 +70,7 @@ class Settings:
     device: str | None  # None: CUDA when available, else CPU
     database: DatabaseSettings | None  # None: embedded SQLite in data_home
     index: IndexSettings = IndexSettings()  # which FAISS index an ingest builds, how hard searches look
+    ray_address: str | None = None  # the Ray cluster a distributed ingest joins (None: it starts one here)
 
     @property
     def default_model(self) -> str:
@@ -139,6 +140,25 @@ def test_pause_point() -> str | None:
 test_pause_point.__test__ = False  # not a test, should a test module import it by name
 
 
+@dataclass(frozen=True)
+class RayTestFaults:
+    """Test hooks of a distributed ingest (tests/test_ray_ingest.py), read on the driver and handed to the workers:
+    crash_on: a file name whose reading kills the Ray worker that reads it, every time (a file that crashes its
+    reader); kill_marker: a path that the first embedding worker to start its second batch creates before killing
+    itself, once (a worker lost mid-run). Both None in normal runs."""
+    crash_on: str | None = None
+    kill_marker: str | None = None
+
+
+def ray_test_faults() -> RayTestFaults:
+    """IMAGE_SEARCH_TEST_RAY_CRASH_ON and IMAGE_SEARCH_TEST_RAY_KILL_MARKER (see RayTestFaults)."""
+    return RayTestFaults(crash_on=os.environ.get("IMAGE_SEARCH_TEST_RAY_CRASH_ON") or None,
+                         kill_marker=os.environ.get("IMAGE_SEARCH_TEST_RAY_KILL_MARKER") or None)
+
+
+ray_test_faults.__test__ = False
+
+
 def _int_env(name: str, default: int) -> int:
     raw = os.environ.get(name, "").strip()
     if not raw:
@@ -191,4 +211,5 @@ def load_settings(*, data_home: str | os.PathLike | None = None, model_name: str
         device=device or os.environ.get("IMAGE_SEARCH_DEVICE", "").strip() or None,
         database=database,
         index=load_index_settings(),
+        ray_address=os.environ.get("IMAGE_SEARCH_RAY_ADDRESS", "").strip() or None,
     )
