@@ -24,7 +24,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--name", "-n", required=True, help="dataset to search")
     parser.add_argument("--num_results", "--num-results", "-k", default=5,
                         help="how many results to show (default 5)")
-    add_json_flag(parser, 'the results (a list of {"path", "score", "title"})')
+    add_json_flag(parser, 'the results (a list of {"path", "score", "sha256", "date_taken", "camera", ...}: see the '
+                          "README)")
     parser.add_argument("--no-server", action="store_true",
                         help="search in this process even when a server (python -m server.server) is running on "
                              "the same data folder; by default the search is sent to it, which is much faster")
@@ -32,12 +33,33 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+CAMERA_WIDTH = 28  # wider camera names are cut, so the paths stay in line
+
+
 def results_table(results: list[dict]) -> str:
-    """Results as SearchResult.to_dict() gives them (here, or from a server) as a table."""
+    """Results as SearchResult.to_dict() gives them (here, or from a server) as a table: rank, score, date taken
+    (to the minute; '*' when it is the file's modification time, having no EXIF date), camera and path."""
     if not results:
         return "No results: the dataset is empty."
-    rows = [[str(rank), f"{r['score']:.4f}", r["path"]] for rank, r in enumerate(results, 1)]
-    return format_table(["#", "score", "path"], rows, right={0, 1})
+    rows = [[str(rank), f"{r['score']:.4f}", _date_cell(r), _camera_cell(r.get("camera")), r["path"]]
+            for rank, r in enumerate(results, 1)]
+    table = format_table(["#", "score", "date", "camera", "path"], rows, right={0, 1})
+    if any(r.get("date_source") == "modified" for r in results):
+        table += "\n* no date in the picture's EXIF: the file's modification time"
+    return table
+
+
+def _date_cell(result: dict) -> str:
+    taken = result.get("date_taken")
+    if not taken:
+        return "-"
+    return taken[:16].replace("T", " ") + ("*" if result.get("date_source") == "modified" else "")
+
+
+def _camera_cell(camera: str | None) -> str:
+    if not camera:
+        return "-"
+    return camera if len(camera) <= CAMERA_WIDTH else camera[:CAMERA_WIDTH - 3] + "..."
 
 
 def search_on_running_server(args) -> list[dict] | None:

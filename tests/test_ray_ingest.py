@@ -66,16 +66,20 @@ def service(home: Path, database=None):
                        models=shared_models)
 
 
-def dataset_vectors(engine, name: str) -> dict[str, np.ndarray]:
+def dataset_vectors(engine, name: str) -> dict[str, tuple[np.ndarray, object]]:
+    """Each image's (vector, facts) by path."""
     loaded = engine.load_index(name)
-    paths = {record.vector_id: record.path for record in engine.store.image_records(loaded.record.id)}
-    return {paths[int(i)]: vector for ids, vectors in loaded.index.export() for i, vector in zip(ids, vectors)}
+    vectors = {int(i): vector for ids, chunk in loaded.index.export() for i, vector in zip(ids, chunk)}
+    records, _ = engine.store.lookup_images(loaded.record.id, sorted(vectors))
+    return {record.path: (vectors[vector_id], record.facts) for vector_id, record in records.items()}
 
 
-def assert_same_dataset(got: dict[str, np.ndarray], expected: dict[str, np.ndarray]) -> None:
+def assert_same_dataset(got: dict, expected: dict) -> None:
+    """The same paths, vectors within 1e-5 and the same facts (hashes, EXIF: read on the workers)."""
     assert sorted(got) == sorted(expected)
-    for path, vector in expected.items():
-        np.testing.assert_allclose(got[path], vector, atol=1e-5, err_msg=path)
+    for path, (vector, facts) in expected.items():
+        np.testing.assert_allclose(got[path][0], vector, atol=1e-5, err_msg=path)
+        assert got[path][1] == facts and facts is not None and facts.sha256, path
 
 
 @pytest.fixture(scope="module")

@@ -26,7 +26,7 @@ from typing import Iterator, Sequence
 
 import numpy as np
 
-from ..config import device_decode_requested, ray_test_faults
+from ..config import capture_requested, device_decode_requested, ray_test_faults
 from ..errors import Fix, ImageSearchError, InvalidInputError, MissingPackageError
 from ..models import Embedder
 from ..pipeline.batches import EmbeddedBatch, batch_size_for_device, progress_bar, reader_batch_for_device
@@ -122,7 +122,7 @@ class RayEmbedding:
         work = _Work(paths=paths, on_gpu=on_gpu, actors=actors, workers=workers,
                      encoded_jpegs=on_gpu and device_decode_requested(),
                      reading={"geometry": pickle.dumps(embedder.geometry), "min_side": embedder.input_size,
-                              "crash_on": faults.crash_on},
+                              "capture": capture_requested(), "crash_on": faults.crash_on},
                      actor_arguments={"model_name": embedder.name, "device": device, "environment": environment,
                                       "kill_marker": faults.kill_marker})
         cpus = int(self.ray.cluster_resources().get("CPU", 1))
@@ -253,7 +253,7 @@ def _embedded_batch(columns: dict, done: np.ndarray) -> EmbeddedBatch | None:
                if f and s == SKIPPED]
     ignored = [int(p) for p, s, f in zip(positions, statuses, fresh) if f and s == IGNORED]
     return EmbeddedBatch(positions[ok].tolist(), np.ascontiguousarray(columns["vector"][ok], dtype=np.float32),
-                         skipped, ignored)
+                         skipped, ignored, [ray_workers.unpacked_facts(packed) for packed in columns["facts"][ok]])
 
 
 @contextlib.contextmanager

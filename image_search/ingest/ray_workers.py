@@ -6,8 +6,9 @@ Batches travel between them, and back to the driver, as columns of plain values 
   blocks in:     position (the files' int64 positions in the ingest's list of paths), path (the files' paths as
                  bytes: os.fsencode, so any name survives); a row per block of files
   read results:  position, path, status (cpu_reader's OK / ENCODED / SKIPPED / IGNORED), reason (a skipped file's),
-                 data (bytes: the uint8 pixels [3, S, S], or an undecoded JPEG's file), orientation, pixel_count
-  embedded:      position, status (OK / SKIPPED / IGNORED), reason, vector (float32 [dim]; zeros unless OK)
+                 data (bytes: the uint8 pixels [3, S, S], or an undecoded JPEG's file), orientation, pixel_count,
+                 facts (the file's ImageFacts from the bytes read for it, pickled; b"" when none were captured)
+  embedded:      position, status (OK / SKIPPED / IGNORED), reason, vector (float32 [dim]; zeros unless OK), facts
 """
 
 from __future__ import annotations
@@ -24,10 +25,11 @@ from ..models import Embedder
 from ..pipeline.batches import decode_read_batch
 from ..pipeline.cpu_reader import ENCODED, IGNORED, OK, SKIPPED, collate, read_file
 from ..pipeline.encoded_jpeg import EncodedJpeg
+from ..store.records import ImageFacts
 
 
 def read_blocks(blocks: dict, *, chunk: int, geometry: bytes, min_side: int | None, encoded_jpegs: bool,
-                crash_on: str | None = None) -> Iterator[dict]:
+                capture: bool, crash_on: str | None = None) -> Iterator[dict]:
     """A read task: blocks of files (a row each: the files' positions and paths) -> read results, `chunk` files
     at a time, so that the results flow on while the rest of the block is read. geometry: the model's resize and
     crop, pickled (one object per process, whatever the number of tasks: decode.py caches its plan per object)."""
@@ -36,30 +38,33 @@ def read_blocks(blocks: dict, *, chunk: int, geometry: bytes, min_side: int | No
         for start in range(0, len(positions), chunk):
             yield _read_files(np.asarray(positions[start:start + chunk], dtype=np.int64),
                               _objects(list(paths[start:start + chunk])), resize_and_crop, min_side,
-                              encoded_jpegs, crash_on)
+                              encoded_jpegs, capture, crash_on)
 
 
 def _read_files(positions: np.ndarray, raw_paths: np.ndarray, resize_and_crop, min_side: int | None,
-                encoded_jpegs: bool, crash_on: str | None) -> dict:
-    statuses, reasons, data, orientations, pixel_counts = [], [], [], [], []
+                encoded_jpegs: bool, capture: bool, crash_on: str | None) -> dict:
+    statuses, reasons, data, orientations, pixel_counts, facts = [], [], [], [], [], []
     for raw_path in raw_paths:
         path = os.fsdecode(raw_path)
         if crash_on is not None and os.path.basename(path) == crash_on:
             os.kill(os.getpid(), signal.SIGKILL)  # test hook (config.RayTestFaults): a file that crashes its reader
-        status, payload = read_file(path, resize_and_crop, min_side, encoded_jpegs)
+        status, payload = read_file(path, resize_and_crop, min_side, encoded_jpegs, capture)
         statuses.append(status)
         reasons.append(_text(payload) if status == SKIPPED else "")
         if status == OK:
-            data.append(payload.tobytes())
+            data.append(payload[0].tobytes())
+            facts.append(_packed_facts(payload[1]))
         elif status == ENCODED:
             data.append(payload.data.tobytes())
+            facts.append(_packed_facts(payload.facts))
         else:
             data.append(b"")
+            facts.append(b"")
         orientations.append(payload.orientation if status == ENCODED else 1)
         pixel_counts.append(payload.pixels if status == ENCODED else 0)
     return {"position": positions, "path": raw_paths, "status": _objects(statuses),
             "reason": _objects(reasons), "data": _objects(data), "orientation": np.array(orientations, np.int64),
-            "pixel_count": np.array(pixel_counts, np.int64)}
+            "pixel_count": np.array(pixel_counts, np.int64), "facts": _objects(facts)}
 
 
 class EmbeddingActor:
@@ -95,31 +100,42 @@ def embed_read_results(embedder: Embedder, read: dict) -> dict:
     paths = [os.fsdecode(raw_path) for raw_path in read["path"]]
     side = embedder.input_size
     items = []
-    for i, (status, reason, data) in enumerate(zip(read["status"], read["reason"], read["data"])):
+    for i, (status, reason, data, facts) in enumerate(zip(read["status"], read["reason"], read["data"],
+                                                          read["facts"])):
         if status == OK:
-            items.append((i, OK, np.frombuffer(data, np.uint8).reshape(3, side, side)))
+            items.append((i, OK, (np.frombuffer(data, np.uint8).reshape(3, side, side), unpacked_facts(facts))))
         elif status == ENCODED:
             items.append((i, ENCODED, EncodedJpeg(np.frombuffer(data, np.uint8), int(read["orientation"][i]),
-                                                  int(read["pixel_count"][i]))))
+                                                  int(read["pixel_count"][i]), unpacked_facts(facts))))
         else:
             items.append((i, status, reason or None))
-    positions, pixels, skipped, _ = decode_read_batch(embedder, paths, collate(items))
+    positions, pixels, skipped, _, facts_of_rows = decode_read_batch(embedder, paths, collate(items))
     statuses = [IGNORED] * len(paths)
     reasons = [""] * len(paths)
     for i, reason in skipped:
         statuses[i], reasons[i] = SKIPPED, _text(reason)
     vectors = np.zeros((len(paths), embedder.dim), dtype=np.float32)
+    facts = [b""] * len(paths)
     if positions:
         vectors[positions] = embedder.encode_pixels(pixels)
-        for i in positions:
-            statuses[i] = OK
+        for i, file_facts in zip(positions, facts_of_rows):
+            statuses[i], facts[i] = OK, _packed_facts(file_facts)
     return {"position": read["position"], "status": _objects(statuses), "reason": _objects(reasons),
-            "vector": vectors}
+            "vector": vectors, "facts": _objects(facts)}
 
 
 @functools.lru_cache(maxsize=4)
 def _unpickled(blob: bytes):
     return pickle.loads(blob)
+
+
+def _packed_facts(facts: ImageFacts | None) -> bytes:
+    return pickle.dumps(facts) if facts is not None else b""
+
+
+def unpacked_facts(packed: bytes) -> ImageFacts | None:
+    """A facts column's value back as ImageFacts (b"": nothing captured)."""
+    return pickle.loads(packed) if packed else None
 
 
 def _objects(values: list) -> np.ndarray:
