@@ -89,6 +89,7 @@ class Settings:
     database: DatabaseSettings | None  # None: embedded SQLite in data_home
     index: IndexSettings = IndexSettings()  # which FAISS index an ingest builds, how hard searches look
     checkpoints: CheckpointSettings | None = CheckpointSettings()  # None: none (to measure what they cost)
+    ray_address: str | None = None  # the Ray cluster a distributed ingest joins (None: it starts one here)
 
     @property
     def default_model(self) -> str:
@@ -178,6 +179,25 @@ def test_batch_delay() -> float:
 test_batch_delay.__test__ = False
 
 
+@dataclass(frozen=True)
+class RayTestFaults:
+    """Test hooks of a distributed ingest (tests/test_ray_ingest.py), read on the driver and handed to the workers:
+    crash_on: a file name whose reading kills the Ray worker that reads it, every time (a file that crashes its
+    reader); kill_marker: a path that the first embedding worker to start its second batch creates before killing
+    itself, once (a worker lost mid-run). Both None in normal runs."""
+    crash_on: str | None = None
+    kill_marker: str | None = None
+
+
+def ray_test_faults() -> RayTestFaults:
+    """IMAGE_SEARCH_TEST_RAY_CRASH_ON and IMAGE_SEARCH_TEST_RAY_KILL_MARKER (see RayTestFaults)."""
+    return RayTestFaults(crash_on=os.environ.get("IMAGE_SEARCH_TEST_RAY_CRASH_ON") or None,
+                         kill_marker=os.environ.get("IMAGE_SEARCH_TEST_RAY_KILL_MARKER") or None)
+
+
+ray_test_faults.__test__ = False
+
+
 def _int_env(name: str, default: int) -> int:
     raw = os.environ.get(name, "").strip()
     if not raw:
@@ -232,4 +252,5 @@ def load_settings(*, data_home: str | os.PathLike | None = None, model_name: str
         index=load_index_settings(),
         checkpoints=CheckpointSettings(
             images=_positive_int_env("IMAGE_SEARCH_CHECKPOINT_IMAGES") or CHECKPOINT_IMAGES),
+        ray_address=os.environ.get("IMAGE_SEARCH_RAY_ADDRESS", "").strip() or None,
     )

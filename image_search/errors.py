@@ -111,6 +111,10 @@ class UnsupportedQueryError(InvalidInputError):
     """The dataset's model cannot answer this kind of query (e.g. text on an image-only model)."""
 
 
+class MissingPackageError(ImageSearchError):
+    """An optional package that a feature needs (Ray, for a distributed ingest) is not installed."""
+
+
 class StoreUnavailableError(ImageSearchError):
     """The metadata database cannot be reached or used (down, locked by another process, damaged)."""
 

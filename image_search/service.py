@@ -66,18 +66,34 @@ class ImageSearch:
     # -- ingest and search ------------------------------------------------------------------------------------
     def ingest(self, folder, name: str, *, model: str | None = None, batch_size: int | None = None,
                workers: int | None = None, rebuild: bool = False, follow_symlinks: bool = False,
-               progress: bool = True, own_thread: bool = False) -> IngestReport:
+               progress: bool = True, own_thread: bool = False, ray: bool | str = False) -> IngestReport:
         """Ingest the images under folder (recursively) as dataset name: created, or updated incrementally.
 
         model: for a new dataset (default: the settings'); an existing one keeps its own unless rebuilt.
         rebuild: embed everything again (to switch model or folder). own_thread: run on a thread that ends with
         the ingest, so that the model's OpenMP workers end too (for a process whose threads live on, such as a
-        server's request threads: image_search/cpu_threads.py).
+        server's request threads: image_search/cpu_threads.py). ray: embed on a Ray cluster (ingest/ray_embed.py):
+        True joins the settings' cluster (IMAGE_SEARCH_RAY_ADDRESS) or, without one, starts Ray on this machine;
+        a string is the address of the cluster to join ("local" starts one here).
         """
-        from .ingest import ingest_folder
+        from .ingest import check_input_folder, embed_locally, ingest_folder
 
-        run = partial(ingest_folder, self, folder, name, model_name=model, batch_size=batch_size, workers=workers,
-                      rebuild=rebuild, follow_symlinks=follow_symlinks, progress=progress)
+        def run() -> IngestReport:
+            ingest = partial(ingest_folder, self, folder, name, model_name=model, batch_size=batch_size,
+                             workers=workers, rebuild=rebuild, follow_symlinks=follow_symlinks, progress=progress)
+            if not ray:
+                return ingest(embed=embed_locally)
+            from .ingest.ray_embed import RayEmbedding, import_ray
+
+            import_ray()  # said at once when it is missing, as are a bad name and folder: before Ray starts
+            validate_dataset_name(name)
+            check_input_folder(folder)
+            on_ray = RayEmbedding(self.settings.ray_address if ray is True else ray, device=self.settings.device)
+            try:
+                return ingest(embed=on_ray)
+            finally:
+                on_ray.close()
+
         return run_in_passing_thread(run) if own_thread else run()
 
     def search_text(self, name: str, text: str, k=DEFAULT_NUM_RESULTS, *, model: str | None = None,

@@ -25,9 +25,13 @@ class EmbeddedBatch:
 
 
 def default_batch_size(embedder: Embedder) -> int:
+    return batch_size_for_device(embedder.device)
+
+
+def batch_size_for_device(device: str) -> int:
     # A GPU needs big batches to be busy. On the CPU the model's speed is the same from 8 to 64 images per batch;
     # whole ingests measured 29 / 30 / 32 images/s with batches of 8 / 16 / 32 (2 MP photos, 2 cores).
-    return 256 if embedder.device.startswith("cuda") else 32
+    return 256 if device.startswith("cuda") else 32
 
 
 # Each reader worker fills whole batches, so model-sized GPU batches (256) would leave most workers idle unless
@@ -38,7 +42,11 @@ GPU_READER_BATCH = 32
 
 
 def reader_batch_size(embedder: Embedder, batch_size: int) -> int:
-    return min(batch_size, GPU_READER_BATCH) if embedder.device.startswith("cuda") else batch_size
+    return reader_batch_for_device(embedder.device, batch_size)
+
+
+def reader_batch_for_device(device: str, batch_size: int) -> int:
+    return min(batch_size, GPU_READER_BATCH) if device.startswith("cuda") else batch_size
 
 
 def embed_files(embedder: Embedder, paths: Sequence[str], *, batch_size: int | None = None,
@@ -58,16 +66,22 @@ def embed_files(embedder: Embedder, paths: Sequence[str], *, batch_size: int | N
         batches = iter_batches(paths, geometry=embedder.geometry, min_side=embedder.input_size,
                                batch_size=reader_batch, workers=workers, pin_memory=on_gpu,
                                encoded_jpegs=decode_on_device, capture=capture_requested())
-        decoded = (_decode_encoded(embedder, paths, batch) if batch.encoded is not None else
-                   (batch.positions, _to_device(batch.pixels, embedder.device), batch.skipped, batch.ignored,
-                    _facts_of(batch.facts, batch.positions))
-                   for batch in batches)
+        decoded = (decode_read_batch(embedder, paths, batch) for batch in batches)
         for positions, pixels, skipped, ignored, facts in _regroup(decoded, batch_size):
             vectors = embedder.encode_pixels(pixels) if pixels is not None else empty
             bar.update(len(positions) + len(skipped) + len(ignored))
             yield EmbeddedBatch(positions, vectors, skipped, ignored, facts)
     finally:
         bar.close()
+
+
+def decode_read_batch(embedder: Embedder, paths: Sequence[str], batch):
+    """A reader's Batch -> (positions, pixels on the model's device or None, skipped, ignored, facts per
+    position), its undecoded JPEGs decoded on the device; what the model embeds, wherever the batch was read."""
+    if batch.encoded is not None:
+        return _decode_encoded(embedder, paths, batch)
+    return (batch.positions, _to_device(batch.pixels, embedder.device), batch.skipped, batch.ignored,
+            _facts_of(batch.facts, batch.positions))
 
 
 def _facts_of(facts: list, positions: list) -> list:

@@ -52,23 +52,34 @@ class _FileDataset:
         return len(self.paths)
 
     def __getitem__(self, position: int):
-        """(position, status, payload): for OK, (pixels, facts); for ENCODED, an EncodedJpeg (facts inside)."""
-        try:
-            data, fmt = read_image_file(self.paths[position], scanned=True)  # the one read of the file
-            if self.encoded_jpegs and fmt == "JPEG":
-                encoded = encoded_jpeg_from_bytes(data, capture=self.capture)
-                if encoded is not None:
-                    return position, ENCODED, encoded
-            return position, OK, pixels_from_bytes(data, fmt, self.geometry, self.min_side, capture=self.capture)
-        except NotAnImage:
-            return position, IGNORED, None
-        except UnreadableImage as error:
-            return position, SKIPPED, str(error)
-        except Exception as error:  # noqa: BLE001 - a reader must never take the whole ingest down
-            return position, SKIPPED, f"unexpected error: {type(error).__name__}: {error}"[:300]
+        return (position, *read_file(self.paths[position], self.geometry, self.min_side, self.encoded_jpegs,
+                                     self.capture))
 
 
-def _collate(items) -> Batch:
+def read_file(path: str, geometry: Callable, min_side: int | None, encoded_jpegs: bool = False,
+              capture: bool = True) -> tuple[str, object]:
+    """The outcome of reading one file, which is read once: (OK, (uint8 pixels [3, S, S], facts)), (ENCODED,
+    EncodedJpeg with its facts) for a JPEG left for the GPU to decode, (SKIPPED, reason) or (IGNORED, None); facts
+    (pipeline/facts.py) are None without capture. Never raises: every reader (these workers, a Ray cluster's)
+    calls it, so a file has the same outcome wherever it is read."""
+    try:
+        # the one read of the file; a path an ingest's scan found (FileEntry.read_path), opened safely (safe_open.py)
+        data, fmt = read_image_file(path, scanned=True)
+        if encoded_jpegs and fmt == "JPEG":
+            encoded = encoded_jpeg_from_bytes(data, capture=capture)
+            if encoded is not None:
+                return ENCODED, encoded
+        return OK, pixels_from_bytes(data, fmt, geometry, min_side, capture=capture)
+    except NotAnImage:
+        return IGNORED, None
+    except UnreadableImage as error:
+        return SKIPPED, str(error)
+    except Exception as error:  # noqa: BLE001 - a reader must never take the whole ingest down
+        return SKIPPED, f"unexpected error: {type(error).__name__}: {error}"[:300]
+
+
+def collate(items) -> Batch:
+    """(position, status, payload) outcomes -> one Batch."""
     import torch  # imported here for start-up time (see pipeline/__init__.py)
 
     positions, arrays, facts, skipped, ignored, encoded = [], [], [], [], [], []
@@ -117,7 +128,7 @@ def iter_batches(paths: Sequence[str], *, geometry: Callable, min_side: int | No
     if len(paths) <= batch_size:
         workers = 0  # starting worker processes costs more than reading one batch
     loader = DataLoader(
-        dataset, batch_size=batch_size, shuffle=False, num_workers=workers, collate_fn=_collate,
+        dataset, batch_size=batch_size, shuffle=False, num_workers=workers, collate_fn=collate,
         pin_memory=pin_memory, worker_init_fn=_init_worker if workers else None,
         prefetch_factor=2 if workers else None, persistent_workers=False)  # 2 keeps every worker busy
     yield from loader
