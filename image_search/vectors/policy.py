@@ -59,6 +59,28 @@ def nprobe_for(nlist: int, count: int) -> int:
     return max(1, min(nlist, math.ceil(wanted)))
 
 
+# A search among a share of the ids (a search filter) finds the best allowed ids only among the allowed vectors of
+# what it scans, so it scans that much more: an IVF search share-times as many lists, an HNSW search a candidate
+# list share-times as long, up to everything. Then it meets as many allowed candidates as an unfiltered search
+# meets candidates, and keeps its recall: measured with evaluation/benchmark_search.py (README, "Search filters").
+# An HNSW search with few allowed ids scores them all instead: that is exact, and cheaper than the graph walk it
+# replaces (about ef_search * M distances) once there are fewer allowed ids than that.
+def filtered_nprobe(nprobe: int, lists: int, count: int, allowed: int) -> int:
+    if allowed >= count:
+        return nprobe
+    return max(1, min(lists, math.ceil(nprobe * count / max(1, allowed))))
+
+
+def filtered_ef_search(ef_search: int, count: int, allowed: int) -> int:
+    if allowed >= count:
+        return ef_search
+    return max(1, min(count, math.ceil(ef_search * count / max(1, allowed))))
+
+
+def hnsw_scores_every_allowed(allowed: int, ef_search: int, neighbours: int) -> bool:
+    return allowed <= ef_search * neighbours
+
+
 def needs_relayout(kind: str, lists: int | None, count: int) -> bool:
     """An IVF trained for a much smaller (or larger) dataset: its lists are too long (or too short).
 
