@@ -26,7 +26,7 @@ _PUBLIC = {
     "service": ["ImageSearch"],
     "ingest": ["IngestReport"],
     "search": ["SearchFilter", "SearchResult", "check_num_results"],
-    "store": ["DatasetRecord"],
+    "store": ["DatasetRecord", "ImageFacts"],
     "retrieval_quality": ["CategoryRetrievalResult", "KEPT_CATEGORY_DATASET", "SelfRetrievalResult"],
     "errors": ["API_FIXES", "DatasetBusyError", "DatasetChangedError", "DatasetExistsError", "DatasetNotFoundError",
                "Fix", "ImageSearchError", "IndexCorruptError", "InvalidInputError", "ModelError", "ModelMismatchError",

@@ -38,7 +38,9 @@ def test_ingest_search_evaluate_round_trip(cli_env, mixed_folder):
     by_image = run_tool("cli.cli_search", "--image", query, "--name", "case1", "--json", env=cli_env)
     assert by_image.returncode == 0, by_image.stderr
     results = json.loads(by_image.stdout)
-    assert len(results) == 5 and set(results[0]) == {"path", "score", "title"}
+    assert len(results) == 5 and list(results[0]) == [
+        "path", "title", "score", "sha256", "md5", "size", "width", "height", "format", "date_taken", "date_source",
+        "camera", "lens", "gps", "orientation", "duplicates", "duplicate_count"]
     assert results[0]["path"] == str(query) and results[0]["score"] == pytest.approx(1.0, abs=1e-3)
 
     by_text = run_tool("cli.cli_search", "-q", "finger licking dessert", "-n", "case1", "-k", "3", env=cli_env)

@@ -51,7 +51,7 @@ def ingest_folder(service: ImageSearch, input_dir, name: str, *, model_name: str
             report.skipped.extend((paths[position], reason) for position, reason in batch.skipped)
             report.ignored += len(batch.ignored)
             if batch.positions:
-                generation.add(batch.vectors, [plan.to_embed[position] for position in batch.positions])
+                generation.add(batch.vectors, [plan.to_embed[position] for position in batch.positions], batch.facts)
         report.embed_seconds = time.perf_counter() - embed_started
         report.indexed, report.removed = len(generation.added), len(plan.removed_ids)
         report.total = generation.index.count

@@ -23,7 +23,7 @@ import numpy as np
 
 from .. import vectors
 from ..pipeline.scan import FileEntry
-from ..store import DatasetRecord, ImageRecord, NewDataset
+from ..store import DatasetRecord, ImageFacts, ImageRecord, NewDataset
 from ..vectors import VectorIndex
 
 if TYPE_CHECKING:
@@ -88,13 +88,16 @@ class NewGeneration:
     next_id: int  # the next unused vector id
     added: list[ImageRecord] = field(default_factory=list)
 
-    def add(self, vectors_of_files: np.ndarray, files: Sequence[FileEntry]) -> None:
-        """Add the vectors of these files (one row per file) under new vector ids."""
+    def add(self, vectors_of_files: np.ndarray, files: Sequence[FileEntry],
+            facts: Sequence[ImageFacts | None] = ()) -> None:
+        """Add the vectors of these files (one row per file) under new vector ids, with what was captured about
+        each file (facts aligned with files; empty: nothing captured)."""
         ids = np.arange(self.next_id, self.next_id + len(files), dtype=np.int64)
         self.next_id += len(files)
         self.index.add(vectors_of_files, ids)
-        self.added.extend(ImageRecord(vector_id, entry.path, entry.size, entry.mtime_ns)
-                          for vector_id, entry in zip(ids.tolist(), files))
+        facts = list(facts) or [None] * len(files)
+        self.added.extend(ImageRecord(vector_id, entry.path, entry.size, entry.mtime_ns, file_facts)
+                          for vector_id, entry, file_facts in zip(ids.tolist(), files, facts))
 
 
 def start_generation(service: ImageSearch, plan: Plan) -> NewGeneration:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Iterator, Sequence
 
 import numpy as np
@@ -20,6 +20,8 @@ class EmbeddedBatch:
     vectors: np.ndarray  # float32 [len(positions), dim], L2-normalised
     skipped: list[tuple[int, str]]  # (position, reason): images that could not be read
     ignored: list[int]  # positions of files that are not images
+    # ImageFacts (or None: not captured) per row, aligned with positions; empty from a runner that captures none
+    facts: list = field(default_factory=list)
 
 
 def default_batch_size(embedder: Embedder) -> int:

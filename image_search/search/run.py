@@ -1,8 +1,10 @@
-"""Running a search: the index search, the one batched path lookup, and the one retry when the dataset changed.
+"""Running a search: the index search, the one batched lookup of the images found, and the one retry when the
+dataset changed.
 
-A warm search asks the store nothing before it searches: it trusts the index it has loaded, and the path lookup
-(one query) also returns the dataset's generation, which says whether that index was still current. When it was
-not, because another process ingested or deleted the dataset meanwhile, the search runs again on the new state.
+A warm search asks the store nothing before it searches: it trusts the index it has loaded, and the lookup of the
+images found (one query: paths, sizes, dates and the captured facts) also returns the dataset's generation, which
+says whether that index was still current. When it was not, because another process ingested or deleted the
+dataset meanwhile, the search runs again on the new state.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from .query import Query
 from .results import SearchResult, title_of
 
 if TYPE_CHECKING:
+    from ..store import ImageRecord
     from ..service import ImageSearch, LoadedIndex
 
 # How often a search reads a dataset that keeps changing under it before it gives up: an ingest commits in one
@@ -78,7 +81,12 @@ def search_loaded(service: ImageSearch, loaded: LoadedIndex, queries: np.ndarray
                 for row in loaded.index.search(queries, min(k, record.image_count), ids=ids)]
     # even with no hits: the lookup is what tells a cached index that its dataset changed
     wanted = sorted({i for row in hits for i, _ in row})
-    paths, generation = service.store.lookup_paths(record.id, wanted, uid=record.uid)
-    if generation != record.generation or len(paths) != len(wanted):
+    images, generation = service.store.lookup_images(record.id, wanted, uid=record.uid)
+    if generation != record.generation or len(images) != len(wanted):
         return None
-    return [[SearchResult(paths[i], score, title_of(paths[i], record.root)) for i, score in row] for row in hits]
+    return [[result_of(images[i], score, record.root) for i, score in row] for row in hits]
+
+
+def result_of(image: ImageRecord, score: float, root: str) -> SearchResult:
+    return SearchResult(image.path, score, title_of(image.path, root), size=image.size, mtime_ns=image.mtime_ns,
+                        facts=image.facts)

@@ -14,10 +14,14 @@ from typing import Iterable, Sequence
 
 from ..errors import DatasetExistsError, DatasetNotFoundError, ImageSearchError
 from . import schema
-from .records import DatasetRecord, ImageRecord, NewDataset, decode_path, encode_path
+from .records import FACT_COLUMNS, DatasetRecord, ImageFacts, ImageRecord, NewDataset, decode_path, encode_path
 
 _DATASET_COLUMNS = ("id, name, uid, model, dim, root, image_count, generation, next_vector_id, index_kind, "
                     "created_at, updated_at")
+
+_IMAGE_COLUMNS = ", ".join(("vector_id", "path", "size", "mtime_ns", *FACT_COLUMNS))
+_SET_FACTS = ", ".join(f"{name} = ?" for name in FACT_COLUMNS)
+_NO_FACTS = (None,) * len(FACT_COLUMNS)
 
 BATCH = 1000
 
@@ -141,9 +145,16 @@ class MetadataStore:
             self._execute(cursor, "SELECT vector_id FROM images WHERE dataset_id = ?", (dataset_id,))
             return [int(row[0]) for row in cursor.fetchall()]
 
-    def lookup_paths(self, dataset_id: int, vector_ids: Sequence[int],
-                     uid: str | None = None) -> tuple[dict[int, str], int | None]:
-        """Paths of the given vector ids plus the dataset's current generation, in one query.
+    def vector_ids_without_facts(self, dataset_id: int) -> set[int]:
+        """The vector ids whose facts were never captured (rows written before schema 3)."""
+        with self._cursor() as cursor:
+            self._execute(cursor, "SELECT vector_id FROM images WHERE dataset_id = ? AND sha256 IS NULL",
+                          (dataset_id,))
+            return {int(row[0]) for row in cursor.fetchall()}
+
+    def lookup_images(self, dataset_id: int, vector_ids: Sequence[int],
+                      uid: str | None = None) -> tuple[dict[int, ImageRecord], int | None]:
+        """The records (facts included) of the given vector ids plus the dataset's current generation, in one query.
 
         The generation is None when the dataset is gone (or, given its uid, was replaced by another dataset that
         reuses the id), so a caller holding an index in memory learns in the same query whether it is current.
@@ -151,7 +162,8 @@ class MetadataStore:
         ids = [int(v) for v in vector_ids]
         marks = ", ".join("?" for _ in ids)
         join = f"LEFT JOIN images i ON i.dataset_id = d.id AND i.vector_id IN ({marks})" if ids else ""
-        columns = "d.generation, i.vector_id, i.path" if ids else "d.generation, NULL, NULL"
+        image_columns = ", ".join(f"i.{name}" for name in _IMAGE_COLUMNS.split(", "))
+        columns = f"d.generation, {image_columns}" if ids else "d.generation, NULL"
         same_uid = " AND d.uid = ?" if uid is not None else ""
         statement = f"SELECT {columns} FROM datasets d {join} WHERE d.id = ?{same_uid}"
         with self._cursor() as cursor:
@@ -160,12 +172,27 @@ class MetadataStore:
         if not rows:
             return {}, None
         generation = int(rows[0][0])
-        return {int(v): decode_path(p) for _, v, p in rows if v is not None}, generation
+        records = {}
+        for row in rows:
+            if row[1] is None:
+                continue
+            vector_id, path, size, mtime_ns = row[1:5]
+            records[int(vector_id)] = ImageRecord(int(vector_id), decode_path(path), int(size), int(mtime_ns),
+                                                  ImageFacts.from_row(row[5:]))
+        return records, generation
+
+    def lookup_paths(self, dataset_id: int, vector_ids: Sequence[int],
+                     uid: str | None = None) -> tuple[dict[int, str], int | None]:
+        """Paths of the given vector ids plus the dataset's current generation, in one query (lookup_images)."""
+        records, generation = self.lookup_images(dataset_id, vector_ids, uid)
+        return {vector_id: record.path for vector_id, record in records.items()}, generation
 
     def commit_generation(self, *, dataset: DatasetRecord | NewDataset, base_generation: int, new_generation: int,
                           added: Iterable[ImageRecord], removed_ids: Sequence[int], image_count: int,
-                          next_vector_id: int) -> DatasetRecord:
-        """Atomically apply one ingest: insert added rows, drop removed ones, move the dataset to new_generation.
+                          next_vector_id: int,
+                          refreshed_facts: Iterable[tuple[int, ImageFacts]] = ()) -> DatasetRecord:
+        """Atomically apply one ingest: insert added rows, drop removed ones, fill in the facts of kept rows that had
+        none (refreshed_facts: (vector_id, facts)), move the dataset to new_generation.
 
         For an existing dataset the update only happens if it is still at base_generation, so two writers can
         never both believe they committed on top of the same state.
@@ -200,9 +227,28 @@ class MetadataStore:
                                            "nothing was written, run the ingest again.")
             self._execute_many(cursor, "DELETE FROM images WHERE dataset_id = ? AND vector_id = ?",
                                ((dataset_id, vid) for vid in removed_ids))
+            marks = ", ".join("?" for _ in _IMAGE_COLUMNS.split(", "))
             self._execute_many(
-                cursor, "INSERT INTO images (dataset_id, vector_id, path, size, mtime_ns) VALUES (?, ?, ?, ?, ?)",
-                ((dataset_id, r.vector_id, encode_path(r.path), r.size, r.mtime_ns) for r in added))
+                cursor, f"INSERT INTO images (dataset_id, {_IMAGE_COLUMNS}) VALUES (?, {marks})",
+                ((dataset_id, r.vector_id, encode_path(r.path), r.size, r.mtime_ns,
+                  *(r.facts.as_row() if r.facts is not None else _NO_FACTS)) for r in added))
+            self._update_facts(cursor, dataset_id, refreshed_facts)
         record = self.get_dataset(name)
         assert record is not None
         return record
+
+    def refresh_facts(self, dataset: DatasetRecord, refreshed_facts: Iterable[tuple[int, ImageFacts]]) -> None:
+        """Fill in the facts of kept rows (vector_id, facts) in one transaction, when an ingest changes nothing else:
+        the index and the generation stay as they are. Refused when the dataset moved on from dataset.generation."""
+        with self._cursor(write=True) as cursor:
+            # the update of the dataset's own row takes its row lock first, as commit_generation does
+            self._execute(cursor, "UPDATE datasets SET updated_at = ? WHERE id = ? AND generation = ?",
+                          (_now(), dataset.id, dataset.generation))
+            if cursor.rowcount != 1:
+                raise ImageSearchError(f"Dataset '{dataset.name}' was changed by another process during this "
+                                       "ingest; nothing was written, run the ingest again.")
+            self._update_facts(cursor, dataset.id, refreshed_facts)
+
+    def _update_facts(self, cursor, dataset_id: int, refreshed_facts: Iterable[tuple[int, ImageFacts]]) -> None:
+        self._execute_many(cursor, f"UPDATE images SET {_SET_FACTS} WHERE dataset_id = ? AND vector_id = ?",
+                           ((*facts.as_row(), dataset_id, vector_id) for vector_id, facts in refreshed_facts))
