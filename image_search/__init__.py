@@ -25,7 +25,7 @@ __version__ = "1.0.0"
 _PUBLIC = {
     "service": ["ImageSearch"],
     "ingest": ["IngestReport"],
-    "search": ["SearchFilter", "SearchResult", "check_num_results"],
+    "search": ["SearchFilter", "SearchResult", "SearchResults", "check_num_results"],
     "store": ["DatasetRecord", "ImageFacts"],
     "retrieval_quality": ["CategoryRetrievalResult", "KEPT_CATEGORY_DATASET", "SelfRetrievalResult"],
     "errors": ["API_FIXES", "DatasetBusyError", "DatasetChangedError", "DatasetExistsError", "DatasetNotFoundError",

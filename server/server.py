@@ -129,6 +129,11 @@ APP_FIXES = {
     Fix.KEEP_EVALUATION_DATASET: "choose another name.",
     Fix.FOLLOW_SYMLINKS: "the app does not follow links; copy the files they point to into the folder to include "
                          "them",
+    Fix.FILTER_FOLDER: "fill 'Folder' with a folder inside {root}, relative to it (e.g. DCIM) or in full, or leave it "
+                       "empty.",
+    Fix.FILTER_DATE: "fill 'Taken from' and 'Taken to' with dates like 2023-03-01 (or 2023-03-01T14:30:00), or "
+                     "leave them empty.",
+    Fix.FILTER_SCORE: "fill 'Minimum score' with a number from -1 to 1, e.g. 0.25, or leave it empty.",
 }
 
 
