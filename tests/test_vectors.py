@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 from dataclasses import replace
 
 import numpy as np
@@ -168,14 +170,15 @@ def test_a_search_with_ids_returns_the_best_allowed_ids_only(kind):
 
 
 @pytest.mark.parametrize("kind", [vectors.IVF, vectors.IVF_SQ8])
-def test_a_filtered_ivf_search_scans_as_many_more_lists_as_the_filter_is_narrow(kind):
+def test_a_filtered_ivf_search_scans_more_lists_until_they_hold_enough_allowed_ids(kind):
     exact, ids, _ = synthetic_index(3000)
     index = vectors.fit(exact, kind)
     queries = SyntheticCollection(64).queries(20)
-    allowed = allowed_sample(ids, 600)  # a fifth of the ids: five times the lists
-    for nprobe in (3, index.lists // 8):
-        widened = vectors.policy.filtered_nprobe(nprobe, index.lists, index.count, len(allowed))
-        assert widened == min(index.lists, nprobe * 5)
+    allowed = allowed_sample(ids, 600)  # a fifth: 3 of 64 lists hold ~28 allowed vectors, 40 lists ~375
+    wanted = vectors.policy.MIN_ALLOWED_SCANNED
+    for nprobe in (3, 40):
+        widened = vectors.policy.filtered_nprobe(nprobe, index.lists, index.count, len(allowed), 10)
+        assert widened == max(nprobe, math.ceil(wanted * index.lists / len(allowed)))
         # asked for every vector, a search returns those of the lists it scans; a filtered search finds the best
         # allowed ids among exactly the lists an unfiltered search with the widened nprobe scans
         index.set_search_effort(nprobe=widened)
@@ -183,7 +186,9 @@ def test_a_filtered_ivf_search_scans_as_many_more_lists_as_the_filter_is_narrow(
         index.set_search_effort(nprobe=nprobe)
         for row, everything in zip(index.search(queries, 10, ids=allowed), scanned):
             assert row.ids.tolist() == everything.ids[np.isin(everything.ids, allowed)][:10].tolist()
-    assert vectors.policy.filtered_nprobe(3, index.lists, index.count, index.count) == 3
+    assert vectors.policy.filtered_nprobe(3, index.lists, index.count, len(allowed), 10) > 3
+    assert vectors.policy.filtered_nprobe(40, index.lists, index.count, len(allowed), 10) == 40
+    assert vectors.policy.filtered_nprobe(3, index.lists, index.count, index.count, 10) == 3
 
 
 @pytest.mark.parametrize("kind", [vectors.IVF, vectors.IVF_SQ8, vectors.HNSW])
@@ -214,7 +219,7 @@ def test_a_filtered_hnsw_search_widens_its_walk_or_scores_every_allowed_id():
     assert filtered_recall(16, few) == 1.0  # exact: a walk with FAISS' own default (16) would miss some
     many = allowed_sample(ids, 1500)
     assert not vectors.policy.hnsw_scores_every_allowed(len(many), 16, vectors.faiss_index.HNSW_M)
-    assert vectors.policy.filtered_ef_search(16, hnsw.count, len(many)) == 32
+    assert vectors.policy.filtered_ef_search(16, hnsw.count, len(many), 10) == 2 * vectors.policy.MIN_ALLOWED_SCANNED
     assert filtered_recall(16, many) >= 0.9
 
 

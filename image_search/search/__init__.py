@@ -22,8 +22,8 @@ if TYPE_CHECKING:
     from ..service import ImageSearch
 
 __all__ = ["ImageQuery", "Query", "SearchFilter", "SearchResult", "SearchResults", "Selections", "TextQuery",
-           "TextVectorCache", "VectorQuery", "allowed_ids", "check_num_results", "check_query_image", "dataset_model", "run_search", "search_by_image",
-           "search_by_text", "search_loaded", "search_vectors"]
+           "TextVectorCache", "VectorQuery", "allowed_ids", "check_num_results", "check_query_image", "dataset_model",
+           "run_search", "search_by_image", "search_by_text", "search_loaded", "search_vectors"]
 
 
 def search_by_text(service: ImageSearch, name: str, text: str, k=DEFAULT_NUM_RESULTS, *,

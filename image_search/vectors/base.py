@@ -150,6 +150,6 @@ class VectorIndex(ABC):
     @abstractmethod
     def search(self, queries: np.ndarray, k: int, ids: Allowed | None = None) -> list[Neighbours]:
         """The k best for each query (a row of `queries`), best first. `ids`: the only ids that may be returned
-        (a sorted int64 array or an AllowedIds; None: any id). A search among a share of the ids looks as much
-        wider as policy.filtered_effort says, so that it finds the best allowed ids as reliably as an unfiltered
+        (a sorted int64 array or an AllowedIds; None: any id). A search among a small share of the ids looks
+        wider (policy.filtered_nprobe), so that it finds the best allowed ids about as reliably as an unfiltered
         search finds the best ones, and it returns min(k, allowed ids in the index) of them, never fewer."""

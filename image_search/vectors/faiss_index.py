@@ -222,14 +222,14 @@ class FaissIndex(VectorIndex):
             return [_NOTHING] * len(queries)
         if self._kind == HNSW and policy.hnsw_scores_every_allowed(len(allowed), self.ef_search, HNSW_M):
             return self._score_every_allowed(queries, k, allowed)
-        rows = self._search(queries, k, self._search_parameters(allowed))
+        rows = self._search(queries, k, self._search_parameters(allowed, k))
         if self._kind != FLAT:  # an exact search already looked everywhere
             short = [i for i, row in enumerate(rows) if len(row.ids) < k]
             if short:  # the lists or the graph it walked held fewer than k allowed ids: look everywhere
                 if self._kind == HNSW:
                     again = self._score_every_allowed(queries[short], k, allowed)
                 else:
-                    again = self._search(queries[short], k, self._search_parameters(allowed, everywhere=True))
+                    again = self._search(queries[short], k, self._search_parameters(allowed, k, everywhere=True))
                 for i, row in zip(short, again):
                     rows[i] = row
         return rows
@@ -252,23 +252,23 @@ class FaissIndex(VectorIndex):
                 faiss.omp_set_num_threads(threads)
         return _neighbours(scores, found)
 
-    def _search_parameters(self, allowed: AllowedIds, *, everywhere: bool = False):
+    def _search_parameters(self, allowed: AllowedIds, k: int, *, everywhere: bool = False):
         """Parameters that admit only the `allowed` ids. They replace the index's own search effort rather than
         adding to it (SearchParametersIVF's nprobe is 1 unless set, SearchParametersHNSW's efSearch 16), so they
-        carry the index's effort, widened for the share of ids allowed (policy.filtered_nprobe). IndexIDMap2
+        carry the index's effort, widened for a small share of ids allowed (policy.filtered_nprobe). IndexIDMap2
         (flat, hnsw) translates its positions to ids before asking the selector."""
         import faiss
 
         selector = allowed.derived("faiss-selector", _selector)[0]
         if self._kind in _IVF:
             nprobe = self._index.nlist if everywhere else policy.filtered_nprobe(
-                self._index.nprobe, self._index.nlist, self.count, len(allowed))
+                self._index.nprobe, self._index.nlist, self.count, len(allowed), k)
             return faiss.SearchParametersIVF(sel=selector, nprobe=nprobe, max_codes=self._index.max_codes)
         if self._kind == HNSW:
             graph = self._graph().hnsw
             return faiss.SearchParametersHNSW(sel=selector,
                                               efSearch=policy.filtered_ef_search(graph.efSearch, self.count,
-                                                                                 len(allowed)),
+                                                                                 len(allowed), k),
                                               check_relative_distance=graph.check_relative_distance,
                                               bounded_queue=graph.search_bounded_queue)
         return faiss.SearchParameters(sel=selector)
