@@ -136,7 +136,7 @@ def allowed_ids(store: MetadataStore, record: DatasetRecord, filters: SearchFilt
         ids = store.select_vector_ids(record.id, criteria)
         if len(ids) == 0 and criteria.folder is not None and not os.path.isdir(criteria.folder):
             # no image under it, and no such folder (the dataset's folder may be gone: then images still count)
-            raise InvalidInputError(f"There is no folder {printable(filters.folder)} in dataset '{record.name}' "
+            raise InvalidInputError(f"There is no folder '{printable(filters.folder)}' in dataset '{record.name}' "
                                     f"({printable(record.root)})", fix=Fix.FILTER_FOLDER,
                                     root=printable(record.root))
         return AllowedIds(ids)
@@ -151,10 +151,10 @@ def folder_inside(folder: str, record: DatasetRecord) -> str:
     if not _inside(path, root) and os.path.exists(path):
         path = os.path.realpath(path)  # the dataset's folder by another name (a link to it or into it)
     if not _inside(path, root):
-        raise InvalidInputError(f"The folder {printable(folder)} is not inside dataset '{record.name}' "
+        raise InvalidInputError(f"The folder '{printable(folder)}' is not inside dataset '{record.name}' "
                                 f"({printable(root)})", fix=Fix.FILTER_FOLDER, root=printable(root))
     if os.path.exists(path) and not os.path.isdir(path):
-        raise InvalidInputError(f"{printable(folder)} in dataset '{record.name}' is a file, not a folder",
+        raise InvalidInputError(f"'{printable(folder)}' in dataset '{record.name}' is a file, not a folder",
                                 fix=Fix.FILTER_FOLDER, root=printable(root))
     return path
 
