@@ -226,7 +226,7 @@ FILTER_FIELDS = {
     "taken_from": ("Taken from", "YYYY-MM-DD: the date the camera recorded, else the file's modification time"),
     "taken_to": ("Taken to", "YYYY-MM-DD, the whole day included"),
     "camera": ("Camera", "part of the camera's make or model, e.g. canon"),
-    "format": ("Format", "e.g. JPEG, PNG or HEIF"),
+    "format": ("Format", "e.g. JPEG, PNG or WEBP"),
     "min_score": ("Minimum score", "from -1 to 1, e.g. 0.25"),
 }
 COLLAPSE = "collapse_duplicates"
