@@ -41,7 +41,8 @@ def build_parser() -> argparse.ArgumentParser:
                          help="only results scoring at least this (cosine similarity, -1 to 1)")
     parser.add_argument("--collapse-duplicates", action="store_true",
                         help="show exact copies (same SHA-256) once, with the paths of the other copies")
-    add_json_flag(parser, 'the results (a list of {"path", "score", "title", "sha256", ...})')
+    add_json_flag(parser, 'the results (a list of {"path", "score", "sha256", "date_taken", "camera", ...}: see the '
+                          "README)")
     parser.add_argument("--no-server", action="store_true",
                         help="search in this process even when a server (python -m server.server) is running on "
                              "the same data folder; by default the search is sent to it, which is much faster")
@@ -50,16 +51,34 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 FILTERS = ("folder", "taken_from", "taken_to", "camera", "format", "min_score")  # SearchFilter's, as the flags
+CAMERA_WIDTH = 28  # wider camera names are cut, so the paths stay in line
 
 
 def results_table(results: list[dict], note: str | None = None) -> str:
-    """Results as SearchResult.to_dict() gives them (here, or from a server) as a table, and the note that says
-    why there are none or fewer than asked for."""
+    """Results as SearchResult.to_dict() gives them (here, or from a server) as a table: rank, score, date taken
+    (to the minute; '*' when it is the file's modification time, having no EXIF date), camera and path; then the
+    note that says why there are none or fewer than asked for."""
     if not results:
         return note or "No results."
-    rows = [[str(rank), f"{r['score']:.4f}", r["path"]] for rank, r in enumerate(results, 1)]
-    table = format_table(["#", "score", "path"], rows, right={0, 1})
+    rows = [[str(rank), f"{r['score']:.4f}", _date_cell(r), _camera_cell(r.get("camera")), r["path"]]
+            for rank, r in enumerate(results, 1)]
+    table = format_table(["#", "score", "date", "camera", "path"], rows, right={0, 1})
+    if any(r.get("date_source") == "modified" for r in results):
+        table += "\n* no date in the picture's EXIF: the file's modification time"
     return f"{table}\n{note}" if note else table
+
+
+def _date_cell(result: dict) -> str:
+    taken = result.get("date_taken")
+    if not taken:
+        return "-"
+    return taken[:16].replace("T", " ") + ("*" if result.get("date_source") == "modified" else "")
+
+
+def _camera_cell(camera: str | None) -> str:
+    if not camera:
+        return "-"
+    return camera if len(camera) <= CAMERA_WIDTH else camera[:CAMERA_WIDTH - 3] + "..."
 
 
 def filter_values(args) -> dict:

@@ -119,6 +119,14 @@ def device_decode_requested() -> bool:
     return os.environ.get("IMAGE_SEARCH_GPU_DECODE", "").strip().lower() not in ("0", "false", "no", "off")
 
 
+def capture_requested() -> bool:
+    """IMAGE_SEARCH_CAPTURE_FACTS: record each file's hashes and EXIF at ingest (pipeline/facts.py), unless it is 0
+    (or false, no, off). Only evaluation.benchmark_ingest --capture-cost turns it off, to measure what capturing
+    costs; images ingested without it get their facts on the next ingest (without being embedded again)."""
+    load_environment()
+    return os.environ.get("IMAGE_SEARCH_CAPTURE_FACTS", "").strip().lower() not in ("0", "false", "no", "off")
+
+
 CPU_PRECISIONS = ("auto", "fp32", "bf16")
 
 

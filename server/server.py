@@ -287,9 +287,20 @@ def search_answer(results: SearchResults) -> ResponseBody:
 def image_grid(results: list[SearchResult]) -> ResponseBody:
     titles = unique_titles([printable(result.title) for result in results])
     return ResponseBody(root=BatchFileResponse(files=[
-        FileResponse(file_type=FileType.IMG, path=printable(result.path), title=title,
-                     subtitle=f"score {result.score:.4f}")
+        FileResponse(file_type=FileType.IMG, path=printable(result.path), title=title, subtitle=subtitle(result))
         for result, title in zip(results, titles)]))
+
+
+def subtitle(result: SearchResult) -> str:
+    """'score 0.3127 · taken 2023-03-14 15:09 · Canon EOS 5D': the score, the date to the minute (the file's
+    'modified' date when the picture has no EXIF date) and the camera when known."""
+    parts = [f"score {result.score:.4f}"]
+    if result.date_taken:
+        word = "taken" if result.date_source == "exif" else "modified"
+        parts.append(f"{word} {result.date_taken[:16].replace('T', ' ')}")
+    if result.camera:
+        parts.append(result.camera)
+    return " · ".join(parts)
 
 
 def markdown_cell(text: str) -> str:

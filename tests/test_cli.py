@@ -46,8 +46,9 @@ def test_ingest_search_evaluate_round_trip(cli_env, mixed_folder):
     by_text = run_tool("cli.cli_search", "-q", "finger licking dessert", "-n", "case1", "-k", "3", env=cli_env)
     assert by_text.returncode == 0, by_text.stderr
     table = by_text.stdout.strip().splitlines()
-    assert table[0].split() == ["#", "score", "path"] and len(table) == 4
-    assert all(os.path.isabs(line.split(None, 2)[2]) for line in table[1:])
+    assert table[0].split() == ["#", "score", "date", "camera", "path"] and len(table) == 5  # and the * note
+    assert all(os.path.isabs(line.split(None, 5)[5]) for line in table[1:4])  # sample photos: no EXIF camera
+    assert table[4] == "* no date in the picture's EXIF: the file's modification time"
 
     evaluation = run_tool("cli.cli_evaluation", "-i", mixed_folder, "-n", "case1", env=cli_env)
     assert evaluation.returncode == 0, evaluation.stderr

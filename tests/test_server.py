@@ -161,7 +161,8 @@ def check_image_grid(answer: dict, folder: Path, count: int) -> list[dict]:
         if "\ufffd" not in item["path"]:  # undecodable names cannot travel in JSON as they are
             assert os.path.isfile(item["path"])
             assert item["title"] == os.path.relpath(item["path"], root)
-        assert re.fullmatch(r"score -?\d\.\d{4}", item["subtitle"])
+        # the score, the date (the sample photos have no EXIF: the file's), and a camera when known
+        assert re.fullmatch(r"score -?\d\.\d{4} · modified \d{4}-\d\d-\d\d \d\d:\d\d( · .+)?", item["subtitle"])
     titles = [item["title"] for item in files]
     assert len(set(titles)) == len(titles)
     scores = [float(item["subtitle"].split()[1]) for item in files]

@@ -1,7 +1,8 @@
 """Ingesting a folder into a dataset: plan, embed, commit.
 
 Re-ingesting the same folder is incremental: unchanged files (same size and modification time) keep their
-vectors, new and changed files are embedded, vanished files are removed. plan.py reads the dataset and the folder
+vectors, new and changed files are embedded, vanished files are removed; unchanged files stored without their
+facts (hashes, EXIF: datasets from before schema 3) get them, without being embedded again (backfill.py). plan.py reads the dataset and the folder
 and decides what to do; embed.py turns the files to embed into vectors; commit.py builds the next generation and
 makes it visible in one transaction (and recovers from an ingest that was killed); report.py says what happened.
 """
@@ -15,6 +16,7 @@ from ..errors import InvalidInputError
 from ..pipeline.scan import printable
 from ..models import parse_model_name
 from ..datasets.names import validate_dataset_name
+from .backfill import backfill_facts
 from .commit import commit_generation, end_journal, recover_interrupted, start_generation
 from .embed import EmbedFiles, embed_locally
 from .plan import Plan, check_input_folder, make_plan
@@ -53,6 +55,8 @@ def ingest_folder(service: ImageSearch, input_dir, name: str, *, model_name: str
             if batch.positions:
                 generation.add(batch.vectors, [plan.to_embed[position] for position in batch.positions], batch.facts)
         report.embed_seconds = time.perf_counter() - embed_started
+        refreshed = backfill_facts(plan.facts_missing, workers=workers or None, progress=progress)
+        report.facts_updated = len(refreshed)
         report.indexed, report.removed = len(generation.added), len(plan.removed_ids)
         report.total = generation.index.count
         if report.total == 0 and not plan.incremental:
@@ -61,8 +65,9 @@ def ingest_folder(service: ImageSearch, input_dir, name: str, *, model_name: str
             raise InvalidInputError(
                 f"No usable images were found in {printable(root)}: {len(report.skipped)} files could not be read"
                 f"{first} and {report.ignored} are not images; nothing was saved.")
-        report.changed = commit_generation(service, plan, generation)
-    if report.changed:
+        index_changed = commit_generation(service, plan, generation, refreshed)
+        report.changed = index_changed or bool(refreshed)
+    if index_changed:
         service.forget_index(name)
     report.seconds = time.perf_counter() - started
     return report

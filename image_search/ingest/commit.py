@@ -122,12 +122,16 @@ def end_journal(service: ImageSearch, plan: Plan) -> None:
     _journal_path(service, plan.name).unlink(missing_ok=True)
 
 
-def commit_generation(service: ImageSearch, plan: Plan, generation: NewGeneration) -> bool:
-    """Make the new generation the dataset's, in one transaction; False when it would change nothing (then
-    nothing is written)."""
+def commit_generation(service: ImageSearch, plan: Plan, generation: NewGeneration,
+                      refreshed_facts: Sequence[tuple[int, ImageFacts]] = ()) -> bool:
+    """Make the new generation the dataset's, in one transaction, with the facts filled in for kept rows
+    (refreshed_facts: (vector_id, facts)); False when the index would not change (then only those facts are
+    written, in one transaction, and the dataset keeps its generation)."""
     # the kind that suits the new size (or the one IMAGE_SEARCH_INDEX asks for); converting counts as a change
     fitted_index = vectors.fit(generation.index, service.settings.index.kind)
     if not (generation.added or plan.removed_ids or not plan.incremental or fitted_index is not generation.index):
+        if refreshed_facts:  # the index stays as it is: no new generation, no index file to write
+            service.store.refresh_facts(plan.existing, refreshed_facts)
         end_journal(service, plan)
         return False
     _pause_point("before-index-write")
@@ -140,7 +144,7 @@ def commit_generation(service: ImageSearch, plan: Plan, generation: NewGeneratio
     service.store.commit_generation(dataset=target, base_generation=generation.base_generation,
                                     new_generation=generation.number, added=generation.added,
                                     removed_ids=plan.removed_ids, image_count=fitted_index.count,
-                                    next_vector_id=generation.next_id)
+                                    next_vector_id=generation.next_id, refreshed_facts=refreshed_facts)
     _pause_point("after-commit")
     vectors.layout.remove_other_generations(service.data_home, generation.uid, generation.number)
     end_journal(service, plan)

@@ -3,16 +3,18 @@
 The caller holds the dataset's lock. make_plan reads the dataset's row once (every later step takes it from the
 plan), finishes or rolls back an earlier ingest of it that was killed, chooses the model by the one model-match
 rule (image_search/search/query.py), loads it, and sorts the folder's files into unchanged (same size and
-modification time: their vectors are kept), new or changed (to embed) and gone (their vectors are removed).
+modification time: their vectors are kept), new or changed (to embed) and gone (their vectors are removed); of the
+unchanged ones, those stored without facts (before schema 3) are read for their facts only (backfill.py).
 """
 
 from __future__ import annotations
 
 import os
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
+from ..config import capture_requested
 from ..errors import Fix, InvalidInputError
 from ..pipeline.scan import FileEntry, ScanResult, printable, scan_folder
 from ..models import Embedder
@@ -37,6 +39,8 @@ class Plan:
     to_embed: list[FileEntry]  # new or changed files (every file for a new dataset or a rebuild)
     reused: int  # unchanged files, whose vectors are kept
     removed_ids: list[int]  # vectors of files gone or changed (every vector, on a rebuild)
+    # unchanged files whose rows have no facts (written before schema 3): (vector_id, file), filled in by backfill
+    facts_missing: list[tuple[int, FileEntry]] = field(default_factory=list)
 
     @property
     def incremental(self) -> bool:
@@ -87,12 +91,16 @@ def make_plan(service: ImageSearch, root: str, name: str, *, model_name: str | N
     scan = scan_folder(root, follow_symlinks=follow_symlinks)
     incremental = existing is not None and not rebuild
     known = {r.path: r for r in service.store.image_records(existing.id)} if incremental else {}
+    without_facts = service.store.vector_ids_without_facts(existing.id) if incremental and capture_requested() \
+        else set()
     keep_ids: set[int] = set()
-    to_embed = []
+    to_embed, facts_missing = [], []
     for entry in scan.files:
         record = known.get(entry.path)
         if record is not None and record.size == entry.size and record.mtime_ns == entry.mtime_ns:
             keep_ids.add(record.vector_id)
+            if record.vector_id in without_facts:
+                facts_missing.append((record.vector_id, entry))
         else:
             to_embed.append(entry)
     removed_ids = [r.vector_id for r in known.values() if r.vector_id not in keep_ids]
@@ -100,4 +108,4 @@ def make_plan(service: ImageSearch, root: str, name: str, *, model_name: str | N
         removed_ids = service.store.vector_ids(existing.id)
     return Plan(name=name, root=root, existing=existing, rebuild=rebuild, embedder=embedder,
                 model_seconds=model_seconds, recovered=recovered, scan=scan, to_embed=to_embed,
-                reused=len(keep_ids), removed_ids=removed_ids)
+                reused=len(keep_ids), removed_ids=removed_ids, facts_missing=facts_missing)

@@ -20,6 +20,7 @@ class IngestReport:
     embed_seconds: float = 0.0  # reading and embedding only (no model loading, scanning or committing)
     reused: int = 0  # unchanged since the last ingest, not embedded again
     removed: int = 0  # gone from the folder (or changed) since the last ingest
+    facts_updated: int = 0  # unchanged images stored without hashes and EXIF that got them (not embedded again)
     skipped: list[tuple[str, str]] = field(default_factory=list)  # (path, reason)
     ignored: int = 0  # files that are not images
     symlinks_skipped: int = 0
@@ -43,6 +44,9 @@ class IngestReport:
                      f"{self.total} images in the dataset.")
         lines.append(f"Indexed {self.indexed} images in {self.seconds:.1f} s ({self._time_split()}); "
                      f"reused {self.reused} unchanged; removed {self.removed}.")
+        if self.facts_updated:
+            lines.append(f"Recorded the hashes and EXIF of {self.facts_updated} unchanged images indexed by an "
+                         "earlier version (without embedding them again).")
         if self.skipped:
             lines.append(f"Skipped {len(self.skipped)} files that could not be read:")
             for path, reason in self.skipped[:max_skipped]:
@@ -70,7 +74,7 @@ class IngestReport:
     def to_dict(self) -> dict:
         return {
             "dataset": self.dataset, "root": printable(self.root), "model": self.model, "indexed": self.indexed,
-            "reused": self.reused, "removed": self.removed, "total": self.total, "seconds": round(self.seconds, 3),
+            "reused": self.reused, "removed": self.removed, "facts_updated": self.facts_updated, "total": self.total, "seconds": round(self.seconds, 3),
             "model_seconds": round(self.model_seconds, 3), "to_embed": self.to_embed,
             "embed_seconds": round(self.embed_seconds, 3),
             "images_per_second": round(self.images_per_second, 2) if self.indexed else None, "ignored": self.ignored,

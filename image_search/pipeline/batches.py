@@ -8,7 +8,7 @@ from typing import Iterator, Sequence
 
 import numpy as np
 
-from ..config import device_decode_requested
+from ..config import capture_requested, device_decode_requested
 from ..models import Embedder
 from .cpu_reader import default_workers, iter_batches
 from .gpu_decode import decode_batch
@@ -52,21 +52,27 @@ def embed_files(embedder: Embedder, paths: Sequence[str], *, batch_size: int | N
     if decode_on_device is None:
         decode_on_device = on_gpu and device_decode_requested()
     reader_batch = reader_batch_size(embedder, batch_size)
-    bar = _progress_bar(len(paths), progress, label)
+    bar = progress_bar(len(paths), progress, label)
     empty = np.zeros((0, embedder.dim), dtype=np.float32)
     try:
         batches = iter_batches(paths, geometry=embedder.geometry, min_side=embedder.input_size,
                                batch_size=reader_batch, workers=workers, pin_memory=on_gpu,
-                               encoded_jpegs=decode_on_device)
+                               encoded_jpegs=decode_on_device, capture=capture_requested())
         decoded = (_decode_encoded(embedder, paths, batch) if batch.encoded is not None else
-                   (batch.positions, _to_device(batch.pixels, embedder.device), batch.skipped, batch.ignored)
+                   (batch.positions, _to_device(batch.pixels, embedder.device), batch.skipped, batch.ignored,
+                    _facts_of(batch.facts, batch.positions))
                    for batch in batches)
-        for positions, pixels, skipped, ignored in _regroup(decoded, batch_size):
+        for positions, pixels, skipped, ignored, facts in _regroup(decoded, batch_size):
             vectors = embedder.encode_pixels(pixels) if pixels is not None else empty
             bar.update(len(positions) + len(skipped) + len(ignored))
-            yield EmbeddedBatch(positions, vectors, skipped, ignored)
+            yield EmbeddedBatch(positions, vectors, skipped, ignored, facts)
     finally:
         bar.close()
+
+
+def _facts_of(facts: list, positions: list) -> list:
+    """The facts of a batch's rows, one per position (None where nothing was captured)."""
+    return list(facts) if len(facts) == len(positions) else [None] * len(positions)
 
 
 def _to_device(pixels, device: str):
@@ -81,34 +87,39 @@ def _decode_encoded(embedder: Embedder, paths: Sequence[str], batch):
     decoded = decode_batch(batch.encoded, paths, geometry=embedder.geometry, min_side=embedder.input_size,
                            device=embedder.device)
     positions = list(batch.positions) + decoded.positions
+    facts = _facts_of(batch.facts, batch.positions) + _facts_of(decoded.facts, decoded.positions)
     skipped = sorted(batch.skipped + decoded.skipped)
     parts = [p for p in (batch.pixels, decoded.pixels) if p is not None]
     if not parts:
-        return [], None, skipped, batch.ignored
+        return [], None, skipped, batch.ignored, []
     pixels = torch.cat([part.to(embedder.device, non_blocking=True) for part in parts])
     order = sorted(range(len(positions)), key=positions.__getitem__)
     if order != list(range(len(positions))):
         pixels = pixels[torch.tensor(order, device=pixels.device)]
         positions = [positions[i] for i in order]
-    return positions, pixels, skipped, batch.ignored
+        facts = [facts[i] for i in order]
+    return positions, pixels, skipped, batch.ignored, facts
 
 
 def _regroup(batches, size: int):
-    """Join consecutive (positions, pixels, skipped, ignored) batches until they hold at least `size` images."""
+    """Join consecutive (positions, pixels, skipped, ignored, facts) batches until they hold at least `size`
+    images."""
     import torch  # imported here for start-up time (see pipeline/__init__.py)
 
-    positions, parts, skipped, ignored = [], [], [], []
-    for batch_positions, pixels, batch_skipped, batch_ignored in batches:
+    positions, parts, skipped, ignored, facts = [], [], [], [], []
+    for batch_positions, pixels, batch_skipped, batch_ignored, batch_facts in batches:
         positions += batch_positions
         skipped += batch_skipped
         ignored += batch_ignored
+        facts += batch_facts
         if pixels is not None:
             parts.append(pixels)
         if len(positions) >= size:
-            yield positions, parts[0] if len(parts) == 1 else torch.cat(parts), skipped, ignored
-            positions, parts, skipped, ignored = [], [], [], []
+            yield positions, parts[0] if len(parts) == 1 else torch.cat(parts), skipped, ignored, facts
+            positions, parts, skipped, ignored, facts = [], [], [], [], []
     if positions or skipped or ignored:
-        yield positions, (parts[0] if len(parts) == 1 else torch.cat(parts)) if parts else None, skipped, ignored
+        pixels = (parts[0] if len(parts) == 1 else torch.cat(parts)) if parts else None
+        yield positions, pixels, skipped, ignored, facts
 
 
 class _NoBar:
@@ -119,7 +130,8 @@ class _NoBar:
         pass
 
 
-def _progress_bar(total: int, enabled: bool, label: str):
+def progress_bar(total: int, enabled: bool, label: str):
+    """A progress bar on stderr (one that shows nothing when not enabled or there is nothing to do)."""
     if not enabled or total == 0:
         return _NoBar()
     from tqdm import tqdm  # imported here for start-up time (see pipeline/__init__.py)

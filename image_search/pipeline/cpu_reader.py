@@ -1,20 +1,21 @@
 """Turning image files into batches of model-ready pixels, in parallel worker processes.
 
-Workers decode (at reduced JPEG scale when the model input is small), fix orientation, convert to RGB and apply the
-model's own resize and crop. They hand back uint8 pixels, a quarter of the bytes of float tensors, so passing
+Workers read each file once, record its facts from those bytes (pipeline/facts.py: hashes, pixel size, EXIF),
+decode (at reduced JPEG scale when the model input is small), fix orientation, convert to RGB and apply the model's
+own resize and crop. They hand back uint8 pixels, a quarter of the bytes of float tensors, so passing
 batches between processes stays cheap; normalisation happens next to the model.
 """
 
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable, Iterator, Sequence
 
 import numpy as np
 
-from .decode import NotAnImage, UnreadableImage, read_pixels
-from .encoded_jpeg import pack, read_encoded_jpeg
+from .decode import NotAnImage, UnreadableImage, pixels_from_bytes, read_image_file
+from .encoded_jpeg import encoded_jpeg_from_bytes, pack
 
 # Statuses of one file.
 OK, SKIPPED, IGNORED, ENCODED = "ok", "skipped", "ignored", "encoded"
@@ -27,6 +28,7 @@ class Batch:
     skipped: list[tuple[int, str]]  # (position, reason)
     ignored: list[int]  # positions of files that are not images
     encoded: object = None  # encoded_jpeg.EncodedBatch: JPEGs left for the GPU to decode, or None
+    facts: list = field(default_factory=list)  # ImageFacts (None: not captured) per row of pixels
 
     def pin_memory(self) -> "Batch":  # called by DataLoader(pin_memory=True) for faster host-to-GPU copies
         if self.pixels is not None:
@@ -38,22 +40,25 @@ class _FileDataset:
     """Map-style dataset for torch's DataLoader: item i is the outcome of reading paths[i]."""
 
     def __init__(self, paths: Sequence[str], geometry: Callable, min_side: int | None,
-                 encoded_jpegs: bool = False) -> None:
+                 encoded_jpegs: bool = False, capture: bool = True) -> None:
         self.paths = paths
         self.geometry = geometry
         self.min_side = min_side
         self.encoded_jpegs = encoded_jpegs
+        self.capture = capture
 
     def __len__(self) -> int:
         return len(self.paths)
 
     def __getitem__(self, position: int):
-        if self.encoded_jpegs:
-            encoded = read_encoded_jpeg(self.paths[position])
-            if encoded is not None:
-                return position, ENCODED, encoded
+        """(position, status, payload): for OK, (pixels, facts); for ENCODED, an EncodedJpeg (facts inside)."""
         try:
-            return position, OK, read_pixels(self.paths[position], self.geometry, self.min_side)
+            data, fmt = read_image_file(self.paths[position])  # the one read of the file
+            if self.encoded_jpegs and fmt == "JPEG":
+                encoded = encoded_jpeg_from_bytes(data, capture=self.capture)
+                if encoded is not None:
+                    return position, ENCODED, encoded
+            return position, OK, pixels_from_bytes(data, fmt, self.geometry, self.min_side, capture=self.capture)
         except NotAnImage:
             return position, IGNORED, None
         except UnreadableImage as error:
@@ -65,11 +70,12 @@ class _FileDataset:
 def _collate(items) -> Batch:
     import torch  # imported here for start-up time (see pipeline/__init__.py)
 
-    positions, arrays, skipped, ignored, encoded = [], [], [], [], []
+    positions, arrays, facts, skipped, ignored, encoded = [], [], [], [], [], []
     for position, status, payload in items:
         if status == OK:
             positions.append(position)
-            arrays.append(payload)
+            arrays.append(payload[0])
+            facts.append(payload[1])
         elif status == ENCODED:
             encoded.append((position, payload))
         elif status == SKIPPED:
@@ -78,7 +84,7 @@ def _collate(items) -> Batch:
             ignored.append(position)
     pixels = torch.from_numpy(np.stack(arrays)) if arrays else None
     packed = pack(encoded) if encoded else None
-    return Batch(positions, pixels, skipped, ignored, packed)
+    return Batch(positions, pixels, skipped, ignored, packed, facts)
 
 
 def _init_worker(_worker_id: int) -> None:
@@ -95,16 +101,18 @@ def default_workers(device: str) -> int:
 
 
 def iter_batches(paths: Sequence[str], *, geometry: Callable, min_side: int | None, batch_size: int,
-                 workers: int, pin_memory: bool = False, encoded_jpegs: bool = False) -> Iterator[Batch]:
+                 workers: int, pin_memory: bool = False, encoded_jpegs: bool = False,
+                 capture: bool = True) -> Iterator[Batch]:
     """Yield batches in order while the next ones are being read in the background.
 
     encoded_jpegs: leave the JPEGs a GPU can decode undecoded (Batch.encoded); see gpu_decode.
+    capture: record each file's facts (pipeline/facts.py) from the bytes read for it (Batch.facts).
     """
     from torch.utils.data import DataLoader  # imported here for start-up time (see pipeline/__init__.py)
 
     if not paths:
         return
-    dataset = _FileDataset(paths, geometry, min_side, encoded_jpegs)
+    dataset = _FileDataset(paths, geometry, min_side, encoded_jpegs, capture)
     if len(paths) <= batch_size:
         workers = 0  # starting worker processes costs more than reading one batch
     loader = DataLoader(

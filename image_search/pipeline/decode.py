@@ -1,5 +1,5 @@
-"""One image file to pixels on the CPU: recognising it by content, decoding it safely and fast, and the model's
-resize and crop (read_pixels).
+"""One image file to pixels on the CPU: recognising it by content, reading it once, decoding it safely and fast,
+and the model's resize and crop (read_pixels; pixels_from_bytes also gives the file's facts from the same bytes).
 
 Nothing here lets a bad file take an ingest down: a file that cannot be used raises NotAnImage or UnreadableImage
 (whose text is the reason), and the readers record it and go on.
@@ -7,12 +7,16 @@ Nothing here lets a bad file take an ingest down: a file that cannot be used rai
 
 from __future__ import annotations
 
+import io
 import warnings
 from pathlib import Path
 from typing import Callable
 
 import numpy as np
 from PIL import Image, ImageFile, ImageOps
+
+from ..store.records import ImageFacts
+from .facts import facts_from_bytes
 
 # Seized drives hold every kind of broken file; Pillow's decompression-bomb guard stays on (its default limit),
 # and a bomb becomes a skipped file with a reason, not a crash.
@@ -68,53 +72,81 @@ def _to_rgb(image: Image.Image) -> Image.Image:
     return image
 
 
-def load_rgb(path: str, *, min_side: int | None = None) -> Image.Image:
-    """Decode an image file to an upright RGB image.
-
-    min_side: when given, JPEGs are decoded at a reduced scale (libjpeg DCT scaling) as long as both sides stay at
-    least this large; the caller resizes afterwards, so this only saves work.
-    Raises NotAnImage or UnreadableImage.
-    """
+def read_image_file(path: str) -> tuple[bytes, str]:
+    """The whole file and the image format its first bytes name: the one read of a file that every later step
+    (decoding, the GPU path, hashing) works from. Only a file that looks like an image is read past its header.
+    Raises NotAnImage or UnreadableImage."""
     try:
         with open(path, "rb") as handle:
             header = handle.read(_HEADER_BYTES)
-            claimed = Path(path).suffix.lower() in IMAGE_EXTENSIONS
             fmt = sniff_format(header)
             if fmt is None:
-                if not claimed:
+                if Path(path).suffix.lower() not in IMAGE_EXTENSIONS:
                     raise NotAnImage(path)
                 if not header:
                     raise UnreadableImage("empty file (0 bytes)")
                 raise UnreadableImage("not an image: its content is not JPEG, PNG, WebP, BMP, GIF or TIFF")
-            handle.seek(0)
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")  # Pillow's warnings (bomb-sized, EXIF quirks) are not errors here
-                image = Image.open(handle, formats=[fmt])
-                if min_side and fmt == "JPEG":
-                    image.draft("RGB", (min_side, min_side))
-                image.load()
-                image = ImageOps.exif_transpose(image)
-                image = _to_rgb(image)
-    except (NotAnImage, UnreadableImage):
-        raise
-    except Image.DecompressionBombError:
-        raise UnreadableImage("too many pixels (over Pillow's decompression-bomb limit)") from None
+            return header + handle.read(), fmt
     except PermissionError:
         raise UnreadableImage("permission denied") from None
     except FileNotFoundError:
         raise UnreadableImage("file disappeared while reading") from None
+    except IsADirectoryError:
+        raise UnreadableImage("is a folder, not a file") from None
+    except OSError as error:
+        raise UnreadableImage(f"cannot read: {str(error).strip()[:200] or type(error).__name__}") from None
+    except MemoryError:
+        raise UnreadableImage("too large to read into memory") from None
+
+
+def decode_rgb(data: bytes, fmt: str, *, min_side: int | None = None,
+               capture: bool = False) -> tuple[Image.Image, ImageFacts | None]:
+    """Decode a file's bytes (read_image_file) to an upright RGB image, and with capture, its facts (facts.py)
+    from the same bytes and the same parsed header.
+
+    min_side: when given, JPEGs are decoded at a reduced scale (libjpeg DCT scaling) as long as both sides stay at
+    least this large; the caller resizes afterwards, so this only saves work.
+    Raises UnreadableImage.
+    """
+    facts = None
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # Pillow's warnings (bomb-sized, EXIF quirks) are not errors here
+            image = Image.open(io.BytesIO(data), formats=[fmt])
+            if capture:  # as opened: before the draft shrinks it and the orientation turns it
+                facts = facts_from_bytes(data, image)
+            if min_side and fmt == "JPEG":
+                image.draft("RGB", (min_side, min_side))
+            image.load()
+            image = ImageOps.exif_transpose(image)
+            image = _to_rgb(image)
+    except Image.DecompressionBombError:
+        raise UnreadableImage("too many pixels (over Pillow's decompression-bomb limit)") from None
     except (OSError, SyntaxError, ValueError, EOFError, TypeError, IndexError, KeyError,
             ZeroDivisionError, RuntimeError, MemoryError) as error:
         message = str(error).strip() or type(error).__name__
         raise UnreadableImage(f"cannot decode: {message[:200]}") from None
     if image.width < 1 or image.height < 1:
         raise UnreadableImage("image has no pixels")
-    return image
+    return image, facts
+
+
+def load_rgb(path: str, *, min_side: int | None = None) -> Image.Image:
+    """Decode an image file to an upright RGB image (see decode_rgb). Raises NotAnImage or UnreadableImage."""
+    data, fmt = read_image_file(path)
+    return decode_rgb(data, fmt, min_side=min_side)[0]
 
 
 def read_pixels(path: str, geometry: Callable, min_side: int | None) -> np.ndarray:
     """One file -> uint8 array [3, S, S]. Raises NotAnImage or UnreadableImage."""
-    image = load_rgb(path, min_side=min_side)
+    data, fmt = read_image_file(path)
+    return pixels_from_bytes(data, fmt, geometry, min_side)[0]
+
+
+def pixels_from_bytes(data: bytes, fmt: str, geometry: Callable, min_side: int | None, *,
+                      capture: bool = False) -> tuple[np.ndarray, ImageFacts | None]:
+    """A file's bytes -> uint8 array [3, S, S], and with capture its facts. Raises UnreadableImage."""
+    image, facts = decode_rgb(data, fmt, min_side=min_side, capture=capture)
     try:
         plan = _resize_crop_plan(geometry)
         image = resize_and_crop(image, *plan) if plan else geometry(image)
@@ -123,7 +155,7 @@ def read_pixels(path: str, geometry: Callable, min_side: int | None) -> np.ndarr
     array = np.asarray(image, dtype=np.uint8)
     if array.ndim != 3 or array.shape[2] != 3:
         raise UnreadableImage(f"unexpected pixel layout {array.shape}")
-    return np.ascontiguousarray(array.transpose(2, 0, 1))
+    return np.ascontiguousarray(array.transpose(2, 0, 1)), facts
 
 
 _plans: dict[int, tuple[Callable, tuple | None]] = {}

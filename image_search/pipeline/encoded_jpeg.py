@@ -15,6 +15,9 @@ from typing import Sequence
 import numpy as np
 from PIL import Image
 
+from ..store.records import ImageFacts
+from .facts import facts_from_bytes
+
 JPEG_SIGNATURE = b"\xff\xd8\xff"
 JPEG_END = b"\xff\xd9"
 _EXIF_ORIENTATION = 0x0112
@@ -25,9 +28,10 @@ class EncodedJpeg:
     data: np.ndarray  # the file's bytes, uint8
     orientation: int  # EXIF orientation, 1 (upright) to 8
     pixels: int  # width x height, to bound device memory
+    facts: ImageFacts | None = None  # what facts.py captured from the same bytes and header (with capture)
 
 
-def read_encoded_jpeg(path: str) -> EncodedJpeg | None:
+def read_encoded_jpeg(path: str, *, capture: bool = False) -> EncodedJpeg | None:
     """The bytes of a JPEG the GPU decoder handles well (8-bit baseline YCbCr/RGB), or None: decode it on the CPU.
 
     Never raises: anything unusual (progressive, CMYK, greyscale, truncated, too many pixels) goes to the CPU reader,
@@ -36,6 +40,15 @@ def read_encoded_jpeg(path: str) -> EncodedJpeg | None:
     try:
         with open(path, "rb") as handle:
             data = handle.read()
+    except Exception:  # noqa: BLE001 - the CPU path reports the real reason
+        return None
+    return encoded_jpeg_from_bytes(data, capture=capture)
+
+
+def encoded_jpeg_from_bytes(data: bytes, *, capture: bool = False) -> EncodedJpeg | None:
+    """read_encoded_jpeg for bytes already read (the reader reads each file once); with capture, the file's facts
+    from the same bytes and the header parsed here."""
+    try:
         if not data.startswith(JPEG_SIGNATURE) or not data.endswith(JPEG_END):
             return None  # not a JPEG, or truncated (or trailing data) which nvJPEG might decode into garbage
         with warnings.catch_warnings():
@@ -45,9 +58,11 @@ def read_encoded_jpeg(path: str) -> EncodedJpeg | None:
                     return None
                 orientation = int(image.getexif().get(_EXIF_ORIENTATION, 1) or 1)
                 pixels = image.width * image.height
+                facts = facts_from_bytes(data, image) if capture else None
     except Exception:  # noqa: BLE001 - the CPU path reports the real reason
         return None
-    return EncodedJpeg(np.frombuffer(data, dtype=np.uint8), orientation if 1 <= orientation <= 8 else 1, pixels)
+    return EncodedJpeg(np.frombuffer(data, dtype=np.uint8), orientation if 1 <= orientation <= 8 else 1, pixels,
+                       facts)
 
 
 @dataclass
@@ -59,6 +74,7 @@ class EncodedBatch:
     offsets: list[int]  # file i is data[offsets[i]:offsets[i + 1]]
     orientations: list[int]
     pixel_counts: list[int]
+    facts: list  # ImageFacts or None per file
 
     def __len__(self) -> int:
         return len(self.positions)
@@ -77,4 +93,4 @@ def pack(items: Sequence[tuple[int, EncodedJpeg]]) -> EncodedBatch | None:
         offsets.append(offsets[-1] + len(encoded.data))
     data = torch.from_numpy(np.concatenate([encoded.data for _, encoded in items]))
     return EncodedBatch([p for p, _ in items], data, offsets, [e.orientation for _, e in items],
-                        [e.pixels for _, e in items])
+                        [e.pixels for _, e in items], [e.facts for _, e in items])

@@ -10,7 +10,7 @@ correctness.
 from __future__ import annotations
 
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable, Sequence
 
 from .decode import NotAnImage, UnreadableImage, read_pixels
@@ -48,6 +48,7 @@ class DecodedBatch:
     pixels: object  # torch.uint8 [len(positions), 3, S, S] on the device, or None
     skipped: list[tuple[int, str]]  # (position, reason)
     cpu_fallbacks: int  # files the device could not decode that the CPU decoded
+    facts: list = field(default_factory=list)  # ImageFacts (None: not captured) per position, from the reader
 
 
 def _decode_jpegs(files: list, device: str) -> list:
@@ -111,7 +112,8 @@ def decode_batch(encoded: EncodedBatch, paths: Sequence[str], *, geometry: Calla
         del decoded
     kept = sorted(outputs)
     pixels = torch.stack([outputs[i] for i in kept]) if kept else None
-    return DecodedBatch([encoded.positions[i] for i in kept], pixels, skipped, fallbacks)
+    facts = list(encoded.facts) if encoded.facts else [None] * len(encoded)
+    return DecodedBatch([encoded.positions[i] for i in kept], pixels, skipped, fallbacks, [facts[i] for i in kept])
 
 
 def _chunks(pixel_counts: Sequence[int]) -> list[list[int]]:
