@@ -25,7 +25,7 @@ __version__ = "1.0.0"
 _PUBLIC = {
     "service": ["ImageSearch"],
     "ingest": ["IngestReport"],
-    "search": ["SearchFilter", "SearchResult", "check_num_results"],
+    "search": ["SearchFilter", "SearchResult", "SearchResults", "check_num_results"],
     "store": ["DatasetRecord", "ImageFacts"],
     "duplicates": ["DuplicateGroup", "Duplicates"],
     "reports": ["REPORT_FORMATS", "check_report_path", "search_report", "write_report", "write_report_files"],

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import os
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -24,7 +24,8 @@ from .errors import DataFolderError, DatasetChangedError, Fix, IndexCorruptError
 from .datasets.locks import dataset_lock
 from .models import Embedder, ModelCache, check_weights_obtainable, model_supports_text, parse_model_name
 from .datasets.names import validate_dataset_name
-from .search import SearchFilter, SearchResult, TextVectorCache, search_by_image, search_by_text, search_vectors
+from .search import (SearchFilter, SearchResults, Selections, TextVectorCache, search_by_image, search_by_text,
+                     search_vectors)
 from .store import DatasetRecord, MetadataStore, open_store
 from .vectors import UnreadableIndexFile, VectorIndex
 
@@ -38,6 +39,7 @@ if TYPE_CHECKING:  # imported when first used: a search or a listing starts with
 class LoadedIndex:
     record: DatasetRecord
     index: VectorIndex
+    selections: Selections = field(default_factory=Selections)  # the ids recent filters allowed in this state
 
 
 class ImageSearch:
@@ -97,20 +99,28 @@ class ImageSearch:
         return run_in_passing_thread(run) if own_thread else run()
 
     def search_text(self, name: str, text: str, k=DEFAULT_NUM_RESULTS, *, model: str | None = None,
-                    filters: SearchFilter | None = None) -> list[SearchResult]:
+                    filters: SearchFilter | None = None, collapse_duplicates: bool = False) -> SearchResults:
         """The k images of the dataset that best match the text, best first (model: refused unless it is the
-        dataset's own)."""
-        return search_by_text(self, name, text, k, model_name=model, filters=filters)
+        dataset's own).
+
+        filters: only images that pass it (SearchFilter: folder, dates taken, camera, format, minimum score),
+        still k of them when that many pass. collapse_duplicates: exact copies (same SHA-256) once, the others'
+        paths in SearchResult.duplicates. When there are no results, or fewer than k, the list's `note` says why
+        in one sentence (e.g. that no image passes the filters); that is never an error."""
+        return search_by_text(self, name, text, k, model_name=model, filters=filters,
+                              collapse_duplicates=collapse_duplicates)
 
     def search_image(self, name: str, path, k=DEFAULT_NUM_RESULTS, *, model: str | None = None,
-                     filters: SearchFilter | None = None) -> list[SearchResult]:
-        """The k images of the dataset most similar to the image file at path, best first."""
-        return search_by_image(self, name, path, k, model_name=model, filters=filters)
+                     filters: SearchFilter | None = None, collapse_duplicates: bool = False) -> SearchResults:
+        """The k images of the dataset most similar to the image file at path, best first (filters and
+        collapse_duplicates as for search_text)."""
+        return search_by_image(self, name, path, k, model_name=model, filters=filters,
+                               collapse_duplicates=collapse_duplicates)
 
-    def search_vectors(self, name: str, queries: np.ndarray, k: int,
-                       filters: SearchFilter | None = None) -> list[list[SearchResult]]:
+    def search_vectors(self, name: str, queries: np.ndarray, k: int, filters: SearchFilter | None = None,
+                       collapse_duplicates: bool = False) -> list[SearchResults]:
         """The k best images for each query vector (made by the dataset's own model)."""
-        return search_vectors(self, name, queries, k, filters)
+        return search_vectors(self, name, queries, k, filters, collapse_duplicates)
 
     def find_duplicates(self, name: str, threshold: float | None = None, exact_only: bool = False, *,
                         own_thread: bool = False) -> Duplicates:

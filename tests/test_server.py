@@ -189,8 +189,11 @@ def test_registers_like_rescuebox_desktop(server):
 
     schemas = {order: server.get(route["task_schema"]).json() for order, route in by_order.items()}
     assert shape(schemas[0]) == ([("input_dir", "directory")], [("dataset_name", "text")])
-    assert shape(schemas[1]) == ([("text_query", "text")], [("dataset_name", "enum"), ("num_results", "int")])
-    assert shape(schemas[2]) == ([("image_path", "file")], [("dataset_name", "enum"), ("num_results", "int")])
+    search_parameters = [("dataset_name", "enum"), ("num_results", "int"), ("folder", "text"), ("taken_from", "text"),
+                         ("taken_to", "text"), ("camera", "text"), ("format", "text"), ("min_score", "text"),
+                         ("collapse_duplicates", "enum")]
+    assert shape(schemas[1]) == ([("text_query", "text")], search_parameters)
+    assert shape(schemas[2]) == ([("image_path", "file")], search_parameters)
     assert shape(schemas[3]) == ([], [])
     assert shape(schemas[4]) == ([], [("dataset_name", "enum")])
     assert schemas[1]["parameters"][1]["value"]["default"] == 5

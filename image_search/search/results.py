@@ -68,3 +68,12 @@ def title_of(path: str, root: str) -> str:
     except ValueError:
         return os.path.basename(path)
     return os.path.basename(path) if relative.startswith("..") else relative
+
+
+class SearchResults(list):
+    """One query's SearchResults, best first, and `note`: why there are none (or fewer than asked for), as one
+    sentence for people, e.g. that no image passes the filters; None when there is nothing to say."""
+
+    def __init__(self, results=(), note: str | None = None) -> None:
+        super().__init__(results)
+        self.note = note

@@ -96,3 +96,24 @@ class NewDataset:
     dim: int
     root: str
     index_kind: str
+
+
+@dataclass(frozen=True)
+class ImageCriteria:
+    """Conditions on a dataset's images, as MetadataStore.select_vector_ids applies them (search/filters.py makes
+    them from a SearchFilter); a condition left as None does not filter.
+
+    The date conditions go in pairs: an image taken (EXIF) from taken_from and before taken_before, or, for an
+    image without an EXIF date, modified from modified_from_ns and before modified_before_ns (the same moments
+    as nanoseconds since the epoch)."""
+    folder: str | None = None  # absolute: the images under it, at any depth
+    taken_from: str | None = None  # 'YYYY-MM-DDTHH:MM:SS', as taken_at holds it
+    taken_before: str | None = None
+    modified_from_ns: int | None = None
+    modified_before_ns: int | None = None
+    camera: str | None = None  # lower case: a part of 'make model'
+    formats: tuple[str, ...] = ()  # Pillow's names; empty: any
+
+    @property
+    def is_empty(self) -> bool:
+        return self == ImageCriteria()

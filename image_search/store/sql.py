@@ -13,13 +13,18 @@ dead: the server restarted since it was last used. Every operation then runs onc
 from __future__ import annotations
 
 import functools
+import os
 from contextlib import contextmanager
 from datetime import datetime, timezone
-from typing import Callable, Iterable, Sequence
+from typing import TYPE_CHECKING, Callable, Iterable, Sequence
 
 from ..errors import DatasetExistsError, DatasetNotFoundError, ImageSearchError, StoreUnreachableError
 from . import schema
-from .records import FACT_COLUMNS, DatasetRecord, ImageFacts, ImageRecord, NewDataset, decode_path, encode_path
+from .records import (FACT_COLUMNS, DatasetRecord, ImageCriteria, ImageFacts, ImageRecord, NewDataset, decode_path,
+                      encode_path)
+
+if TYPE_CHECKING:
+    import numpy as np
 
 _DATASET_COLUMNS = ("id, name, uid, model, dim, root, image_count, generation, next_vector_id, index_kind, "
                     "created_at, updated_at")
@@ -266,6 +271,39 @@ class MetadataStore:
         records, generation = self.lookup_images(dataset_id, vector_ids, uid)
         return {vector_id: record.path for vector_id, record in records.items()}, generation
 
+    def select_vector_ids(self, dataset_id: int, criteria: ImageCriteria) -> np.ndarray:
+        """The vector ids (sorted, int64) of the dataset's images that meet every condition of `criteria`, in one
+        parameterised query that both backends run as it is."""
+        import numpy as np
+
+        where, params = _criteria_sql(criteria)
+        with self._cursor() as cursor:
+            self._execute(cursor, f"SELECT vector_id FROM images WHERE dataset_id = ?{where}", (dataset_id, *params))
+            ids = np.fromiter((row[0] for row in cursor.fetchall()), dtype=np.int64)
+        ids.sort()
+        return ids
+
+    def lookup_copies(self, dataset_id: int, sha256s: Sequence[str],
+                      uid: str | None = None) -> tuple[dict[str, list[tuple[int, str]]], int | None]:
+        """(vector id, path) of every image of the dataset whose SHA-256 is one of `sha256s`, by SHA-256, plus the
+        dataset's current generation (None when it is gone), in one query as lookup_paths does."""
+        hashes = sorted(set(sha256s))
+        marks = ", ".join("?" for _ in hashes)
+        join = f"LEFT JOIN images i ON i.dataset_id = d.id AND i.sha256 IN ({marks})" if hashes else ""
+        columns = "d.generation, i.sha256, i.vector_id, i.path" if hashes else "d.generation, NULL, NULL, NULL"
+        same_uid = " AND d.uid = ?" if uid is not None else ""
+        with self._cursor() as cursor:
+            self._execute(cursor, f"SELECT {columns} FROM datasets d {join} WHERE d.id = ?{same_uid}",
+                          (*hashes, dataset_id, *([uid] if uid is not None else [])))
+            rows = cursor.fetchall()
+        if not rows:
+            return {}, None
+        copies: dict[str, list[tuple[int, str]]] = {}
+        for _, sha256, vector_id, path in rows:
+            if sha256 is not None:
+                copies.setdefault(sha256, []).append((int(vector_id), decode_path(path)))
+        return copies, int(rows[0][0])
+
     def commit_generation(self, *, dataset: DatasetRecord | NewDataset, base_generation: int, new_generation: int,
                           added: Iterable[ImageRecord], removed_ids: Sequence[int], image_count: int,
                           next_vector_id: int,
@@ -347,3 +385,34 @@ class MetadataStore:
     def _update_facts(self, cursor, dataset_id: int, refreshed_facts: Iterable[tuple[int, ImageFacts]]) -> None:
         self._execute_many(cursor, f"UPDATE images SET {_SET_FACTS} WHERE dataset_id = ? AND vector_id = ?",
                            ((*facts.as_row(), dataset_id, vector_id) for vector_id, facts in refreshed_facts))
+
+
+def _criteria_sql(criteria: ImageCriteria) -> tuple[str, list]:
+    """The conditions of `criteria` as ' AND ...' with '?' placeholders, and their parameters."""
+    conditions: list[str] = []
+    params: list = []
+    if criteria.folder is not None:
+        # paths are raw bytes: the ones under the folder sort from 'folder/' up to (not including) 'folder0',
+        # '0' being the byte after '/'; a range on the (dataset_id, path) index, with no pattern to escape
+        prefix = encode_path(criteria.folder.rstrip(os.sep) + os.sep)
+        conditions.append("path >= ? AND path < ?")
+        params += [prefix, prefix[:-1] + bytes([prefix[-1] + 1])]
+    taken = [("taken_at >= ?", criteria.taken_from), ("taken_at < ?", criteria.taken_before)]
+    modified = [("mtime_ns >= ?", criteria.modified_from_ns), ("mtime_ns < ?", criteria.modified_before_ns)]
+    taken, modified = [(c, v) for c, v in taken if v is not None], [(c, v) for c, v in modified if v is not None]
+    if taken:  # the EXIF date when the image has one, else its modification time
+        conditions.append(f"(({' AND '.join(c for c, _ in taken)}) OR "
+                          f"({' AND '.join(['taken_at IS NULL', *(c for c, _ in modified)])}))")
+        params += [v for _, v in taken] + [v for _, v in modified]
+    if criteria.camera is not None:
+        conditions.append("LOWER(COALESCE(camera_make, '') || ' ' || COALESCE(camera_model, '')) LIKE ? ESCAPE '\\'")
+        params.append(f"%{_like_literal(criteria.camera)}%")
+    if criteria.formats:
+        conditions.append(f"format IN ({', '.join('?' for _ in criteria.formats)})")
+        params += list(criteria.formats)
+    return "".join(f" AND {condition}" for condition in conditions), params
+
+
+def _like_literal(text: str) -> str:
+    """`text` matched as it is by LIKE ... ESCAPE '\\': its wildcards and the escape character escaped."""
+    return text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")

@@ -13,7 +13,7 @@ from .kinds import AUTO, FLAT, HNSW, IVF, IVF_SQ8, KINDS
 # command-line search that a running server answers never needs it (tests/test_cli_server.py).
 _LAZY = {"layout": ".layout", "policy": ".policy", "base": ".base", "faiss_index": ".faiss_index", "seal": ".seal",
          "Neighbours": ".base", "UnreadableIndexFile": ".base", "VectorIndex": ".base", "FaissIndex": ".faiss_index",
-         "fit": ".policy"}
+         "fit": ".policy", "AllowedIds": ".base"}
 
 
 def __getattr__(name: str):
@@ -38,5 +38,5 @@ def load_index(path, *, mapped: bool = False):
     return __getattr__("BACKEND").load(path, mapped=mapped)
 
 
-__all__ = ["AUTO", "BACKEND", "FLAT", "HNSW", "IVF", "IVF_SQ8", "KINDS", "FaissIndex", "Neighbours",
+__all__ = ["AUTO", "AllowedIds", "BACKEND", "FLAT", "HNSW", "IVF", "IVF_SQ8", "KINDS", "FaissIndex", "Neighbours",
            "UnreadableIndexFile", "VectorIndex", "fit", "layout", "load_index", "new_index", "policy", "seal"]

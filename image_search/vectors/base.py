@@ -11,9 +11,10 @@ result only after save() and the store's commit. Searches may run concurrently w
 
 from __future__ import annotations
 
+import threading
 from abc import ABC, abstractmethod
 from pathlib import Path
-from typing import Callable, Iterable, Iterator, NamedTuple
+from typing import Callable, Iterable, Iterator, NamedTuple, Union
 
 import numpy as np
 
@@ -27,6 +28,30 @@ class Neighbours(NamedTuple):
     """One query's results, best first. Never padded: fewer than k when fewer could be found."""
     ids: np.ndarray  # int64 vector ids
     scores: np.ndarray  # float32 inner products
+
+
+class AllowedIds:
+    """The only ids a search may return: a sorted int64 array, plus what a backend derives from it to test an id
+    fast (a bitmap, say), kept here so that the searches of one filter derive it once (search/filters.py caches
+    an AllowedIds per filter and dataset state)."""
+
+    def __init__(self, ids: np.ndarray) -> None:
+        self.ids = np.ascontiguousarray(ids, dtype=np.int64).reshape(-1)
+        self._derived: dict[str, object] = {}
+        self._lock = threading.Lock()
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def derived(self, key: str, make: Callable[[np.ndarray], object]) -> object:
+        """make(ids), made once per key (searches run concurrently: the lock keeps it to once)."""
+        with self._lock:
+            if key not in self._derived:
+                self._derived[key] = make(self.ids)
+            return self._derived[key]
+
+
+Allowed = Union[np.ndarray, AllowedIds]
 
 
 class UnreadableIndexFile(Exception):
@@ -134,9 +159,11 @@ class VectorIndex(ABC):
 
     # -- searching --------------------------------------------------------------------------------------------
     @abstractmethod
-    def search(self, queries: np.ndarray, k: int, ids: np.ndarray | None = None) -> list[Neighbours]:
-        """The k best for each query (a row of `queries`), best first. `ids`: a sorted int64 array of the only
-        ids that may be returned (None: any id); the search effort (nprobe, ef_search) is the same either way."""
+    def search(self, queries: np.ndarray, k: int, ids: Allowed | None = None) -> list[Neighbours]:
+        """The k best for each query (a row of `queries`), best first. `ids`: the only ids that may be returned
+        (a sorted int64 array or an AllowedIds; None: any id). A search among a small share of the ids looks
+        wider (policy.filtered_nprobe), so that it finds the best allowed ids about as reliably as an unfiltered
+        search finds the best ones, and it returns min(k, allowed ids in the index) of them, never fewer."""
 
     def similar_pairs(self, min_score: float, neighbours: int,
                       wanted: Callable[[np.ndarray], np.ndarray] | None = None) -> Edges:
