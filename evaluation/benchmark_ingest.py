@@ -268,7 +268,8 @@ def measure_ingest(folder: Path, data_home: Path, name: str, args, gpu_decode: b
     return report.indexed / seconds, seconds, report.indexed, len(report.skipped)
 
 
-def timed_ingest(folder: Path, data_home: Path, name: str, args, gpu_decode: bool, *, checkpoints=_DEFAULT):
+def timed_ingest(folder: Path, data_home: Path, name: str, args, gpu_decode: bool, *, checkpoints=_DEFAULT,
+                 embed=None):
     """The real ingest into a new dataset: (seconds, IngestReport). checkpoints: CheckpointSettings, or None for
     none (default: the ingest's own)."""
     from image_search.config import Settings
@@ -285,7 +286,8 @@ def timed_ingest(folder: Path, data_home: Path, name: str, args, gpu_decode: boo
         with environment(IMAGE_SEARCH_GPU_DECODE="1" if gpu_decode else "0"):
             started = time.perf_counter()
             report = ingest_folder(engine, folder, name, model_name=args.model, batch_size=args.batch_size,
-                                   workers=args.workers, progress=False)
+                                   workers=args.workers, progress=False,
+                                   **({"embed": embed} if embed is not None else {}))
             seconds = time.perf_counter() - started
     finally:
         engine.close()
@@ -335,6 +337,55 @@ def run_checkpoint_cost(args) -> dict:
             "settings": {"model": embedder.name, "device": embedder.device, "batch_size": args.batch_size,
                          "workers": args.workers, "checkpoint_images": every.images,
                          "checkpoint_seconds": every.seconds, "repeat": args.repeat},
+            "results": results}
+
+
+# -- Ray's overhead on one machine -------------------------------------------------------------------------------
+def run_ray_overhead(args) -> dict:
+    """The same files ingested locally and through `--ray` (a Ray started on this machine), one after the other,
+    best of --repeat each: how much of the local ingest's speed a distributed ingest keeps on one machine."""
+    from image_search.ingest.ray_embed import RayEmbedding
+    from image_search.models import load_model
+
+    embedder = load_model(args.model, args.device)
+    embedder.prepare_image_tower()
+    args.device = embedder.device
+    print(_machine_line(machine_info()))
+    print(f"Settings: model {embedder.name} on {embedder.device}; local ingest vs --ray; best of {args.repeat}.",
+          flush=True)
+    results = []
+    ray_embed = RayEmbedding(None, device=args.device)  # started once: a cluster is up before an ingest joins it
+    try:
+        with tempfile.TemporaryDirectory(prefix="image-search-bench-") as scratch:
+            scratch = Path(scratch)
+            corpus = list(corpus_folders(args, scratch))
+            if corpus:  # one-time costs (store, first imports, Ray's actors' first model load) are in no row
+                warm_up = link_folder([Path(p) for p in image_files(corpus[0][1])[:64]], scratch / "warm-up")
+                timed_ingest(warm_up, scratch / "home", "warmup", args, True)
+                timed_ingest(warm_up, scratch / "home", "warmup-ray", args, True, embed=ray_embed)
+            for label, folder in corpus:
+                best = {"local": None, "ray": None}
+                for attempt in range(args.repeat):
+                    for mode, embed in (("local", None), ("ray", ray_embed)):
+                        seconds, report = timed_ingest(folder, scratch / "home", f"ray-{mode}-{len(results)}-{attempt}",
+                                                       args, True, embed=embed)
+                        if best[mode] is None or seconds < best[mode][0]:
+                            best[mode] = (seconds, report)
+                (local_seconds, local), (ray_seconds, on_ray) = best["local"], best["ray"]
+                row = {"label": label, "images": on_ray.indexed,
+                       "local_images_per_second": round(local.indexed / local_seconds, 2),
+                       "ray_images_per_second": round(on_ray.indexed / ray_seconds, 2),
+                       "ray_share": round((on_ray.indexed / ray_seconds) / (local.indexed / local_seconds), 4),
+                       "same_count": on_ray.indexed == local.indexed}
+                results.append(row)
+                print(f"{label}: {row['local_images_per_second']:.1f} images/s local, "
+                      f"{row['ray_images_per_second']:.1f} through Ray ({100 * row['ray_share']:.1f}% of local)",
+                      flush=True)
+    finally:
+        ray_embed.close()
+    return {"benchmark": "ingest-ray-overhead", "machine": machine_info(),
+            "settings": {"model": embedder.name, "device": embedder.device, "batch_size": args.batch_size,
+                         "workers": args.workers, "repeat": args.repeat},
             "results": results}
 
 
@@ -582,6 +633,9 @@ def parse_args(argv=None):
     parser.add_argument("--memory-size", type=float, default=0.3,
                         help="megapixels of the photos for --memory (default: 0.3)")
     parser.add_argument("--memory-child", metavar="DIR", help=argparse.SUPPRESS)
+    parser.add_argument("--ray-overhead", action="store_true",
+                        help="ingest the same files locally and through --ray (Ray started on this machine) and "
+                             "report the share of the local speed that Ray keeps")
     parser.add_argument("--checkpoint-cost", action="store_true",
                         help="instead of speed, measure ingests with and without checkpoints")
     parser.add_argument("--checkpoint-images", type=_positive, default=None,
@@ -602,7 +656,7 @@ def main(argv=None) -> int:
 
     with text_to_stderr_under_json(args):
         result = (run_memory(args) if args.memory else run_checkpoint_cost(args) if args.checkpoint_cost
-                  else run_speed(args))
+                  else run_ray_overhead(args) if args.ray_overhead else run_speed(args))
     print_result(args, None, result)
     return 0
 
