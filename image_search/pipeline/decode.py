@@ -14,6 +14,9 @@ from typing import Callable
 import numpy as np
 from PIL import Image, ImageFile, ImageOps
 
+from .safe_open import open_regular_file
+from .unusable import NotAnImage, UnreadableImage
+
 # Seized drives hold every kind of broken file; Pillow's decompression-bomb guard stays on (its default limit),
 # and a bomb becomes a skipped file with a reason, not a crash.
 ImageFile.LOAD_TRUNCATED_IMAGES = False
@@ -42,14 +45,6 @@ def sniff_format(header: bytes) -> str | None:
     return None
 
 
-class NotAnImage(Exception):
-    """The file is not an image and does not claim to be one: ignored, not reported."""
-
-
-class UnreadableImage(Exception):
-    """The file is (or claims to be) an image but cannot be used; str() is the reason."""
-
-
 def _to_rgb(image: Image.Image) -> Image.Image:
     """Any Pillow mode -> 8-bit RGB, the way a viewer would show it."""
     if image.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
@@ -76,7 +71,7 @@ def load_rgb(path: str, *, min_side: int | None = None) -> Image.Image:
     Raises NotAnImage or UnreadableImage.
     """
     try:
-        with open(path, "rb") as handle:
+        with open_regular_file(path, follow_symlinks=True) as handle:  # never waits on a FIFO or device
             header = handle.read(_HEADER_BYTES)
             claimed = Path(path).suffix.lower() in IMAGE_EXTENSIONS
             fmt = sniff_format(header)
