@@ -60,6 +60,9 @@ CLI_FIXES = {
     Fix.REPAIR_INDEX: "repair it with: python -m cli.cli_preprocess -i '{root}' -n {name} --rebuild",
     Fix.KEEP_EVALUATION_DATASET: "choose another name, or keep the dataset (--keep) to rebuild it.",
     Fix.FOLLOW_SYMLINKS: "use --follow-symlinks to follow links that stay inside the folder",
+    Fix.ALLOWED_ROOTS: "choose a path inside them, or add its folder to IMAGE_SEARCH_ALLOWED_ROOTS (in the "
+                       "environment or .env).",
+    Fix.WRITABLE_DATA_FOLDER: "make it writable, or use --data-dir with a writable folder.",
 }
 
 

@@ -12,6 +12,7 @@ from pathlib import Path
 
 from dotenv import find_dotenv, load_dotenv
 
+from .access.roots import parse_allowed_roots
 from .vectors.kinds import AUTO, KINDS
 
 DEFAULT_MODEL = "ViT-B-32:laion2b_s34b_b79k"
@@ -70,6 +71,9 @@ class Settings:
     device: str | None  # None: CUDA when available, else CPU
     database: DatabaseSettings | None  # None: embedded SQLite in data_home
     index: IndexSettings = IndexSettings()  # which FAISS index an ingest builds, how hard searches look
+    # IMAGE_SEARCH_ALLOWED_ROOTS: the only folders (links resolved) that ingests and query images may read from;
+    # () allows every path (image_search/access/roots.py)
+    allowed_roots: tuple[str, ...] = ()
 
     @property
     def default_model(self) -> str:
@@ -191,4 +195,5 @@ def load_settings(*, data_home: str | os.PathLike | None = None, model_name: str
         device=device or os.environ.get("IMAGE_SEARCH_DEVICE", "").strip() or None,
         database=database,
         index=load_index_settings(),
+        allowed_roots=parse_allowed_roots(os.environ.get("IMAGE_SEARCH_ALLOWED_ROOTS", "")),
     )

@@ -32,6 +32,8 @@ class Fix(Enum):
     #                                 details: name, root (the dataset's folder)
     KEEP_EVALUATION_DATASET = "keep-evaluation-dataset"  # a category evaluation would delete a dataset that exists
     FOLLOW_SYMLINKS = "follow-symlinks"  # an ingest did not follow symbolic links (said in its report, no error)
+    ALLOWED_ROOTS = "allowed-roots"  # a path lies outside IMAGE_SEARCH_ALLOWED_ROOTS (image_search/access/roots.py)
+    WRITABLE_DATA_FOLDER = "writable-data-folder"  # the data folder (or its SQLite file) cannot be written
 
 
 # How a program using the Python API fixes what a Fix names (ImageSearch's arguments): what str(error) says.
@@ -48,6 +50,8 @@ API_FIXES = {
     Fix.REPAIR_INDEX: "repair it by ingesting {root} as '{name}' again with rebuild=True.",
     Fix.KEEP_EVALUATION_DATASET: "choose another name, or keep the dataset (keep=True) to rebuild it.",
     Fix.FOLLOW_SYMLINKS: "ingest with follow_symlinks=True to follow links that stay inside the folder",
+    Fix.ALLOWED_ROOTS: "choose a path inside them, or add its folder to IMAGE_SEARCH_ALLOWED_ROOTS.",
+    Fix.WRITABLE_DATA_FOLDER: "make it writable, or open the service with another data_home.",
 }
 
 
@@ -113,6 +117,11 @@ class UnsupportedQueryError(InvalidInputError):
 
 class StoreUnavailableError(ImageSearchError):
     """The metadata database cannot be reached."""
+
+
+class StorageError(ImageSearchError):
+    """The data folder or the SQLite database cannot be written or read: read-only, full, locked by another
+    program or damaged (worded in one place: image_search/store/failures.py)."""
 
 
 class IndexCorruptError(ImageSearchError):

@@ -129,6 +129,9 @@ APP_FIXES = {
     Fix.KEEP_EVALUATION_DATASET: "choose another name.",
     Fix.FOLLOW_SYMLINKS: "the app does not follow links; copy the files they point to into the folder to include "
                          "them",
+    Fix.ALLOWED_ROOTS: "choose one inside them, or ask whoever runs the server to add its folder to "
+                       "IMAGE_SEARCH_ALLOWED_ROOTS.",
+    Fix.WRITABLE_DATA_FOLDER: "ask whoever runs the server to make its data folder writable.",
 }
 
 
