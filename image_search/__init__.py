@@ -36,6 +36,8 @@ _PUBLIC = {
                "StoreUnreachableError", "UnsupportedQueryError"],
     "pipeline.scan": ["absolute_path", "printable"],
     "discovery": ["ServerRefusal", "find_server", "search_on_server"],
+    "access.tokens": ["AccessToken", "access_token", "same_token", "token_in"],
+    "access.hosts": ["HostRule", "listens_beyond_this_machine", "reachable_addresses"],
     "config": ["DEFAULT_MODEL", "DEFAULT_NUM_RESULTS", "load_settings"],
     "command_line": ["CLI_FIXES", "MODEL_HELP", "ToolParser", "add_common_flags", "cli_message", "open_from_flags",
                      "run_tool"],

@@ -64,6 +64,8 @@ CLI_FIXES = {
     Fix.FILTER_DATE: "give --taken-from and --taken-to as YYYY-MM-DD (e.g. 2023-03-01) or a full ISO date and time "
                      "(e.g. 2023-03-01T14:30:00).",
     Fix.FILTER_SCORE: "give --min-score a number from -1 to 1 (a cosine similarity), e.g. 0.25.",
+    Fix.ALLOWED_ROOTS: "choose a path inside them, or add its folder to IMAGE_SEARCH_ALLOWED_ROOTS (in the "
+                       "environment or .env).",
 }
 
 

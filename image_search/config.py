@@ -12,6 +12,7 @@ from pathlib import Path
 
 from dotenv import find_dotenv, load_dotenv
 
+from .access.roots import parse_allowed_roots
 from .vectors.kinds import AUTO, KINDS
 
 DEFAULT_MODEL = "ViT-B-32:laion2b_s34b_b79k"
@@ -90,6 +91,9 @@ class Settings:
     index: IndexSettings = IndexSettings()  # which FAISS index an ingest builds, how hard searches look
     checkpoints: CheckpointSettings | None = CheckpointSettings()  # None: none (to measure what they cost)
     ray_address: str | None = None  # the Ray cluster a distributed ingest joins (None: it starts one here)
+    # IMAGE_SEARCH_ALLOWED_ROOTS: the only folders (links resolved) that ingests and query images may read from;
+    # () allows every path (image_search/access/roots.py)
+    allowed_roots: tuple[str, ...] = ()
 
     @property
     def default_model(self) -> str:
@@ -253,4 +257,5 @@ def load_settings(*, data_home: str | os.PathLike | None = None, model_name: str
         checkpoints=CheckpointSettings(
             images=_positive_int_env("IMAGE_SEARCH_CHECKPOINT_IMAGES") or CHECKPOINT_IMAGES),
         ray_address=os.environ.get("IMAGE_SEARCH_RAY_ADDRESS", "").strip() or None,
+        allowed_roots=parse_allowed_roots(os.environ.get("IMAGE_SEARCH_ALLOWED_ROOTS", "")),
     )

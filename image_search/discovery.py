@@ -11,7 +11,8 @@ decides the result is the same in both processes: the data folder, the store, th
 search settings (search_settings). Anything else (no file, a dead pid, another data folder, an address that is
 not loopback, no answer within a second) means searching in this process, without a word. The file holds a
 random token that the server asks of every command-line request, so that a pid or a port reused by another
-program after the server died cannot answer instead.
+program after the server died cannot answer instead, and that no other user of the machine can send: the file is
+readable by its user only (mode 0600).
 
 This module is read on every command-line search before anything heavy is imported: it imports only the standard
 library (http.client, not urllib.request: a third of the import time).
@@ -73,7 +74,7 @@ def search_settings(settings: Settings) -> dict:
     from .config import cpu_precision_setting
 
     return {"device": settings.device, "cpu_precision": cpu_precision_setting(), "nprobe": settings.index.nprobe,
-            "ef_search": settings.index.ef_search}
+            "ef_search": settings.index.ef_search, "allowed_roots": list(settings.allowed_roots)}
 
 
 def store_identity(settings: Settings) -> str:
@@ -155,7 +156,12 @@ def announce(settings: Settings, store_description: str, host: str, port: int, t
     data_home.mkdir(parents=True, exist_ok=True)
     target = discovery_file(data_home)
     temporary = target.with_name(f".{FILE_NAME}.{os.getpid()}.tmp")
-    temporary.write_text(json.dumps(asdict(announcement), indent=2), encoding="utf-8")
+    # the token in it lets whoever reads it ask this server: readable by this user only (0600), from its creation
+    descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    if hasattr(os, "fchmod"):
+        os.fchmod(descriptor, 0o600)  # a file left by a killed start keeps its old mode through O_CREAT
+    with os.fdopen(descriptor, "w", encoding="utf-8") as handle:
+        handle.write(json.dumps(asdict(announcement), indent=2))
     os.replace(temporary, target)  # a reader sees the old file or the whole new one, never half of it
     return announcement
 

@@ -35,6 +35,7 @@ class Fix(Enum):
     FILTER_FOLDER = "filter-folder"  # a search filter's folder is not a folder inside the dataset's; details: root
     FILTER_DATE = "filter-date"  # a search filter's date cannot be read
     FILTER_SCORE = "filter-score"  # a search filter's minimum score is not a number from -1 to 1
+    ALLOWED_ROOTS = "allowed-roots"  # a path lies outside IMAGE_SEARCH_ALLOWED_ROOTS (image_search/access/roots.py)
 
 
 # How a program using the Python API fixes what a Fix names (ImageSearch's arguments): what str(error) says.
@@ -55,6 +56,7 @@ API_FIXES = {
     Fix.FILTER_DATE: "give SearchFilter's taken_from and taken_to as dates, datetimes or text like 2023-03-01 or "
                      "2023-03-01T14:30:00.",
     Fix.FILTER_SCORE: "give SearchFilter's min_score as a number from -1 to 1 (a cosine similarity), e.g. 0.25.",
+    Fix.ALLOWED_ROOTS: "choose a path inside them, or add its folder to IMAGE_SEARCH_ALLOWED_ROOTS.",
 }
 
 
@@ -134,6 +136,7 @@ class StoreUnreachableError(StoreUnavailableError):
 class DataFolderError(ImageSearchError):
     """The data folder cannot take a write: its disk is full, or it is read-only or not writable by this user
     (image_search/data_folder.py)."""
+
 
 
 class IndexCorruptError(ImageSearchError):

@@ -95,7 +95,7 @@ class SelfRetrievalResult:
 
 def evaluate_self_retrieval(engine: ImageSearch, folder, name: str, *, model_name: str | None = None,
                             batch_size=None, workers=None, progress=False) -> SelfRetrievalResult:
-    root = check_input_folder(folder)
+    root = check_input_folder(folder, engine.settings.allowed_roots)
     if engine.store.get_dataset(name) is None:
         ingest_folder(engine, root, name, model_name=model_name, batch_size=batch_size, workers=workers,
                       progress=progress)
@@ -140,7 +140,7 @@ def evaluate_categories(engine: ImageSearch, dataset_dir, name: str | None = Non
     dataset of the user's is ever replaced, and it is deleted afterwards whatever happens. With keep it is
     (re)built as NAME (by default KEPT_CATEGORY_DATASET) and stays, to be searched with the other tools.
     """
-    root = check_input_folder(dataset_dir)
+    root = check_input_folder(dataset_dir, engine.settings.allowed_roots)
     train, val = os.path.join(root, "train"), os.path.join(root, "val")
     if not (os.path.isdir(train) and os.path.isdir(val)):
         raise InvalidInputError(f"{root} must hold a train/ and a val/ folder of images named CATEGORY_N.ext.")

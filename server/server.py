@@ -6,7 +6,13 @@ is loaded once and each dataset's index stays in memory until that dataset chang
 
 Errors: an ImageSearchError is the user's to fix and becomes HTTP 400 with its one-sentence message (with the app's
 spelling of its fix, APP_FIXES), which the app shows as the job's failure; anything else is a bug and becomes a 500
-whose message still reads as a sentence.
+whose message still reads as a sentence. Every other answer is JSON too: unknown pages, wrong methods, oversize
+or malformed bodies (create_server's error handlers; waitress's own refusals in server/http_server.py).
+
+Who may ask (AccessGate): every request must name this server in its Host header (no DNS rebinding); a server
+listening beyond this machine (--host other than loopback) also asks its access token of every request but the
+ones RescueBox reads to register. IMAGE_SEARCH_ALLOWED_ROOTS limits what ingests and query images may read (the
+core applies it: image_search/access/roots.py).
 """
 
 from __future__ import annotations
@@ -14,11 +20,9 @@ from __future__ import annotations
 import argparse
 import contextlib
 import functools
-import hmac
 import json
 import logging
 import os
-import queue
 import signal
 import threading
 from datetime import datetime
@@ -32,18 +36,28 @@ from flask_ml.flask_ml_server.models import (BatchFileResponse, DirectoryInput, 
                                              InputSchema, InputType, IntParameterDescriptor, MarkdownResponse,
                                              ParameterSchema, ResponseBody, TaskSchema, TextInput,
                                              TextParameterDescriptor, TextResponse)
-from werkzeug.serving import BaseWSGIServer, WSGIRequestHandler
+from werkzeug.exceptions import HTTPException
 
-from image_search import (DEFAULT_NUM_RESULTS, DatasetRecord, Duplicates, Fix, ImageSearch, ImageSearchError,
-                          InvalidInputError, SearchFilter, SearchResult, SearchResults, ToolParser, __version__,
-                          add_common_flags, check_num_results, cli_message, discovery, open_from_flags, printable,
-                          run_tool, search_report, write_report_files)
+from image_search import (DEFAULT_NUM_RESULTS, DatasetRecord, Duplicates, Fix, HostRule, ImageSearch,
+                          ImageSearchError, InvalidInputError, SearchFilter, SearchResult, SearchResults, ToolParser,
+                          __version__, access_token, add_common_flags, check_num_results, cli_message, discovery,
+                          listens_beyond_this_machine, open_from_flags, printable, reachable_addresses, run_tool,
+                          same_token, search_report, token_in, write_report_files)
+from server.http_server import body_too_large, error_body, http_server
 
 log = logging.getLogger("image_search.server")
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 5000
 REQUEST_THREADS = 8
+# The largest request body accepted: a task's body holds a path or two, a dataset name and a text of at most
+# 20,000 characters (image_search/search/query.py); 1 MiB leaves room for any path and any encoding of the text.
+MAX_REQUEST_BYTES = 1 << 20
+# How long a client may take to send one request, from its first byte (server/http_server.py); the app sends
+# each request at once.
+DEFAULT_REQUEST_TIMEOUT_S = 30
+# What RescueBox reads to register a server (GET, no token: it sends none): the app's name and its task list.
+REGISTRATION_ROUTES = frozenset({"/api/app_metadata", "/api/routes"})
 
 INGEST_TITLE = "Ingest Dataset into the model"
 TEXT_SEARCH_TITLE = "Search Images by Text Query"
@@ -186,6 +200,8 @@ APP_FIXES = {
     Fix.FILTER_DATE: "fill 'Taken from' and 'Taken to' with dates like 2023-03-01 (or 2023-03-01T14:30:00), or "
                      "leave them empty.",
     Fix.FILTER_SCORE: "fill 'Minimum score' with a number from -1 to 1, e.g. 0.25, or leave it empty.",
+    Fix.ALLOWED_ROOTS: "choose one inside them, or ask whoever runs the server to add its folder to "
+                       "IMAGE_SEARCH_ALLOWED_ROOTS.",
 }
 
 
@@ -223,9 +239,7 @@ def task(action: str) -> Callable:
 
 
 def number_of_results(value) -> int:
-    # flask-ml passes parameter values through untyped; an int parameter must arrive as a JSON number.
-    if isinstance(value, str):
-        raise InvalidInputError(f"The number of results {value!r} is not valid; use a positive whole number.")
+    # flask-ml passes parameter values through untyped: 5, 5.0 and "5" are five, anything else is refused
     return check_num_results(value)
 
 
@@ -436,9 +450,92 @@ def body_problem(body, inputs: dict[str, str], parameters: list[str],
     return None
 
 
-def create_server(engine: ImageSearch) -> MLServer:
+def json_error(sentence: str, status: int, headers: dict | None = None) -> Response:
+    """An error answer as the app reads one: {"error": sentence, "status": ...}."""
+    return Response(error_body(sentence, status), status=status, mimetype="application/json", headers=headers)
+
+
+def json_body():
+    """(the request's JSON body or None, what is wrong with it or None). Flask's parser answers JSON nested a
+    hundred thousand deep with a RecursionError, which would end as an HTML 500 page."""
+    try:
+        body = request.get_json(silent=True)
+    except RecursionError:
+        return None, "The request's JSON is nested too deeply to be a task's body."
+    if body is None and request.is_json and request.get_data(cache=True).strip():
+        try:  # only to say where it breaks
+            json.loads(request.get_data(cache=True))
+        except ValueError as error:
+            return None, f"The request body is not valid JSON ({error})."
+    return body, None
+
+
+class AccessGate:
+    """Who may ask this server, checked before anything else of a request.
+
+    Every request must name this server in its Host header (HostRule: no DNS rebinding). When a token is set (a
+    server listening beyond this machine), every request must also carry it, except the GETs RescueBox reads to
+    register (REGISTRATION_ROUTES) and the command-line search's route, which asks its own token
+    (CommandLineSearches).
+    """
+
+    def __init__(self, hosts: HostRule, token: str | None) -> None:
+        self.hosts = hosts
+        self.token = token
+
+    def refusal(self) -> Response | None:
+        """The answer refusing the current request, or None to serve it."""
+        host = request.environ.get("HTTP_HOST")
+        if not self.hosts.allows(host):
+            log.warning("403: refused a request for Host %r from %s", host, request.remote_addr)
+            return json_error(f"This server does not answer requests addressed to {printable(host)!r}; use its "
+                              "own address (or localhost on its machine).", 403)
+        if self.token is None or request.path == discovery.ROUTE:
+            return None
+        if request.method in ("GET", "HEAD") and request.path in REGISTRATION_ROUTES:
+            return None
+        if same_token(token_in(request.headers), self.token):
+            return None
+        log.warning("401: refused a request for %s without this server's token from %s", request.path,
+                    request.remote_addr)
+        return json_error("This server answers only requests that carry its access token (printed when it first "
+                          "started, kept in its data folder or set as IMAGE_SEARCH_TOKEN): send it as the header "
+                          "'Authorization: Bearer TOKEN'.", 401, {"WWW-Authenticate": "Bearer"})
+
+
+def http_error_sentence(error: HTTPException) -> str:
+    """What a refusal of Flask's routing or limits (404, 405, 413, ...) means, in a sentence."""
+    if error.code == 404:
+        return f"There is nothing at {printable(request.path)} on this server; its tasks are listed at /api/routes."
+    if error.code == 405:
+        allowed = sorted(set(getattr(error, "valid_methods", None) or []) - {"HEAD", "OPTIONS"})
+        return (f"{printable(request.path)} does not take {request.method} requests"
+                + (f" (only {', '.join(allowed)})." if allowed else "."))
+    if error.code == 413:
+        return body_too_large(MAX_REQUEST_BYTES)
+    return f"{error.name}: {error.description}"
+
+
+def create_server(engine: ImageSearch, gate: AccessGate | None = None) -> MLServer:
+    """The app, answering every request with JSON. gate: who may ask (main builds it from --host); None: every
+    request is served, as in the tests that drive the app in-process."""
     server = MLServer(__name__)
     server.add_app_metadata(name="Image Search", author="image-search", version=__version__, info=INFO)
+    server.app.config["MAX_CONTENT_LENGTH"] = MAX_REQUEST_BYTES  # past it Flask raises 413 (http_error)
+    if gate is not None:
+        server.app.before_request(gate.refusal)  # first: before any body is read
+
+    @server.app.errorhandler(HTTPException)
+    def http_error(error: HTTPException):
+        headers = {"Allow": ", ".join(error.valid_methods)} if getattr(error, "valid_methods", None) else None
+        return json_error(http_error_sentence(error), error.code or 500, headers)
+
+    @server.app.errorhandler(Exception)
+    def unexpected_error(error: Exception):
+        log.error("500: %s", error, exc_info=error)
+        return json_error(f"The server failed unexpectedly ({type(error).__name__}: {error}); the server's log "
+                          "has the details.", 500)
+
     expected_bodies: dict[str, tuple[dict[str, str], list[str]]] = {}
 
     def add_task(rule: str, order: int, short_title: str, schema: Callable[[], TaskSchema], handler) -> None:
@@ -562,9 +659,9 @@ def create_server(engine: ImageSearch) -> MLServer:
         expected = expected_bodies.get(request.path)
         if request.method != "POST" or expected is None:
             return None
-        body = request.get_json(silent=True)
+        body, problem = json_body()
         optional = frozenset(OPTIONAL_PARAMETERS) & set(expected[1])
-        problem = body_problem(body, *expected, optional)
+        problem = problem or body_problem(body, *expected, optional)
         if problem is None:
             # flask-ml insists on every parameter of the schema; it reads this same parsed body (Flask keeps it),
             # so the ones a client left out take their defaults here
@@ -572,45 +669,9 @@ def create_server(engine: ImageSearch) -> MLServer:
                 body["parameters"].setdefault(key, OPTIONAL_PARAMETERS[key])
             return None
         log.warning("400: %s", problem)
-        return Response(json.dumps({"error": problem, "status": "VALIDATION_ERROR"}), status=400,
-                        mimetype="application/json")
+        return json_error(problem, 400)
 
     return server
-
-
-class OneRequestPerConnection(WSGIRequestHandler):
-    # No keep-alive: an idle client connection would otherwise hold one of the pool's threads.
-    protocol_version = "HTTP/1.0"
-    timeout = 120  # per socket read or write, never the length of a task
-
-
-class PooledWSGIServer(BaseWSGIServer):
-    """Werkzeug's server answering requests on a fixed pool of threads.
-
-    A long ingest occupies one thread while searches go on in the others. Reusing threads also reuses the store's
-    per-thread database connections instead of opening one for every request.
-    """
-
-    multithread = True
-
-    def __init__(self, host: str, port: int, app, threads: int = REQUEST_THREADS) -> None:
-        super().__init__(host, port, app, handler=OneRequestPerConnection)
-        self._waiting: queue.SimpleQueue = queue.SimpleQueue()
-        for number in range(threads):
-            threading.Thread(target=self._answer_requests, name=f"request-{number}", daemon=True).start()
-
-    def process_request(self, request, client_address) -> None:
-        self._waiting.put((request, client_address))
-
-    def _answer_requests(self) -> None:
-        while True:
-            connection, client_address = self._waiting.get()
-            try:
-                self.finish_request(connection, client_address)
-            except Exception:  # noqa: BLE001 - socketserver's own policy: log it, keep serving
-                self.handle_error(connection, client_address)
-            finally:
-                self.shutdown_request(connection)
 
 
 # -- searches sent by the command line (python -m cli.cli_search; image_search/discovery.py) ---------------------
@@ -635,12 +696,12 @@ class CommandLineSearches:
     def _answer(self) -> Response:
         if not discovery.is_loopback(request.remote_addr):
             return _json_answer({"error": "Command-line searches are answered only from this machine."}, 403)
-        if not hmac.compare_digest(request.headers.get(discovery.TOKEN_HEADER, ""), self.token):
+        if not same_token(request.headers.get(discovery.TOKEN_HEADER, ""), self.token):
             return _json_answer({"error": "This request does not carry this server's token (see "
                                           f"{discovery.FILE_NAME} in its data folder)."}, 403)
         if request.method == "GET":
             return _json_answer({"pid": os.getpid()}, 200)
-        body = request.get_json(silent=True)
+        body, _ = json_body()
         filters = body.get("filters") or {} if isinstance(body, dict) else None
         if (not isinstance(body, dict) or not isinstance(body.get("dataset"), str)
                 or sum(isinstance(body.get(key), str) for key in ("text", "image_path")) != 1
@@ -732,16 +793,62 @@ def port_number(text: str) -> int:
     return port
 
 
+def seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1
+    if not 0 < value < float("inf"):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds (more than 0)")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = ToolParser(
         prog="python -m server.server",
         description="Serve image search to the RescueBox desktop app: register this server's address in the app.")
     parser.add_argument("--host", default=DEFAULT_HOST,
-                        help=f"address to listen on (default {DEFAULT_HOST}: this machine only)")
+                        help=f"address to listen on (default {DEFAULT_HOST}: this machine only; any other, such as "
+                             "0.0.0.0 for every network, makes every request carry the access token)")
     parser.add_argument("--port", type=port_number, default=DEFAULT_PORT,
                         help=f"port to listen on (default {DEFAULT_PORT}; 0 picks a free port)")
+    parser.add_argument("--request-timeout", type=seconds, default=DEFAULT_REQUEST_TIMEOUT_S,
+                        help="seconds a client may take to send one request, and a connection may stay silent "
+                             f"(default {DEFAULT_REQUEST_TIMEOUT_S}); a task itself has no time limit")
     add_common_flags(parser)
     return parser
+
+
+def url(host: str, port: int) -> str:
+    return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
+
+
+def announce_start(engine: ImageSearch, host: str, port: int, datasets: list[DatasetRecord], token) -> None:
+    """Say where to register this server in RescueBox: an address other machines can use (never 0.0.0.0), and
+    for a server listening beyond this machine the token its requests need (printed whole only when made now)."""
+    where = f"({len(datasets)} datasets; {engine.store_description})"
+    if token is None:
+        print(f"image-search {__version__} serving RescueBox at {url(host, port)} {where}. In RescueBox, register "
+              f"IP {host} and port {port}. Stop with Ctrl-C.", flush=True)
+    else:
+        addresses = reachable_addresses(host)
+        local = discovery.loopback_address(host)
+        urls = ", ".join(url(address, port) for address in addresses) or "this machine's network address"
+        on_this_machine = f" (and {url(local, port)} on this machine)" if local else ""
+        register = (f"register IP {addresses[0]}" if addresses
+                    else "register this machine's network address (none was found here)")
+        print(f"image-search {__version__} serving RescueBox at {urls}{on_this_machine} {where}. In RescueBox, "
+              f"{register} and port {port}. Stop with Ctrl-C.", flush=True)
+        if token.created:
+            print(f"Every request must carry this server's access token, made now and kept in {token.source}: "
+                  f"{token.value} (send it as the header 'Authorization: Bearer {token.value}').", flush=True)
+        else:
+            print(f"Every request must carry this server's access token, kept in {token.source} (send it as the "
+                  "header 'Authorization: Bearer TOKEN').", flush=True)
+    roots = engine.settings.allowed_roots
+    if roots:
+        print(f"Ingests and query images are limited to {', '.join(printable(root) for root in roots)} "
+              "(IMAGE_SEARCH_ALLOWED_ROOTS).", flush=True)
 
 
 def main(argv=None) -> int:
@@ -749,18 +856,23 @@ def main(argv=None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     engine = open_from_flags(args)
     datasets = engine.datasets()  # an unreachable store stops the start with one readable line
-    app = create_server(engine).app
+    token = access_token(engine.settings.data_home) if listens_beyond_this_machine(args.host) else None
+    app = create_server(engine, AccessGate(HostRule(args.host), token.value if token else None)).app
     command_line = CommandLineSearches(engine)
     command_line.add_route(app)
-    http = PooledWSGIServer(args.host, args.port, app)
+    try:
+        http = http_server(app, args.host, args.port, threads=REQUEST_THREADS, request_timeout=args.request_timeout,
+                           max_body=MAX_REQUEST_BYTES)
+    except OSError as error:
+        raise InvalidInputError(f"Cannot listen on {args.host} port {args.port} ({error.strerror or error}); "
+                                "choose another --port or --host.") from None
     threading.Thread(target=warn_if_default_model_lacks_weights, args=(engine,), name="weights-check",
                      daemon=True).start()
     threading.Thread(target=warm_up, args=(engine, datasets), name="warm-up", daemon=True).start()
-    print(f"image-search {__version__} serving RescueBox at http://{args.host}:{http.port} "
-          f"({len(datasets)} datasets; {engine.store_description}). In RescueBox, register IP {args.host} and port "
-          f"{http.port}. Stop with Ctrl-C.", flush=True)
-    with command_line.announced(args.host, http.port):
-        http.serve_forever()
+    port = int(http.effective_port)  # waitress gives it as text
+    announce_start(engine, args.host, port, datasets, token)
+    with command_line.announced(args.host, port):
+        http.run()
     print("Server stopped.", flush=True)
     return 0
 

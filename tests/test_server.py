@@ -61,9 +61,10 @@ def wait_until(condition, seconds: float, what: str, server: Server) -> None:
         time.sleep(0.1)
 
 
-def start_server(env: dict, log_path: Path) -> Server:
+def start_server(env: dict, log_path: Path, *args: str) -> Server:
+    """A server process on a free port (args: more flags, e.g. --host 0.0.0.0), reached through 127.0.0.1."""
     with open(log_path, "wb") as log:
-        process = subprocess.Popen([sys.executable, "-m", "server.server", "--port", "0"], env=env, cwd=REPO,
+        process = subprocess.Popen([sys.executable, "-m", "server.server", "--port", "0", *args], env=env, cwd=REPO,
                                    stdout=log, stderr=subprocess.STDOUT)
     server = Server("", process, log_path)
     try:
@@ -381,7 +382,7 @@ def test_bad_input_gets_400_with_one_readable_sentence(server, case, case_folder
         ("/search_by_image", image_query(case_folder), search(), "is a folder"),
         ("/delete_dataset", {}, {"dataset_name": "nope"}, "no dataset named 'nope'"),
     ]
-    for bad in (0, -2, 2.5, "5", "many", True, None, [3]):
+    for bad in (0, -2, 2.5, "many", True, None, [3]):
         cases.append(("/search_by_text", text_query("a cat"), search(num_results=bad), "number of results"))
         cases.append(("/search_by_image", image_query(photo), search(num_results=bad), "number of results"))
     for rule, inputs, parameters, fragment in cases:

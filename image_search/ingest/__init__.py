@@ -38,7 +38,7 @@ def ingest_folder(service: ImageSearch, input_dir, name: str, *, model_name: str
                   follow_symlinks: bool = False, progress: bool = True,
                   embed: EmbedFiles = embed_locally) -> IngestReport:
     name = validate_dataset_name(name)
-    root = check_input_folder(input_dir)
+    root = check_input_folder(input_dir, service.settings.allowed_roots)
     if batch_size is not None and batch_size < 1:
         raise InvalidInputError(f"Batch size {batch_size} is not valid; use a positive number.")
     requested_model = parse_model_name(model_name).name if model_name else None  # a bad name: refused at once

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from ..access.roots import check_allowed
 from ..config import capture_requested
 from ..errors import Fix, IndexCorruptError, InvalidInputError
 from ..pipeline.scan import FileEntry, ScanResult, printable, scan_folder
@@ -94,9 +95,12 @@ def committed_index(service: ImageSearch, existing: DatasetRecord) -> tuple[Vect
         return None, error.problem
 
 
-def check_input_folder(input_dir) -> str:
+def check_input_folder(input_dir, allowed_roots: tuple[str, ...] = ()) -> str:
+    """The folder to ingest, absolute with its links resolved, after checking that it may be read (allowed_roots:
+    before anything is said about what is there) and is a readable folder."""
     if not input_dir or not str(input_dir).strip():
         raise InvalidInputError("No input folder was given; pass the folder of images to ingest.")
+    check_allowed(input_dir, allowed_roots, "input folder")
     folder = os.path.abspath(os.path.expanduser(str(input_dir)))
     if not os.path.exists(folder):
         raise InvalidInputError(f"The input folder {printable(folder)} does not exist; check the path.")

@@ -36,7 +36,7 @@ def search_by_text(service: ImageSearch, name: str, text: str, k=DEFAULT_NUM_RES
 def search_by_image(service: ImageSearch, name: str, image_path, k=DEFAULT_NUM_RESULTS, *,
                     model_name: str | None = None, filters: SearchFilter | None = None,
                     collapse_duplicates: bool = False) -> SearchResults:
-    query = ImageQuery(image_path, model_name)
+    query = ImageQuery(image_path, model_name, service.settings.allowed_roots)
     return run_search(service, name, query, check_num_results(k), filters, collapse_duplicates)[0]
 
 

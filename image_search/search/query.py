@@ -15,8 +15,10 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from ..access.roots import check_allowed
 from ..errors import Fix, InvalidInputError, ModelMismatchError, UnsupportedQueryError
-from ..pipeline.scan import printable
+from ..pipeline.safe_open import NotARegularFile, open_regular_file
+from ..pipeline.scan import absolute_path, printable
 from ..pipeline.decode import _HEADER_BYTES, IMAGE_EXTENSIONS, NotAnImage, UnreadableImage, sniff_format
 from ..models import Embedder, parse_model_name
 from ..pipeline.decode import read_pixels
@@ -105,10 +107,21 @@ class _EmbeddedQuery(Query):
         raise NotImplementedError
 
 
+# The longest text query accepted. CLIP reads 77 tokens (about 300 characters of English) and drops the rest, but
+# the tokenizer cleans the whole text first: 1.5 s per million characters (test-tiny, 2 cores), so a 50 MB query
+# cost a server thread a minute for nothing. 20,000 characters (a few pages pasted, truncated as before) cost
+# about 30 ms.
+MAX_TEXT_QUERY_CHARACTERS = 20_000
+
+
 class TextQuery(_EmbeddedQuery):
     def __init__(self, text, requested_model: str | None = None) -> None:
         if not isinstance(text, str) or not text.strip():
             raise InvalidInputError("The text query is empty; describe what you are looking for.")
+        if len(text.strip()) > MAX_TEXT_QUERY_CHARACTERS:
+            raise InvalidInputError(f"The text query is {len(text.strip()):,} characters long; the model reads only "
+                                    "about the first 300, so shorten it to at most "
+                                    f"{MAX_TEXT_QUERY_CHARACTERS:,} characters.")
         super().__init__(requested_model)
         self.text = text.strip()
 
@@ -121,13 +134,14 @@ class TextQuery(_EmbeddedQuery):
 
 
 class ImageQuery(_EmbeddedQuery):
-    def __init__(self, image_path, requested_model: str | None = None) -> None:
-        self.path = check_query_image(image_path)
+    def __init__(self, image_path, requested_model: str | None = None, allowed_roots: tuple[str, ...] = ()) -> None:
+        self.file = check_query_image(image_path, allowed_roots)  # what is read: links resolved
+        self.path = absolute_path(image_path)  # what messages name: the path as given
         super().__init__(requested_model)
 
     def _embed(self, service: ImageSearch, embedder: Embedder, record: DatasetRecord) -> np.ndarray:
         try:
-            pixels = read_pixels(self.path, embedder.geometry, embedder.input_size)
+            pixels = read_pixels(self.file, embedder.geometry, embedder.input_size)
         except NotAnImage:
             raise InvalidInputError(f"The query file {printable(self.path)} is not an image (JPEG, PNG, WebP, BMP, "
                                     "GIF or TIFF).") from None
@@ -148,19 +162,28 @@ class VectorQuery(Query):
         return self._vectors
 
 
-def check_query_image(image_path) -> str:
-    """The query image's absolute path, after checking by its content that it is an image: a wrong file is
-    refused at once, before the dataset's model is loaded (seconds, or a download) only to be told so."""
+def check_query_image(image_path, allowed_roots: tuple[str, ...] = ()) -> str:
+    """The query image's path with its links resolved (the file to read), after checking that it may be read
+    (allowed_roots: before anything is said about what is there) and by its content that it is an image: a wrong
+    file is refused at once, before the dataset's model is loaded (seconds, or a download) only to be told so.
+    Only a regular file is opened, without waiting: a FIFO or a device never holds the caller (a server thread)."""
     if not image_path or not str(image_path).strip():
         raise InvalidInputError("No query image was given; pass the path of an image file.")
-    path = os.path.abspath(os.path.expanduser(str(image_path)))
+    resolved = check_allowed(image_path, allowed_roots, "query image")
+    path = absolute_path(image_path)
     if not os.path.exists(path):
         raise InvalidInputError(f"The query image {printable(path)} does not exist; check the path.")
     if os.path.isdir(path):
         raise InvalidInputError(f"The query image {printable(path)} is a folder; give an image file.")
     try:
-        with open(path, "rb") as handle:
+        with open_regular_file(resolved) as handle:  # links resolved above: one swapped in since is refused
             header = handle.read(_HEADER_BYTES)
+    except NotARegularFile as error:
+        raise InvalidInputError(f"The query image {printable(path)} cannot be used: {error}; give an image "
+                                "file.") from None
+    except PermissionError:
+        raise InvalidInputError(f"The query image {printable(path)} cannot be read (permission denied); "
+                                "check its permissions.") from None
     except OSError as error:
         raise InvalidInputError(f"The query image {printable(path)} cannot be read ({error.strerror or error}); "
                                 "check its permissions.") from None
@@ -171,4 +194,4 @@ def check_query_image(image_path) -> str:
         reason = ("empty file (0 bytes)" if not header
                   else "not an image: its content is not JPEG, PNG, WebP, BMP, GIF or TIFF")
         raise InvalidInputError(f"The query image {printable(path)} cannot be used: {reason}.")
-    return path
+    return resolved

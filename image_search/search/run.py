@@ -33,8 +33,11 @@ ATTEMPTS = 5
 def check_num_results(value) -> int:
     if isinstance(value, bool) or not isinstance(value, (int, float, str)):
         raise InvalidInputError(f"The number of results {value!r} is not valid; use a positive whole number.")
-    try:
-        number = int(str(value).strip()) if not isinstance(value, float) or value.is_integer() else None
+    try:  # 5, 5.0 (JSON numbers from some clients) and "5" mean five; 5.5, "x" and inf mean nothing
+        if isinstance(value, float):
+            number = int(value) if value.is_integer() else None
+        else:
+            number = int(value.strip()) if isinstance(value, str) else value
     except ValueError:
         number = None
     if number is None or number < 1:
