@@ -8,6 +8,9 @@ run on this machine, with the same model and settings:
   (d) ingest  the real ingest_folder into a new dataset (SQLite in a temporary data folder)
 and prints images/s for each, d / min(a, b) and d / c. On CUDA it also measures (b) and (d) with JPEGs decoded on
 the GPU. --memory instead measures the peak memory of ingests of different sizes (default 1,000 and 5,000 images).
+--capture-cost instead measures what recording each file's hashes and EXIF costs: the same files ingested with
+capture on and off (IMAGE_SEARCH_CAPTURE_FACTS), alternately, best of --repeat each, and the facts of one file
+computed alone from its bytes in memory.
 Files are read from the page cache after the first pass: this measures computation, not the disk.
 """
 
@@ -258,8 +261,10 @@ def environment(**values):
                 os.environ[key] = value
 
 
-def measure_ingest(folder: Path, data_home: Path, name: str, args, gpu_decode: bool) -> tuple[float, float, int, int]:
-    """(d): the real ingest into a new dataset. Returns (images/s, seconds, indexed, skipped)."""
+def measure_ingest(folder: Path, data_home: Path, name: str, args, gpu_decode: bool,
+                   capture: bool = True) -> tuple[float, float, int, int]:
+    """(d): the real ingest into a new dataset (capture: recording each file's hashes and EXIF, as ingests always
+    do; off only to measure its cost). Returns (images/s, seconds, indexed, skipped)."""
     from image_search.config import Settings
     from image_search.ingest import ingest_folder
     from image_search.models import shared_models
@@ -269,7 +274,8 @@ def measure_ingest(folder: Path, data_home: Path, name: str, args, gpu_decode: b
     engine = ImageSearch(Settings(data_home=data_home, model_name=args.model, device=args.device, database=None),
                          models=shared_models)
     try:
-        with environment(IMAGE_SEARCH_GPU_DECODE="1" if gpu_decode else "0"):
+        with environment(IMAGE_SEARCH_GPU_DECODE="1" if gpu_decode else "0",
+                         IMAGE_SEARCH_CAPTURE_FACTS="1" if capture else "0"):
             started = time.perf_counter()
             report = ingest_folder(engine, folder, name, model_name=args.model, batch_size=args.batch_size,
                                    workers=args.workers, progress=False)
@@ -386,6 +392,63 @@ def table(rows: list[Row]) -> str:
                       enumerate(zip(line, widths))) for line in lines]
     text.insert(1, "-" * len(text[0]))
     return "\n".join(text) + "\n(images/s; (d) is the whole ingest: scan, read, embed, index, commit)"
+
+
+# -- capture cost -----------------------------------------------------------------------------------------------
+def measure_facts_alone(paths: list[str], min_seconds: float = 1.0) -> float:
+    """CPU milliseconds to compute one file's facts (both hashes, header and EXIF) from its bytes in memory: the
+    work capture adds to a reader worker. CPU time of this thread, so other load on a shared machine does not
+    count (it still slows the caches)."""
+    from image_search.pipeline.facts import facts_from_bytes
+
+    files = [Path(path).read_bytes() for path in paths[:50]]
+    done, started, cpu_started = 0, time.perf_counter(), time.thread_time()
+    while done < len(files) or time.perf_counter() - started < min_seconds:
+        facts_from_bytes(files[done % len(files)])
+        done += 1
+    return (time.thread_time() - cpu_started) / done * 1000
+
+
+def run_capture_cost(args) -> dict:
+    """Ingest speed with capture on and off, on the same files, alternating which goes first."""
+    from image_search.models import load_model
+
+    embedder = load_model(args.model, args.device)
+    embedder.prepare_image_tower()
+    args.device = embedder.device
+    machine = machine_info()
+    print(_machine_line(machine))
+    results = []
+    with tempfile.TemporaryDirectory(prefix="image-search-capture-") as scratch:
+        scratch = Path(scratch)
+        corpus = [(label, folder, image_files(folder)) for label, folder in corpus_folders(args, scratch)]
+        corpus = [entry for entry in corpus if entry[2]]
+        if corpus:  # one-time costs (creating the store, first imports) are not part of any row
+            warm_up = link_folder([Path(p) for p in corpus[0][2][:2]], scratch / "warm-up")
+            measure_ingest(warm_up, scratch / "home", "warmup", args, False)
+        runs = 0
+        for label, folder, paths in corpus:
+            megapixels, file_kb = describe_files(paths)
+            best = {True: 0.0, False: 0.0}
+            for attempt in range(args.repeat):
+                for capture in ((True, False) if attempt % 2 == 0 else (False, True)):
+                    speed, *_ = measure_ingest(folder, scratch / "home", f"capture{runs}", args, False, capture)
+                    runs += 1
+                    best[capture] = max(best[capture], speed)
+            cost = 1 - best[True] / best[False] if best[False] else 0.0
+            row = {"label": label, "images": len(paths), "megapixels": round(megapixels, 2),
+                   "file_kb": round(file_kb, 1), "ingest_capture_off": round(best[False], 2),
+                   "ingest_capture_on": round(best[True], 2), "cost_percent": round(100 * cost, 1),
+                   "facts_cpu_ms_per_file": round(measure_facts_alone(paths), 3)}
+            results.append(row)
+            print(f"{label}: ingest {row['ingest_capture_off']:.1f} images/s without capture, "
+                  f"{row['ingest_capture_on']:.1f} with it: capture costs {row['cost_percent']:.1f}% "
+                  f"({row['facts_cpu_ms_per_file']:.2f} CPU ms per file alone, {row['file_kb']:.0f} KB files)", flush=True)
+    machine["load_average_at_end"] = round(os.getloadavg()[0], 2) if hasattr(os, "getloadavg") else None
+    return {"benchmark": "ingest-capture-cost", "machine": machine,
+            "settings": {"model": embedder.name, "device": embedder.device, "count": args.count,
+                         "repeat": args.repeat, "workers": args.workers, "batch_size": args.batch_size},
+            "results": results}
 
 
 # -- memory check -----------------------------------------------------------------------------------------------
@@ -523,6 +586,9 @@ def parse_args(argv=None):
     parser.add_argument("--memory-size", type=float, default=0.3,
                         help="megapixels of the photos for --memory (default: 0.3)")
     parser.add_argument("--memory-child", metavar="DIR", help=argparse.SUPPRESS)
+    parser.add_argument("--capture-cost", action="store_true",
+                        help="instead of speed, measure what recording hashes and EXIF costs: ingests of the same "
+                             "files with capture on and off (best of --repeat each)")
     args = parser.parse_args(argv)
     if args.workers is not None and args.workers < 0:
         parser.error("--workers must be 0 or more")
@@ -537,7 +603,8 @@ def main(argv=None) -> int:
     from cli.common import print_result, text_to_stderr_under_json
 
     with text_to_stderr_under_json(args):
-        result = run_memory(args) if args.memory else run_speed(args)
+        result = (run_memory(args) if args.memory else run_capture_cost(args) if args.capture_cost
+                  else run_speed(args))
     print_result(args, None, result)
     return 0
 

@@ -2,9 +2,10 @@
 
 Re-ingesting the same folder is incremental: unchanged files (same size and modification time) keep their
 vectors, new and changed files are embedded, vanished files are removed; unchanged files stored without their
-facts (hashes, EXIF: datasets from before schema 3) get them, without being embedded again (backfill.py). plan.py reads the dataset and the folder
-and decides what to do; embed.py turns the files to embed into vectors; commit.py builds the next generation and
-makes it visible in one transaction (and recovers from an ingest that was killed); report.py says what happened.
+facts (hashes, EXIF: datasets from before schema 3) get them, without being embedded again. plan.py reads the
+dataset and the folder and decides what to do; embed.py turns the files to embed into vectors; backfill.py reads
+the missing facts; commit.py builds the next generation and makes it visible in one transaction (and recovers
+from an ingest that was killed); report.py says what happened.
 """
 
 from __future__ import annotations
