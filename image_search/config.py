@@ -119,6 +119,13 @@ def device_decode_requested() -> bool:
     return os.environ.get("IMAGE_SEARCH_GPU_DECODE", "").strip().lower() not in ("0", "false", "no", "off")
 
 
+def gpu_decoder_setting() -> str:
+    """IMAGE_SEARCH_GPU_DECODER: which device JPEG decoder the GPU path uses, "nvimgcodec" (nvImageCodec, when
+    installed), "nvjpeg" (torchvision's) or "auto" (the best that works here; also for unknown values)."""
+    load_environment()
+    return os.environ.get("IMAGE_SEARCH_GPU_DECODER", "").strip().lower() or "auto"
+
+
 CPU_PRECISIONS = ("auto", "fp32", "bf16")
 
 

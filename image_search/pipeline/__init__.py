@@ -1,8 +1,10 @@
 """From files to model-ready pixels, in the order an ingest runs them.
 
 scan finds the files under a folder; decode recognises an image by its content and turns one file into pixels on
-the CPU; cpu_reader does that in worker processes, batch by batch; encoded_jpeg reads JPEGs undecoded for
-gpu_decode, which decodes them where the model runs; batches drives the reader and the model (embed_files).
+the CPU; cpu_reader does that in worker processes, batch by batch (the CPU path). On a GPU, thread_reader reads
+files with threads, hands the JPEGs that jpeg_header finds suitable to a device decoder (device_decoders) in large
+batches, and gpu_decode turns and resizes them there, while the CPU threads decode the rest. batches drives a
+reader and the model (embed_files).
 
 These modules import each other at the top; torch, torchvision and tqdm are imported inside the functions that use
 them, because every command imports the pipeline and one that never decodes (listing datasets, a query refused

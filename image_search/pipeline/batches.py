@@ -1,17 +1,20 @@
-"""Embedding many image files in batches: reading runs ahead in workers while the model works."""
+"""Embedding many image files in batches: reading runs ahead in workers (processes on the CPU, threads with device
+decoding on a GPU) while the model works."""
 
 from __future__ import annotations
 
 import sys
-from dataclasses import dataclass
+import time
+from dataclasses import dataclass, field
 from typing import Iterator, Sequence
 
 import numpy as np
 
-from ..config import device_decode_requested
+from ..config import device_decode_requested, gpu_decoder_setting
 from ..models import Embedder
 from .cpu_reader import default_workers, iter_batches
-from .gpu_decode import decode_batch
+from .device_decoders import choose_decoder
+from .thread_reader import Chunk, ReaderStats, ThreadReader
 
 
 @dataclass
@@ -20,6 +23,7 @@ class EmbeddedBatch:
     vectors: np.ndarray  # float32 [len(positions), dim], L2-normalised
     skipped: list[tuple[int, str]]  # (position, reason): images that could not be read
     ignored: list[int]  # positions of files that are not images
+    facts: list = field(default_factory=list)  # aligned with positions, where the reader computed them
 
 
 def default_batch_size(embedder: Embedder) -> int:
@@ -28,10 +32,9 @@ def default_batch_size(embedder: Embedder) -> int:
     return 256 if embedder.device.startswith("cuda") else 32
 
 
-# Each reader worker fills whole batches, so model-sized GPU batches (256) would leave most workers idle unless
-# there are thousands of files; and undecoded JPEGs carry whole files (3 MB for a 12 MP photo), so the batches
-# queued between workers and the model must stay small. Workers read batches of this many files for a GPU, and
-# the batches are joined into model-sized ones on the device.
+# With CPU decoding on a GPU machine, each reader worker fills whole batches, so model-sized GPU batches (256)
+# would leave most workers idle unless there are thousands of files. Workers read batches of this many files for
+# a GPU, and the batches are joined into model-sized ones on the device.
 GPU_READER_BATCH = 32
 
 
@@ -41,30 +44,64 @@ def reader_batch_size(embedder: Embedder, batch_size: int) -> int:
 
 def embed_files(embedder: Embedder, paths: Sequence[str], *, batch_size: int | None = None,
                 workers: int | None = None, progress: bool = False, label: str = "Embedding",
-                decode_on_device: bool | None = None) -> Iterator[EmbeddedBatch]:
-    """decode_on_device: decode JPEGs where the model runs (nvJPEG on CUDA); None means on for CUDA (unless
-    IMAGE_SEARCH_GPU_DECODE=0) and off on the CPU."""
+                decode_on_device: bool | None = None, decoder: str | None = None,
+                stats: ReaderStats | None = None) -> Iterator[EmbeddedBatch]:
+    """decode_on_device: read files with threads and decode JPEGs where the model runs (thread_reader.py); None
+    means on for CUDA (unless IMAGE_SEARCH_GPU_DECODE=0) and off on the CPU, which keeps its worker processes.
+    decoder: which device decoder (device_decoders.py; None: IMAGE_SEARCH_GPU_DECODER, by default the best one
+    that works here). workers: reader processes, or with decode_on_device reader threads (0 counts as 1).
+    stats: filled with the seconds each stage took (decode_on_device only)."""
     on_gpu = embedder.device.startswith("cuda")
     batch_size = batch_size or default_batch_size(embedder)
-    workers = default_workers(embedder.device) if workers is None else max(0, workers)
     if decode_on_device is None:
         decode_on_device = on_gpu and device_decode_requested()
-    reader_batch = reader_batch_size(embedder, batch_size)
     bar = _progress_bar(len(paths), progress, label)
-    empty = np.zeros((0, embedder.dim), dtype=np.float32)
     try:
-        batches = iter_batches(paths, geometry=embedder.geometry, min_side=embedder.input_size,
-                               batch_size=reader_batch, workers=workers, pin_memory=on_gpu,
-                               encoded_jpegs=decode_on_device)
-        decoded = (_decode_encoded(embedder, paths, batch) if batch.encoded is not None else
-                   (batch.positions, _to_device(batch.pixels, embedder.device), batch.skipped, batch.ignored)
-                   for batch in batches)
-        for positions, pixels, skipped, ignored in _regroup(decoded, batch_size):
-            vectors = embedder.encode_pixels(pixels) if pixels is not None else empty
-            bar.update(len(positions) + len(skipped) + len(ignored))
-            yield EmbeddedBatch(positions, vectors, skipped, ignored)
+        if decode_on_device:
+            yield from _embed_with_threads(embedder, paths, batch_size, workers, decoder, stats, bar)
+        else:
+            yield from _embed_with_processes(embedder, paths, batch_size, workers, bar)
     finally:
         bar.close()
+
+
+def _embed_with_processes(embedder: Embedder, paths: Sequence[str], batch_size: int, workers: int | None, bar):
+    on_gpu = embedder.device.startswith("cuda")
+    workers = default_workers(embedder.device) if workers is None else max(0, workers)
+    empty = np.zeros((0, embedder.dim), dtype=np.float32)
+    batches = iter_batches(paths, geometry=embedder.geometry, min_side=embedder.input_size,
+                           batch_size=reader_batch_size(embedder, batch_size), workers=workers, pin_memory=on_gpu)
+    chunks = (Chunk(batch.positions, _to_device(batch.pixels, embedder.device), batch.skipped, batch.ignored, [])
+              for batch in batches)
+    for chunk in _regroup(chunks, batch_size):
+        vectors = embedder.encode_pixels(chunk.pixels) if chunk.pixels is not None else empty
+        bar.update(len(chunk.positions) + len(chunk.skipped) + len(chunk.ignored))
+        yield EmbeddedBatch(chunk.positions, vectors, chunk.skipped, chunk.ignored)
+
+
+def _embed_with_threads(embedder: Embedder, paths: Sequence[str], batch_size: int, workers: int | None,
+                        decoder: str | None, stats: ReaderStats | None, bar):
+    empty = np.zeros((0, embedder.dim), dtype=np.float32)
+    reader = ThreadReader(paths, geometry=embedder.geometry, min_side=embedder.input_size, device=embedder.device,
+                          decoder=choose_decoder(embedder.device, decoder or gpu_decoder_setting()),
+                          threads=default_workers(embedder.device) if workers is None else max(1, workers),
+                          facts=facts_reader(), stats=stats)
+    for chunk in _regroup(reader, batch_size):
+        started = time.perf_counter()
+        vectors = embedder.encode_pixels(chunk.pixels) if chunk.pixels is not None else empty
+        if stats is not None:
+            stats.add("model", time.perf_counter() - started, len(chunk.positions))
+        bar.update(len(chunk.positions) + len(chunk.skipped) + len(chunk.ignored))
+        yield EmbeddedBatch(chunk.positions, vectors, chunk.skipped, chunk.ignored, chunk.facts)
+
+
+def facts_reader():
+    """The function that computes a file's facts from its bytes, or None where this build has none."""
+    try:
+        from .facts import facts_from_bytes
+    except ImportError:
+        return None
+    return lambda data: facts_from_bytes(data, None)
 
 
 def _to_device(pixels, device: str):
@@ -72,41 +109,24 @@ def _to_device(pixels, device: str):
     return pixels.to(device, non_blocking=True) if pixels is not None and device != "cpu" else pixels
 
 
-def _decode_encoded(embedder: Embedder, paths: Sequence[str], batch):
-    """Decode the batch's undecoded JPEGs on the model's device and merge them, in file order, with the rest."""
+def _regroup(chunks, size: int):
+    """Join consecutive chunks until they hold at least `size` images."""
     import torch  # imported here for start-up time (see pipeline/__init__.py)
 
-    decoded = decode_batch(batch.encoded, paths, geometry=embedder.geometry, min_side=embedder.input_size,
-                           device=embedder.device)
-    positions = list(batch.positions) + decoded.positions
-    skipped = sorted(batch.skipped + decoded.skipped)
-    parts = [p for p in (batch.pixels, decoded.pixels) if p is not None]
-    if not parts:
-        return [], None, skipped, batch.ignored
-    pixels = torch.cat([part.to(embedder.device, non_blocking=True) for part in parts])
-    order = sorted(range(len(positions)), key=positions.__getitem__)
-    if order != list(range(len(positions))):
-        pixels = pixels[torch.tensor(order, device=pixels.device)]
-        positions = [positions[i] for i in order]
-    return positions, pixels, skipped, batch.ignored
-
-
-def _regroup(batches, size: int):
-    """Join consecutive (positions, pixels, skipped, ignored) batches until they hold at least `size` images."""
-    import torch  # imported here for start-up time (see pipeline/__init__.py)
-
-    positions, parts, skipped, ignored = [], [], [], []
-    for batch_positions, pixels, batch_skipped, batch_ignored in batches:
-        positions += batch_positions
-        skipped += batch_skipped
-        ignored += batch_ignored
-        if pixels is not None:
-            parts.append(pixels)
+    positions, parts, skipped, ignored, facts = [], [], [], [], []
+    for chunk in chunks:
+        positions += chunk.positions
+        skipped += chunk.skipped
+        ignored += chunk.ignored
+        facts += chunk.facts or [None] * len(chunk.positions)
+        if chunk.pixels is not None:
+            parts.append(chunk.pixels)
         if len(positions) >= size:
-            yield positions, parts[0] if len(parts) == 1 else torch.cat(parts), skipped, ignored
-            positions, parts, skipped, ignored = [], [], [], []
+            yield Chunk(positions, parts[0] if len(parts) == 1 else torch.cat(parts), skipped, ignored, facts)
+            positions, parts, skipped, ignored, facts = [], [], [], [], []
     if positions or skipped or ignored:
-        yield positions, (parts[0] if len(parts) == 1 else torch.cat(parts)) if parts else None, skipped, ignored
+        pixels = (parts[0] if len(parts) == 1 else torch.cat(parts)) if parts else None
+        yield Chunk(positions, pixels, skipped, ignored, facts)
 
 
 class _NoBar:

@@ -14,10 +14,9 @@ from typing import Callable, Iterator, Sequence
 import numpy as np
 
 from .decode import NotAnImage, UnreadableImage, read_pixels
-from .encoded_jpeg import pack, read_encoded_jpeg
 
 # Statuses of one file.
-OK, SKIPPED, IGNORED, ENCODED = "ok", "skipped", "ignored", "encoded"
+OK, SKIPPED, IGNORED = "ok", "skipped", "ignored"
 
 
 @dataclass
@@ -26,7 +25,6 @@ class Batch:
     pixels: object  # torch.uint8 tensor [len(positions), 3, S, S], or None when no file of the batch was usable
     skipped: list[tuple[int, str]]  # (position, reason)
     ignored: list[int]  # positions of files that are not images
-    encoded: object = None  # encoded_jpeg.EncodedBatch: JPEGs left for the GPU to decode, or None
 
     def pin_memory(self) -> "Batch":  # called by DataLoader(pin_memory=True) for faster host-to-GPU copies
         if self.pixels is not None:
@@ -37,21 +35,15 @@ class Batch:
 class _FileDataset:
     """Map-style dataset for torch's DataLoader: item i is the outcome of reading paths[i]."""
 
-    def __init__(self, paths: Sequence[str], geometry: Callable, min_side: int | None,
-                 encoded_jpegs: bool = False) -> None:
+    def __init__(self, paths: Sequence[str], geometry: Callable, min_side: int | None) -> None:
         self.paths = paths
         self.geometry = geometry
         self.min_side = min_side
-        self.encoded_jpegs = encoded_jpegs
 
     def __len__(self) -> int:
         return len(self.paths)
 
     def __getitem__(self, position: int):
-        if self.encoded_jpegs:
-            encoded = read_encoded_jpeg(self.paths[position])
-            if encoded is not None:
-                return position, ENCODED, encoded
         try:
             return position, OK, read_pixels(self.paths[position], self.geometry, self.min_side)
         except NotAnImage:
@@ -65,20 +57,17 @@ class _FileDataset:
 def _collate(items) -> Batch:
     import torch  # imported here for start-up time (see pipeline/__init__.py)
 
-    positions, arrays, skipped, ignored, encoded = [], [], [], [], []
+    positions, arrays, skipped, ignored = [], [], [], []
     for position, status, payload in items:
         if status == OK:
             positions.append(position)
             arrays.append(payload)
-        elif status == ENCODED:
-            encoded.append((position, payload))
         elif status == SKIPPED:
             skipped.append((position, payload))
         else:
             ignored.append(position)
     pixels = torch.from_numpy(np.stack(arrays)) if arrays else None
-    packed = pack(encoded) if encoded else None
-    return Batch(positions, pixels, skipped, ignored, packed)
+    return Batch(positions, pixels, skipped, ignored)
 
 
 def _init_worker(_worker_id: int) -> None:
@@ -95,16 +84,13 @@ def default_workers(device: str) -> int:
 
 
 def iter_batches(paths: Sequence[str], *, geometry: Callable, min_side: int | None, batch_size: int,
-                 workers: int, pin_memory: bool = False, encoded_jpegs: bool = False) -> Iterator[Batch]:
-    """Yield batches in order while the next ones are being read in the background.
-
-    encoded_jpegs: leave the JPEGs a GPU can decode undecoded (Batch.encoded); see gpu_decode.
-    """
+                 workers: int, pin_memory: bool = False) -> Iterator[Batch]:
+    """Yield batches in order while the next ones are being read in the background."""
     from torch.utils.data import DataLoader  # imported here for start-up time (see pipeline/__init__.py)
 
     if not paths:
         return
-    dataset = _FileDataset(paths, geometry, min_side, encoded_jpegs)
+    dataset = _FileDataset(paths, geometry, min_side)
     if len(paths) <= batch_size:
         workers = 0  # starting worker processes costs more than reading one batch
     loader = DataLoader(

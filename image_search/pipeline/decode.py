@@ -7,12 +7,13 @@ Nothing here lets a bad file take an ingest down: a file that cannot be used rai
 
 from __future__ import annotations
 
+import io
 import warnings
 from pathlib import Path
 from typing import Callable
 
 import numpy as np
-from PIL import Image, ImageFile, ImageOps
+from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
 
 # Seized drives hold every kind of broken file; Pillow's decompression-bomb guard stays on (its default limit),
 # and a bomb becomes a skipped file with a reason, not a crash.
@@ -78,45 +79,93 @@ def load_rgb(path: str, *, min_side: int | None = None) -> Image.Image:
     try:
         with open(path, "rb") as handle:
             header = handle.read(_HEADER_BYTES)
-            claimed = Path(path).suffix.lower() in IMAGE_EXTENSIONS
-            fmt = sniff_format(header)
-            if fmt is None:
-                if not claimed:
-                    raise NotAnImage(path)
-                if not header:
-                    raise UnreadableImage("empty file (0 bytes)")
-                raise UnreadableImage("not an image: its content is not JPEG, PNG, WebP, BMP, GIF or TIFF")
+            fmt = image_format(header, path)
             handle.seek(0)
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")  # Pillow's warnings (bomb-sized, EXIF quirks) are not errors here
-                image = Image.open(handle, formats=[fmt])
-                if min_side and fmt == "JPEG":
-                    image.draft("RGB", (min_side, min_side))
-                image.load()
-                image = ImageOps.exif_transpose(image)
-                image = _to_rgb(image)
+            return _decode(handle, fmt, min_side)
     except (NotAnImage, UnreadableImage):
         raise
+    except OSError as error:
+        raise _unreadable(error) from None
+
+
+def load_rgb_from_bytes(data: bytes, path: str, *, min_side: int | None = None) -> Image.Image:
+    """load_rgb for a file whose bytes were already read (the threaded reader reads each file once)."""
+    return _decode(io.BytesIO(data), image_format(data[:_HEADER_BYTES], path), min_side)
+
+
+def image_format(header: bytes, path: str) -> str:
+    """The format of a file from its first bytes; NotAnImage for a file that neither is nor claims to be an image,
+    UnreadableImage for one that claims to be (by its extension) but is not."""
+    fmt = sniff_format(header)
+    if fmt is None:
+        if Path(path).suffix.lower() not in IMAGE_EXTENSIONS:
+            raise NotAnImage(path)
+        if not header:
+            raise UnreadableImage("empty file (0 bytes)")
+        raise UnreadableImage("not an image: its content is not JPEG, PNG, WebP, BMP, GIF or TIFF")
+    return fmt
+
+
+# Pillow's warnings (bomb-sized images, EXIF quirks) are not errors here. Filtered once, by origin, rather than
+# with warnings.catch_warnings() around each decode: that swaps the process's filter list and is not thread-safe
+# (thread_reader.py decodes in threads).
+warnings.filterwarnings("ignore", module=r"PIL(\.|$)")
+warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)
+
+
+def _decode(handle, fmt: str, min_side: int | None) -> Image.Image:
+    try:
+        image = Image.open(handle, formats=[fmt])
+        if min_side and fmt == "JPEG":
+            image.draft("RGB", (min_side, min_side))
+        image.load()
+        image = ImageOps.exif_transpose(image)
+        image = _to_rgb(image)
     except Image.DecompressionBombError:
         raise UnreadableImage("too many pixels (over Pillow's decompression-bomb limit)") from None
-    except PermissionError:
-        raise UnreadableImage("permission denied") from None
-    except FileNotFoundError:
-        raise UnreadableImage("file disappeared while reading") from None
+    except UnidentifiedImageError:  # its message names the file object, not the file
+        raise UnreadableImage(f"cannot decode: damaged or unsupported {fmt} data") from None
     except (OSError, SyntaxError, ValueError, EOFError, TypeError, IndexError, KeyError,
             ZeroDivisionError, RuntimeError, MemoryError) as error:
-        message = str(error).strip() or type(error).__name__
-        raise UnreadableImage(f"cannot decode: {message[:200]}") from None
+        raise _unreadable(error) from None
     if image.width < 1 or image.height < 1:
         raise UnreadableImage("image has no pixels")
     return image
 
 
+def _unreadable(error: Exception) -> UnreadableImage:
+    """The reason, in a reader's words, for an error from opening, reading or decoding a file."""
+    if isinstance(error, PermissionError):
+        return UnreadableImage("permission denied")
+    if isinstance(error, FileNotFoundError):
+        return UnreadableImage("file disappeared while reading")
+    message = str(error).strip() or type(error).__name__
+    return UnreadableImage(f"cannot decode: {message[:200]}")
+
+
+def read_file(path: str) -> bytes:
+    """A file's bytes, in one read. Raises UnreadableImage (permission denied, gone, an I/O error)."""
+    try:
+        with open(path, "rb") as handle:
+            return handle.read()
+    except OSError as error:
+        raise _unreadable(error) from None
+
+
 def read_pixels(path: str, geometry: Callable, min_side: int | None) -> np.ndarray:
     """One file -> uint8 array [3, S, S]. Raises NotAnImage or UnreadableImage."""
-    image = load_rgb(path, min_side=min_side)
+    return model_pixels(load_rgb(path, min_side=min_side), geometry)
+
+
+def read_pixels_from_bytes(data: bytes, path: str, geometry: Callable, min_side: int | None) -> np.ndarray:
+    """read_pixels for a file whose bytes were already read."""
+    return model_pixels(load_rgb_from_bytes(data, path, min_side=min_side), geometry)
+
+
+def model_pixels(image: Image.Image, geometry: Callable) -> np.ndarray:
+    """An upright RGB image -> the model's resize and crop as a uint8 array [3, S, S]."""
     try:
-        plan = _resize_crop_plan(geometry)
+        plan = resize_crop_plan(geometry)
         image = resize_and_crop(image, *plan) if plan else geometry(image)
     except (OSError, ValueError) as error:
         raise UnreadableImage(f"cannot resize: {error}") from None
@@ -129,7 +178,7 @@ def read_pixels(path: str, geometry: Callable, min_side: int | None) -> np.ndarr
 _plans: dict[int, tuple[Callable, tuple | None]] = {}
 
 
-def _resize_crop_plan(geometry: Callable) -> tuple | None:
+def resize_crop_plan(geometry: Callable) -> tuple | None:
     """(side, crop, PIL resample) when geometry is torchvision's Resize(shorter side) then a square CenterCrop, the
     shape of open_clip's inference transform; None for anything else (then geometry itself runs)."""
     cached = _plans.get(id(geometry))
