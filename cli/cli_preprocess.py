@@ -25,6 +25,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--follow-symlinks", action="store_true",
                         help="follow symbolic links that stay inside the folder (default: not followed)")
     parser.add_argument("--no-progress", action="store_true", help="do not show a progress bar")
+    parser.add_argument("--ray", nargs="?", const=True, default=False, metavar="ADDRESS",
+                        help="embed on a Ray cluster: join the one at ADDRESS (host:port as 'ray start --head' "
+                             "prints it; default: $IMAGE_SEARCH_RAY_ADDRESS), else start Ray on this machine with "
+                             "all its CPUs and GPUs. Needs Ray installed (see the README)")
     add_json_flag(parser, "the summary")
     add_common_flags(parser)
     return parser
@@ -34,7 +38,8 @@ def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     report = open_from_flags(args).ingest(args.input_dir, args.name, model=args.model, batch_size=args.batch_size,
                                           workers=args.workers, rebuild=args.rebuild,
-                                          follow_symlinks=args.follow_symlinks, progress=not args.no_progress)
+                                          follow_symlinks=args.follow_symlinks, progress=not args.no_progress,
+                                          ray=args.ray)
     print_result(args, lambda: "\n".join(report.lines(fixes=CLI_FIXES)), report.to_dict())
     return 0
 

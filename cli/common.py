@@ -14,9 +14,9 @@ from typing import Callable
 from image_search import (CLI_FIXES, InvalidInputError, ToolParser, add_common_flags, cli_message, open_from_flags,
                           run_tool)
 
-__all__ = ["CLI_FIXES", "ToolParser", "add_common_flags", "add_json_flag", "cli_message", "format_table",
-           "json_to_stdout", "open_from_flags", "print_result", "run_tool", "text_to_stderr_under_json",
-           "write_json_file"]
+__all__ = ["CLI_FIXES", "ToolParser", "add_common_flags", "add_export_flag", "add_json_flag", "cli_message",
+           "export_report", "format_table", "json_to_stdout", "open_from_flags", "print_result", "run_tool",
+           "text_to_stderr_under_json", "write_json_file"]
 
 JSON_TO_STDOUT = "-"  # --json without FILE (or with "-"): JSON on stdout instead of the text
 
@@ -40,6 +40,33 @@ def add_json_flag(parser: argparse.ArgumentParser, what: str = "the results") ->
                         metavar="FILE",
                         help=f"{what} as JSON: without FILE printed instead of the text; with FILE written to FILE "
                              "as well as the text")
+
+
+def _export_target(text: str) -> str:
+    """--export FILE: its extension and folder are checked when the command starts (image_search's
+    check_report_path), so a long search never fails at its very end for a typo."""
+    from image_search import check_report_path
+
+    try:
+        return check_report_path(text)
+    except InvalidInputError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+
+
+def add_export_flag(parser: argparse.ArgumentParser, what: str = "the results") -> None:
+    parser.add_argument("--export", type=_export_target, default=None, metavar="FILE",
+                        help=f"also write {what} as a report to FILE: .csv (a table), .json or .html (one "
+                             "self-contained page with thumbnails, hashes and EXIF; no network needed to open it)")
+
+
+def export_report(args, report: dict) -> None:
+    """Write the report to --export's file (when given) and say so, on stderr under --json alone."""
+    if not getattr(args, "export", None):
+        return
+    from image_search import write_report
+
+    path = write_report(args.export, report)
+    print(f"Wrote the report {path}", file=sys.stderr if json_to_stdout(args) else sys.stdout)
 
 
 def json_to_stdout(args) -> bool:

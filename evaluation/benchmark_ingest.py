@@ -11,6 +11,9 @@ the GPU, once per device decoder that works there (nvImageCodec, nvJPEG), with e
 already in memory, the ingest's steady rate (from 10% to 90% of the files) beside its whole-run rate, and the time
 per stage of the threaded reader (the profile). --memory instead measures the peak memory of ingests of different
 sizes (default 1,000 and 5,000 images).
+--checkpoint-cost instead measures (d) with and without checkpoints (image_search/ingest/checkpoint.py), each
+right after the other, and what writing them took (--checkpoint-images N: one every N images, to see the cost of
+many on a small run; default: the ingest's own setting).
 Files are read from the page cache after the first pass: this measures computation, not the disk.
 """
 
@@ -27,7 +30,7 @@ import sys
 import tempfile
 import time
 from contextlib import contextmanager, nullcontext
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 DEFAULT_MODEL = "ViT-B-32:random"
@@ -37,6 +40,7 @@ DEFAULT_NAIVE_COUNT = 24
 DEFAULT_MEMORY_COUNTS = "1000,5000"
 CPU_MODE = "cpu"  # (b) and (d) with worker processes decoding on the CPU
 MEMORY_DISTINCT_PHOTOS = 200  # the memory check links its thousands of files to this many distinct photos
+_DEFAULT = object()  # timed_ingest's checkpoints when not given: the ingest's own setting
 
 
 # -- corpus -----------------------------------------------------------------------------------------------------
@@ -214,11 +218,11 @@ def measure_decode(embedder, paths: list[str], batch_size: int, workers: int, mo
             if batch.pixels is not None and on_cuda:
                 batch.pixels.to(embedder.device, non_blocking=True)
     else:
-        from image_search.pipeline.batches import facts_reader
+        from image_search.config import capture_requested
         from image_search.pipeline.thread_reader import ThreadReader
 
         for chunk in ThreadReader(paths, geometry=embedder.geometry, min_side=embedder.input_size,
-                                  device=embedder.device, decoder=mode, threads=workers, facts=facts_reader()):
+                                  device=embedder.device, decoder=mode, threads=workers, capture=capture_requested()):
             done += len(chunk.positions)
     if on_cuda:
         torch.cuda.synchronize()
@@ -233,7 +237,7 @@ def measure_raw_decode(embedder, paths: list[str], mode: str, batch: int, second
 
     from image_search.pipeline.decode import read_pixels_from_bytes
     from image_search.pipeline.device_decoders import make_decoder
-    from image_search.pipeline.gpu_decode import model_pixels_on_device
+    from image_search.pipeline.device_resize import model_pixels_on_device
     from image_search.pipeline.jpeg_header import parse_jpeg_header
 
     files = [Path(path).read_bytes() for path in paths[:batch]]
@@ -331,37 +335,21 @@ def environment(**values):
 def measure_ingest(folder: Path, data_home: Path, name: str, args, mode: str) -> tuple[float, float, int, int, dict]:
     """(d): the real ingest into a new dataset. Returns (images/s, seconds, indexed, skipped, extra): extra has the
     steady rate, the seconds of embedding and of the rest, and (device decoding) the profile of the reader."""
-    from image_search.config import Settings
-    from image_search.ingest import ingest_folder
-    from image_search.models import shared_models
     from image_search.pipeline.batches import embed_files
     from image_search.pipeline.thread_reader import ReaderStats
-    from image_search.service import ImageSearch
 
     stats, timeline = ReaderStats(), []
 
-    def embed(embedder, paths, *, batch_size=None, workers=None, progress=True):
+    def embed(embedder, paths, *, batch_size=None, workers=None, progress=True, **options):
         for batch in embed_files(embedder, paths, batch_size=batch_size, workers=workers, progress=progress,
                                  stats=stats):
             yield batch
             timeline.append((time.perf_counter(), len(batch.positions) + len(batch.skipped) + len(batch.ignored)))
 
-    # the model measured in (a) stays loaded: (d) times the ingest, not a second model load
-    engine = ImageSearch(Settings(data_home=data_home, model_name=args.model, device=args.device, database=None),
-                         models=shared_models)
-    on_device = mode != CPU_MODE
-    try:
-        with environment(IMAGE_SEARCH_GPU_DECODE="1" if on_device else "0",
-                         IMAGE_SEARCH_GPU_DECODER=mode if on_device else "auto"):
-            started = time.perf_counter()
-            report = ingest_folder(engine, folder, name, model_name=args.model, batch_size=args.batch_size,
-                                   workers=args.workers, progress=False, embed=embed)
-            seconds = time.perf_counter() - started
-    finally:
-        engine.close()
+    seconds, report = timed_ingest(folder, data_home, name, args, mode, embed=embed)
     extra = {"steady": round(steady_rate(timeline), 1), "embed_seconds": round(report.embed_seconds, 3),
              "other_seconds": round(seconds - report.embed_seconds, 3)}
-    if on_device:
+    if mode != CPU_MODE:
         extra["profile"] = stats.as_dict()
     return report.indexed / seconds, seconds, report.indexed, len(report.skipped), extra
 
@@ -380,6 +368,79 @@ def steady_rate(timeline: list[tuple[float, int]]) -> float:
         return 0.0
     return (high[1] - low[1]) / (high[0] - low[0])
 
+
+def timed_ingest(folder: Path, data_home: Path, name: str, args, mode: str, *, checkpoints=_DEFAULT, embed=None):
+    """The real ingest into a new dataset: (seconds, IngestReport). mode: CPU_MODE (worker processes) or a device
+    decoder's name. checkpoints: CheckpointSettings, or None for none (default: the ingest's own). embed: the
+    embedding step (default: the ingest's own)."""
+    from image_search.config import Settings
+    from image_search.ingest import ingest_folder
+    from image_search.models import shared_models
+    from image_search.service import ImageSearch
+
+    settings = Settings(data_home=data_home, model_name=args.model, device=args.device, database=None)
+    if checkpoints is not _DEFAULT:
+        settings = replace(settings, checkpoints=checkpoints)
+    # the model measured in (a) stays loaded: (d) times the ingest, not a second model load
+    engine = ImageSearch(settings, models=shared_models)
+    on_device = mode != CPU_MODE
+    options = {"embed": embed} if embed is not None else {}
+    try:
+        with environment(IMAGE_SEARCH_GPU_DECODE="1" if on_device else "0",
+                         IMAGE_SEARCH_GPU_DECODER=mode if on_device else "auto"):
+            started = time.perf_counter()
+            report = ingest_folder(engine, folder, name, model_name=args.model, batch_size=args.batch_size,
+                                   workers=args.workers, progress=False, **options)
+            seconds = time.perf_counter() - started
+    finally:
+        engine.close()
+    return seconds, report
+
+
+# -- checkpoint cost --------------------------------------------------------------------------------------------
+def run_checkpoint_cost(args) -> dict:
+    """(d) without and with checkpoints, one right after the other, best of --repeat each."""
+    from image_search.config import CheckpointSettings
+    from image_search.models import load_model
+
+    embedder = load_model(args.model, args.device)
+    embedder.prepare_image_tower()
+    args.device = embedder.device
+    every = CheckpointSettings(images=args.checkpoint_images) if args.checkpoint_images else CheckpointSettings()
+    print(_machine_line(machine_info()))
+    print(f"Settings: model {embedder.name} on {embedder.device}, a checkpoint every {every.images} images or "
+          f"{every.seconds:g} s; best of {args.repeat}.", flush=True)
+    results = []
+    with tempfile.TemporaryDirectory(prefix="image-search-bench-") as scratch:
+        scratch = Path(scratch)
+        corpus = list(corpus_folders(args, scratch))
+        if corpus:  # one-time costs (creating the store, first imports) are not part of any row
+            warm_up = link_folder([Path(p) for p in image_files(corpus[0][1])[:2]], scratch / "warm-up")
+            timed_ingest(warm_up, scratch / "home", "warmup", args, CPU_MODE)
+        for label, folder in corpus:
+            best = {"off": None, "on": None}
+            for attempt in range(args.repeat):
+                for mode, checkpoints in (("off", None), ("on", every)):
+                    seconds, report = timed_ingest(folder, scratch / "home", f"cp-{mode}-{len(results)}-{attempt}",
+                                                   args, CPU_MODE, checkpoints=checkpoints)
+                    if best[mode] is None or seconds < best[mode][0]:
+                        best[mode] = (seconds, report)
+            (off_seconds, off), (on_seconds, on) = best["off"], best["on"]
+            row = {"label": label, "images": on.indexed, "off_images_per_second": round(off.indexed / off_seconds, 2),
+                   "on_images_per_second": round(on.indexed / on_seconds, 2),
+                   "cost": round(on_seconds / off_seconds - 1, 4), "checkpoints_written": on.checkpoints_written,
+                   "checkpoint_seconds": round(on.checkpoint_seconds, 3),
+                   "checkpoint_share": round(on.checkpoint_seconds / on_seconds, 4)}
+            results.append(row)
+            print(f"{label}: {row['off_images_per_second']:.1f} images/s without checkpoints, "
+                  f"{row['on_images_per_second']:.1f} with ({row['checkpoints_written']} written, "
+                  f"{row['checkpoint_seconds']:.2f} s on their thread, {100 * row['checkpoint_share']:.1f}% of the "
+                  f"ingest): {100 * row['cost']:+.1f}% time", flush=True)
+    return {"benchmark": "ingest-checkpoint-cost", "machine": machine_info(),
+            "settings": {"model": embedder.name, "device": embedder.device, "batch_size": args.batch_size,
+                         "workers": args.workers, "checkpoint_images": every.images,
+                         "checkpoint_seconds": every.seconds, "repeat": args.repeat},
+            "results": results}
 
 # -- the run ----------------------------------------------------------------------------------------------------
 def run_speed(args) -> dict:
@@ -667,6 +728,11 @@ def parse_args(argv=None):
     parser.add_argument("--memory-size", type=float, default=0.3,
                         help="megapixels of the photos for --memory (default: 0.3)")
     parser.add_argument("--memory-child", metavar="DIR", help=argparse.SUPPRESS)
+    parser.add_argument("--checkpoint-cost", action="store_true",
+                        help="instead of speed, measure ingests with and without checkpoints")
+    parser.add_argument("--checkpoint-images", type=_positive, default=None,
+                        help="for --checkpoint-cost: a checkpoint every this many images (default: the ingest's "
+                             "own, 10,000 or a minute)")
     args = parser.parse_args(argv)
     if args.workers is not None and args.workers < 0:
         parser.error("--workers must be 0 or more")
@@ -681,7 +747,8 @@ def main(argv=None) -> int:
     from cli.common import print_result, text_to_stderr_under_json
 
     with text_to_stderr_under_json(args):
-        result = run_memory(args) if args.memory else run_speed(args)
+        result = (run_memory(args) if args.memory else run_checkpoint_cost(args) if args.checkpoint_cost
+                  else run_speed(args))
     print_result(args, None, result)
     return 0
 

@@ -12,11 +12,19 @@ temporary data folder), and for each index kind measures:
   p50_ms / p99_ms   one query vector at a time through the core: index search + the batched path lookup
   index_p50_ms      the index search alone
 
+On the kind the automatic choice picks, filtered searches are measured too (--no-filters skips them): every row
+in the store carries synthetic facts (a folder, a camera, a date taken) drawn at random, independently of the
+vectors, so that a filter on the folder allows 1% of the images, on the camera 10% and on the date 50%. For each:
+
+  select_ms          the store query that selects the allowed ids (once per filter: the search caches it)
+  recall_at_10       share of the exact top 10 among the allowed ids that the filtered search returns
+  p50_ms / p99_ms    one query vector at a time through the core, as the unfiltered p50/p99 above
+
 The kind the automatic choice picks for that size is measured last and stays the dataset's index, and then a
 text query is timed end to end through the core (real model ViT-B-32 with random weights, warm process: tokenise,
-embed, search, look up paths) and, when the server is available, through HTTP (python -m server.server, POST
-/search_by_text). Sizes run one after another; each keeps at most a few copies of its vectors in memory (1M x
-512 float32 is 2 GB).
+embed, search, look up paths; unfiltered and with each filter) and, when the server is available, through HTTP
+(python -m server.server, POST /search_by_text). Sizes run one after another; each keeps at most a few copies of
+its vectors in memory (1M x 512 float32 is 2 GB).
 """
 
 from __future__ import annotations
@@ -35,6 +43,7 @@ import time
 import urllib.error
 import urllib.request
 from dataclasses import replace
+from datetime import date
 from pathlib import Path
 
 import numpy as np
@@ -44,8 +53,9 @@ from evaluation.synthetic_vectors import DIM, SyntheticCollection
 from image_search import vectors
 from image_search.config import Settings, load_index_settings
 from image_search.runtime.threads import BusyMeter, run_in_passing_thread
+from image_search.search import SearchFilter
 from image_search.service import ImageSearch
-from image_search.store import ImageRecord, NewDataset
+from image_search.store import ImageFacts, ImageRecord, NewDataset
 
 REPO = Path(__file__).resolve().parents[1]
 TEXT_MODEL = "ViT-B-32:random"  # the default model's shape; random weights, so only its timings mean anything
@@ -58,6 +68,39 @@ _SUBJECTS = ["a red car", "two dogs", "a child", "an old man", "a kitchen", "a b
              "a crowd", "a handwritten note", "a truck", "a wedding", "a mountain"]
 _SCENES = ["at night", "in the rain", "on a sunny day", "indoors", "from above", "close up", "in a parking lot",
            "next to a window", "with snow", "at a party"]
+
+
+# Filters by the share of images they allow, and how the synthetic facts make them so (SyntheticFacts).
+FILTERS = {"1%": SearchFilter(folder="f00"), "10%": SearchFilter(camera="canon"),
+           "50%": SearchFilter(taken_from=date(2023, 1, 1))}
+
+
+class SyntheticFacts:
+    """Facts for the images 1..size, drawn from a fixed seed independently of the vectors: one in 100 under the
+    folder f00 (the others under f01..f99), one in 10 taken by a Canon (the others by an iPhone), and half taken in
+    2023 according to EXIF, while the other half have no EXIF date and a modification time in 1970 (the date filter
+    then falls back to it, and excludes them)."""
+
+    def __init__(self, size: int) -> None:
+        rng = np.random.default_rng(99)
+        self.size = size
+        self.folder = np.where(rng.random(size) < 0.01, 0, rng.integers(1, 100, size))
+        self.canon = rng.random(size) < 0.1
+        self.taken_2023 = rng.random(size) < 0.5
+
+    def allowed(self, share: str) -> np.ndarray:
+        """The ids (1-based, sorted) that FILTERS[share] allows."""
+        mask = {"1%": self.folder == 0, "10%": self.canon, "50%": self.taken_2023}[share]
+        return (np.flatnonzero(mask) + 1).astype(np.int64)
+
+    def record(self, vector_id: int) -> ImageRecord:
+        i = vector_id - 1
+        canon = bool(self.canon[i])
+        facts = ImageFacts(sha256=f"{vector_id:064x}", format="JPEG", camera_make="Canon" if canon else "Apple",
+                           camera_model="Canon EOS 5D" if canon else "iPhone 12",
+                           taken_at="2023-03-15T12:00:00" if self.taken_2023[i] else None)
+        path = f"/synthetic/{self.size}/f{int(self.folder[i]):02d}/{vector_id:07d}.jpg"
+        return ImageRecord(vector_id, path, 0, 0, facts)
 
 
 def text_queries(count: int, tag: str) -> list[str]:
@@ -89,8 +132,10 @@ def timed(function, *args):
 # -- one size ---------------------------------------------------------------------------------------------------
 class SizeBenchmark:
     def __init__(self, engine: ImageSearch, size: int, kinds: list[str], queries: int, sweep: bool,
-                 model: str = TEXT_MODEL, dim: int = DIM, log=print) -> None:
+                 model: str = TEXT_MODEL, dim: int = DIM, log=print, filters: bool = True) -> None:
         self.engine, self.size, self.sweep, self.model, self.dim, self.log = engine, size, sweep, model, dim, log
+        self.facts = SyntheticFacts(size) if filters else None
+        self.filtered_truth: dict[str, list[vectors.Neighbours]] = {}
         self.name = f"synthetic-{size}"
         automatic = vectors.policy.choose_kind(size)
         # the kind auto picks goes last, so it is the dataset's index when the end-to-end timings run
@@ -120,6 +165,9 @@ class SizeBenchmark:
             exact.add(chunk[1], chunk[0])
         exact_build_s = time.perf_counter() - started - generation_s
         truth = exact.search(self.queries, K)
+        if self.facts is not None:
+            self.filtered_truth = {share: exact.search(self.queries, K, ids=self.facts.allowed(share))
+                                   for share in FILTERS}
         results = {}
         for kind in self.kinds:
             if kind == vectors.FLAT:
@@ -144,7 +192,8 @@ class SizeBenchmark:
             path = vectors.layout.index_file(home, uid, 1)
             built.save(path)
             target = NewDataset(self.name, uid, self.model, self.dim, f"/synthetic/{self.size}", kind)
-            rows = (ImageRecord(i, f"/synthetic/{self.size}/{i:07d}.jpg", 0, 0) for i in range(1, self.size + 1))
+            rows = ((self.facts.record(i) if self.facts is not None
+                     else ImageRecord(i, f"/synthetic/{self.size}/{i:07d}.jpg", 0, 0)) for i in range(1, self.size + 1))
             self.record = store.commit_generation(dataset=target, base_generation=0, new_generation=1, added=rows,
                                                   removed_ids=[], image_count=self.size,
                                                   next_vector_id=self.size + 1)
@@ -186,8 +235,39 @@ class SizeBenchmark:
         }
         if self.sweep and kind != vectors.FLAT:
             result["sweep"] = self.sweep_effort(kind, loaded.index, truth)
+        if self.facts is not None and kind == self.kinds[-1]:  # the kind the dataset keeps
+            result["filtered"] = {share: self.measure_filter(share, loaded) for share in FILTERS}
         self.log(f"[{self.size}] {kind}: {result}")
         return result
+
+    def measure_filter(self, share: str, loaded) -> dict:
+        """A filter's store query, and its searches through the core against the exact top 10 of its ids."""
+        from image_search.search import allowed_ids, search_vectors
+
+        filters = FILTERS[share]
+        criteria = filters.criteria(self.record)
+        selected, select_s = timed(self.engine.store.select_vector_ids, self.record.id, criteria)
+        expected = self.facts.allowed(share)
+        if not np.array_equal(selected, expected):
+            raise RuntimeError(f"the {share} filter selected {len(selected)} ids, not the {len(expected)} expected")
+        for query in self.queries[:10]:  # warm: the first selects the ids, later ones find them cached
+            search_vectors(self.engine, self.name, query[None], K, filters)
+        found = [search_vectors(self.engine, self.name, query[None], K, filters)[0] for query in self.queries]
+        if any(len(row) != K for row in found):
+            raise RuntimeError(f"a search with the {share} filter returned fewer than {K} results")
+        rows = [vectors.Neighbours(np.array([self.facts_id(r.path) for r in row]), np.array([r.score for r in row]))
+                for row in found]
+        seconds = [timed(search_vectors, self.engine, self.name, query[None], K, filters)[1] for query in self.queries]
+        p50, p99 = percentiles(seconds)
+        allowed = allowed_ids(self.engine.store, self.record, filters, loaded.selections)  # the cached selection
+        index_seconds = [timed(loaded.index.search, query[None], K, allowed)[1] for query in self.queries]
+        return {"allowed": len(selected), "select_ms": round(select_s * 1000, 1),
+                "recall_at_10": recall_at_k(rows, self.filtered_truth[share]), "p50_ms": p50, "p99_ms": p99,
+                "index_p50_ms": percentiles(index_seconds)[0]}
+
+    @staticmethod
+    def facts_id(path: str) -> int:
+        return int(Path(path).stem)
 
     def sweep_effort(self, kind: str, index: vectors.VectorIndex, truth: list[vectors.Neighbours]) -> list[dict]:
         """Recall and latency at other search efforts (nprobe for IVF, efSearch for HNSW)."""
@@ -231,9 +311,17 @@ class SizeBenchmark:
 
         image_query()
         image_seconds = [timed(image_query)[1] for _ in range(max(5, text_count // 5))]
-        return {"index": self.record.index_kind, "text_p50_ms": p50, "text_p99_ms": p99,
-                "text_repeated_p50_ms": percentiles(repeated)[0],
-                "image_after_decode_p50_ms": percentiles(image_seconds)[0]}
+        result = {"index": self.record.index_kind, "text_p50_ms": p50, "text_p99_ms": p99,
+                  "text_repeated_p50_ms": percentiles(repeated)[0],
+                  "image_after_decode_p50_ms": percentiles(image_seconds)[0]}
+        if self.facts is not None:
+            for share, filters in FILTERS.items():
+                search_by_text(self.engine, self.name, f"warm-up {share}", K, filters=filters)
+                texts = text_queries(text_count, f"core {share} {self.size}")
+                seconds = [timed(lambda t: search_by_text(self.engine, self.name, t, K, filters=filters), text)[1]
+                           for text in texts]
+                result[f"text_{share}_p50_ms"], result[f"text_{share}_p99_ms"] = percentiles(seconds)
+        return result
 
 
 # -- through the HTTP server ------------------------------------------------------------------------------------
@@ -361,6 +449,16 @@ def table(report: dict) -> str:
             lines.append(f"{size:>9}  {row['index']:<34} {row['build_s']:>8.2f} {row['bytes_per_vector']:>9.0f} "
                          f"{row['recall_at_10']:>9.3f} {row['p50_ms']:>7.2f} {row['p99_ms']:>7.2f} "
                          f"{row['index_p50_ms']:>9.2f}")
+    filtered = [(size, kind, share, row) for size, kinds in report["results"].items() for kind, kind_row in
+                kinds.items() for share, row in kind_row.get("filtered", {}).items()]
+    if filtered:
+        lines += ["", f"{'size':>9}  {'index':<34} {'filter':>6} {'allowed':>8} {'select_ms':>9} {'recall@10':>9} "
+                      f"{'p50_ms':>7} {'p99_ms':>7} {'index_p50':>9}   (unfiltered: the rows above)"]
+        for size, kind, share, row in filtered:
+            index = report["results"][size][kind]["index"]
+            lines.append(f"{size:>9}  {index:<34} {share:>6} {row['allowed']:>8} {row['select_ms']:>9.1f} "
+                         f"{row['recall_at_10']:>9.3f} {row['p50_ms']:>7.2f} {row['p99_ms']:>7.2f} "
+                         f"{row['index_p50_ms']:>9.2f}")
     if report["end_to_end"]:
         lines += ["", f"{'size':>9}  {'index':<8} {'text p50':>9} {'text p99':>9} {'repeated':>9} "
                       f"{'image p50':>9} {'http p50':>9} {'http p99':>9}   (ms, warm process)"]
@@ -369,6 +467,12 @@ def table(report: dict) -> str:
             lines.append(f"{size:>9}  {row['index']:<8} {row['text_p50_ms']:>9.2f} {row['text_p99_ms']:>9.2f} "
                          f"{row['text_repeated_p50_ms']:>9.2f} {row['image_after_decode_p50_ms']:>9.2f} "
                          + " ".join(f"{v:>9.2f}" if v is not None else f"{'-':>9}" for v in http))
+        for size, row in report["end_to_end"].items():
+            shares = [share for share in FILTERS if f"text_{share}_p50_ms" in row]
+            if shares:
+                lines.append(f"{size:>9}  filtered text p50/p99 ms: " + ", ".join(
+                    f"{share} {row[f'text_{share}_p50_ms']:.2f}/{row[f'text_{share}_p99_ms']:.2f}" for share in shares)
+                    + f" (unfiltered {row['text_p50_ms']:.2f}/{row['text_p99_ms']:.2f})")
     if report.get("http"):
         lines.append(f"HTTP: {report['http']}")
     if report.get("cli"):
@@ -392,6 +496,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="text queries per size (default 300: a p99 over 100 is the second-slowest query)")
     parser.add_argument("--sweep", action="store_true", help="also measure recall at other nprobe / efSearch")
     parser.add_argument("--no-text", action="store_true", help="skip the end-to-end timings with the model")
+    parser.add_argument("--no-filters", action="store_true", help="skip the filtered searches (1%%, 10%%, 50%%)")
     parser.add_argument("--no-http", action="store_true", help="skip the timings through the HTTP server")
     parser.add_argument("--cli-runs", type=int, default=3, help="cli_search start-up runs (0: skip; default 3)")
     parser.add_argument("--quick", action="store_true", help="few queries, no sweep, no start-up runs (smoke test)")
@@ -439,7 +544,8 @@ def run_benchmark(args, sizes: list[int], kinds: list[str]) -> dict:
         report["settings"]["dim"] = dim
         for size in sizes:
             size_kinds = [k for k in kinds if k != vectors.HNSW or size <= args.hnsw_max]
-            bench = SizeBenchmark(engine, size, size_kinds, args.queries, args.sweep, args.model, dim)
+            bench = SizeBenchmark(engine, size, size_kinds, args.queries, args.sweep, args.model, dim,
+                                  filters=not args.no_filters)
             # built on a thread that ends with the build, as a server's ingest is (image_search/runtime/threads.py):
             # FAISS runs on PyTorch's OpenMP runtime, and workers left on this thread would slow the queries
             report["results"][str(size)] = run_in_passing_thread(bench.run)

@@ -62,7 +62,7 @@ def profile_size(embedder, files: list[bytes], cores: int, batches: list[int], p
     import torch
 
     from image_search.pipeline.decode import read_pixels_from_bytes
-    from image_search.pipeline.gpu_decode import model_pixels_on_device
+    from image_search.pipeline.device_resize import model_pixels_on_device
     from image_search.pipeline.jpeg_header import parse_jpeg_header
 
     result = {}

@@ -60,6 +60,10 @@ CLI_FIXES = {
     Fix.REPAIR_INDEX: "repair it with: python -m cli.cli_preprocess -i '{root}' -n {name} --rebuild",
     Fix.KEEP_EVALUATION_DATASET: "choose another name, or keep the dataset (--keep) to rebuild it.",
     Fix.FOLLOW_SYMLINKS: "use --follow-symlinks to follow links that stay inside the folder",
+    Fix.FILTER_FOLDER: "give --folder a folder inside {root}, relative to it (e.g. DCIM) or in full.",
+    Fix.FILTER_DATE: "give --taken-from and --taken-to as YYYY-MM-DD (e.g. 2023-03-01) or a full ISO date and time "
+                     "(e.g. 2023-03-01T14:30:00).",
+    Fix.FILTER_SCORE: "give --min-score a number from -1 to 1 (a cosine similarity), e.g. 0.25.",
 }
 
 

@@ -63,6 +63,24 @@ class IndexSettings:
     ef_search: int | None = None
 
 
+# How often an ingest saves its finished work (image_search/ingest/checkpoint.py): after this many embedded images
+# or this many seconds, whichever comes first, so a crash loses at most a minute of embedding. The seconds rule
+# decides on a CPU (30-100 images/s: 1,800-6,000 images a minute); the images rule on a GPU (an H100's 2,500
+# images/s: a checkpoint every 4 s), where it bounds a checkpoint's memory (20 MB of vectors) and a larger number
+# would save little: a checkpoint of 10,000 images took 0.25 s (0.19 s of CPU) on its own thread on the 2-core
+# EPYC test machine, SHA-256, fsyncs and the JSON of the records included (0.1-0.3% of a CPU ingest's minute; on a
+# GPU, 6% of one core beside the ingest's 16, off the model's path). The whole cost, on vs off, is measured by
+# `python -m evaluation.benchmark_ingest --checkpoint-cost`.
+CHECKPOINT_IMAGES = 10_000
+CHECKPOINT_SECONDS = 60.0
+
+
+@dataclass(frozen=True)
+class CheckpointSettings:
+    images: int = CHECKPOINT_IMAGES
+    seconds: float = CHECKPOINT_SECONDS
+
+
 @dataclass(frozen=True)
 class Settings:
     data_home: Path
@@ -70,6 +88,8 @@ class Settings:
     device: str | None  # None: CUDA when available, else CPU
     database: DatabaseSettings | None  # None: embedded SQLite in data_home
     index: IndexSettings = IndexSettings()  # which FAISS index an ingest builds, how hard searches look
+    checkpoints: CheckpointSettings | None = CheckpointSettings()  # None: none (to measure what they cost)
+    ray_address: str | None = None  # the Ray cluster a distributed ingest joins (None: it starts one here)
 
     @property
     def default_model(self) -> str:
@@ -126,6 +146,14 @@ def gpu_decoder_setting() -> str:
     return os.environ.get("IMAGE_SEARCH_GPU_DECODER", "").strip().lower() or "auto"
 
 
+def capture_requested() -> bool:
+    """IMAGE_SEARCH_CAPTURE_FACTS: record each file's hashes and EXIF at ingest (pipeline/facts.py), unless it is 0
+    (or false, no, off). Only evaluation.benchmark_ingest --capture-cost turns it off, to measure what capturing
+    costs; images ingested without it get their facts on the next ingest (without being embedded again)."""
+    load_environment()
+    return os.environ.get("IMAGE_SEARCH_CAPTURE_FACTS", "").strip().lower() not in ("0", "false", "no", "off")
+
+
 CPU_PRECISIONS = ("auto", "fp32", "bf16")
 
 
@@ -144,6 +172,37 @@ def test_pause_point() -> str | None:
 
 
 test_pause_point.__test__ = False  # not a test, should a test module import it by name
+
+
+def test_batch_delay() -> float:
+    """IMAGE_SEARCH_TEST_BATCH_DELAY, a test hook: seconds an ingest waits after each embedded batch, so that a
+    test can kill it part way through (tests/test_resumable_ingest.py); 0 in normal runs."""
+    try:
+        return max(0.0, float(os.environ.get("IMAGE_SEARCH_TEST_BATCH_DELAY", "") or 0))
+    except ValueError:
+        return 0.0
+
+
+test_batch_delay.__test__ = False
+
+
+@dataclass(frozen=True)
+class RayTestFaults:
+    """Test hooks of a distributed ingest (tests/test_ray_ingest.py), read on the driver and handed to the workers:
+    crash_on: a file name whose reading kills the Ray worker that reads it, every time (a file that crashes its
+    reader); kill_marker: a path that the first embedding worker to start its second batch creates before killing
+    itself, once (a worker lost mid-run). Both None in normal runs."""
+    crash_on: str | None = None
+    kill_marker: str | None = None
+
+
+def ray_test_faults() -> RayTestFaults:
+    """IMAGE_SEARCH_TEST_RAY_CRASH_ON and IMAGE_SEARCH_TEST_RAY_KILL_MARKER (see RayTestFaults)."""
+    return RayTestFaults(crash_on=os.environ.get("IMAGE_SEARCH_TEST_RAY_CRASH_ON") or None,
+                         kill_marker=os.environ.get("IMAGE_SEARCH_TEST_RAY_KILL_MARKER") or None)
+
+
+ray_test_faults.__test__ = False
 
 
 def _int_env(name: str, default: int) -> int:
@@ -198,4 +257,7 @@ def load_settings(*, data_home: str | os.PathLike | None = None, model_name: str
         device=device or os.environ.get("IMAGE_SEARCH_DEVICE", "").strip() or None,
         database=database,
         index=load_index_settings(),
+        checkpoints=CheckpointSettings(
+            images=_positive_int_env("IMAGE_SEARCH_CHECKPOINT_IMAGES") or CHECKPOINT_IMAGES),
+        ray_address=os.environ.get("IMAGE_SEARCH_RAY_ADDRESS", "").strip() or None,
     )

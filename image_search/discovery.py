@@ -196,10 +196,11 @@ def responds(announcement: Announcement) -> bool:
     return status == 200 and isinstance(answer, dict) and answer.get("pid") == announcement.pid
 
 
-def search_on_server(announcement: Announcement, request: dict) -> list[dict] | None:
-    """The server's answer to a search ({"dataset", "text" or "image_path", "num_results", "model"}): the result
-    dicts (SearchResult.to_dict()), or None when the server could not be used (then search in this process).
-    Raises ServerRefusal with the server's sentence when the search itself was refused (a user error)."""
+def search_on_server(announcement: Announcement, request: dict) -> dict | None:
+    """The server's answer to a search ({"dataset", "text" or "image_path", "num_results", "model", "filters",
+    "collapse_duplicates"}): {"results": the result dicts (SearchResult.to_dict()), "note": why there are none or
+    fewer (or None)}, or None when the server could not be used (then search in this process). Raises
+    ServerRefusal with the server's sentence when the search itself was refused (a user error)."""
     import http.client
 
     if not responds(announcement):
@@ -212,7 +213,9 @@ def search_on_server(announcement: Announcement, request: dict) -> list[dict] | 
         raise ServerRefusal(answer["error"])
     if status != 200 or not isinstance(answer, dict) or not isinstance(answer.get("results"), list):
         return None
-    return answer["results"]
+    if "note" not in answer and (request.get("filters") or request.get("collapse_duplicates")):
+        return None  # a server from before search filters, which would ignore them
+    return answer
 
 
 def _exchange(announcement: Announcement, method: str, body: str | None, timeout: float) -> tuple[int, object]:

@@ -32,6 +32,9 @@ class Fix(Enum):
     #                                 details: name, root (the dataset's folder)
     KEEP_EVALUATION_DATASET = "keep-evaluation-dataset"  # a category evaluation would delete a dataset that exists
     FOLLOW_SYMLINKS = "follow-symlinks"  # an ingest did not follow symbolic links (said in its report, no error)
+    FILTER_FOLDER = "filter-folder"  # a search filter's folder is not a folder inside the dataset's; details: root
+    FILTER_DATE = "filter-date"  # a search filter's date cannot be read
+    FILTER_SCORE = "filter-score"  # a search filter's minimum score is not a number from -1 to 1
 
 
 # How a program using the Python API fixes what a Fix names (ImageSearch's arguments): what str(error) says.
@@ -48,6 +51,10 @@ API_FIXES = {
     Fix.REPAIR_INDEX: "repair it by ingesting {root} as '{name}' again with rebuild=True.",
     Fix.KEEP_EVALUATION_DATASET: "choose another name, or keep the dataset (keep=True) to rebuild it.",
     Fix.FOLLOW_SYMLINKS: "ingest with follow_symlinks=True to follow links that stay inside the folder",
+    Fix.FILTER_FOLDER: "give SearchFilter a folder inside {root}, relative to it (e.g. DCIM) or in full.",
+    Fix.FILTER_DATE: "give SearchFilter's taken_from and taken_to as dates, datetimes or text like 2023-03-01 or "
+                     "2023-03-01T14:30:00.",
+    Fix.FILTER_SCORE: "give SearchFilter's min_score as a number from -1 to 1 (a cosine similarity), e.g. 0.25.",
 }
 
 
@@ -111,8 +118,22 @@ class UnsupportedQueryError(InvalidInputError):
     """The dataset's model cannot answer this kind of query (e.g. text on an image-only model)."""
 
 
+class MissingPackageError(ImageSearchError):
+    """An optional package that a feature needs (Ray, for a distributed ingest) is not installed."""
+
+
 class StoreUnavailableError(ImageSearchError):
-    """The metadata database cannot be reached."""
+    """The metadata database cannot be reached or used (down, locked by another process, damaged)."""
+
+
+class StoreUnreachableError(StoreUnavailableError):
+    """The database server cannot be reached now (stopped, restarting, network): worth waiting for, which is what
+    an ingest's commit does before it keeps its work for later (image_search/ingest/commit.py)."""
+
+
+class DataFolderError(ImageSearchError):
+    """The data folder cannot take a write: its disk is full, or it is read-only or not writable by this user
+    (image_search/data_folder.py)."""
 
 
 class IndexCorruptError(ImageSearchError):

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import os
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -20,15 +20,17 @@ import numpy as np
 from . import vectors
 from .config import DEFAULT_NUM_RESULTS, Settings, load_settings
 from .runtime.threads import run_in_passing_thread
-from .errors import DatasetChangedError, Fix, IndexCorruptError
+from .errors import DataFolderError, DatasetChangedError, Fix, IndexCorruptError
 from .datasets.locks import dataset_lock
 from .models import Embedder, ModelCache, check_weights_obtainable, model_supports_text, parse_model_name
 from .datasets.names import validate_dataset_name
-from .search import SearchFilter, SearchResult, TextVectorCache, search_by_image, search_by_text, search_vectors
+from .search import (SearchFilter, SearchResults, Selections, TextVectorCache, search_by_image, search_by_text,
+                     search_vectors)
 from .store import DatasetRecord, MetadataStore, open_store
 from .vectors import UnreadableIndexFile, VectorIndex
 
 if TYPE_CHECKING:  # imported when first used: a search or a listing starts without the ingest pipeline
+    from .duplicates import Duplicates
     from .ingest import IngestReport
     from .retrieval_quality import CategoryRetrievalResult, SelfRetrievalResult
 
@@ -37,6 +39,7 @@ if TYPE_CHECKING:  # imported when first used: a search or a listing starts with
 class LoadedIndex:
     record: DatasetRecord
     index: VectorIndex
+    selections: Selections = field(default_factory=Selections)  # the ids recent filters allowed in this state
 
 
 class ImageSearch:
@@ -65,35 +68,70 @@ class ImageSearch:
     # -- ingest and search ------------------------------------------------------------------------------------
     def ingest(self, folder, name: str, *, model: str | None = None, batch_size: int | None = None,
                workers: int | None = None, rebuild: bool = False, follow_symlinks: bool = False,
-               progress: bool = True, own_thread: bool = False) -> IngestReport:
+               progress: bool = True, own_thread: bool = False, ray: bool | str = False) -> IngestReport:
         """Ingest the images under folder (recursively) as dataset name: created, or updated incrementally.
 
         model: for a new dataset (default: the settings'); an existing one keeps its own unless rebuilt.
         rebuild: embed everything again (to switch model or folder). own_thread: run on a thread that ends with
         the ingest, so that the model's OpenMP workers end too (for a process whose threads live on, such as a
-        server's request threads: image_search/cpu_threads.py).
+        server's request threads: image_search/cpu_threads.py). ray: embed on a Ray cluster (ingest/ray_embed.py):
+        True joins the settings' cluster (IMAGE_SEARCH_RAY_ADDRESS) or, without one, starts Ray on this machine;
+        a string is the address of the cluster to join ("local" starts one here).
         """
-        from .ingest import ingest_folder
+        from .ingest import check_input_folder, embed_locally, ingest_folder
 
-        run = partial(ingest_folder, self, folder, name, model_name=model, batch_size=batch_size, workers=workers,
-                      rebuild=rebuild, follow_symlinks=follow_symlinks, progress=progress)
+        def run() -> IngestReport:
+            ingest = partial(ingest_folder, self, folder, name, model_name=model, batch_size=batch_size,
+                             workers=workers, rebuild=rebuild, follow_symlinks=follow_symlinks, progress=progress)
+            if not ray:
+                return ingest(embed=embed_locally)
+            from .ingest.ray_embed import RayEmbedding, import_ray
+
+            import_ray()  # said at once when it is missing, as are a bad name and folder: before Ray starts
+            validate_dataset_name(name)
+            check_input_folder(folder)
+            on_ray = RayEmbedding(self.settings.ray_address if ray is True else ray, device=self.settings.device)
+            try:
+                return ingest(embed=on_ray)
+            finally:
+                on_ray.close()
+
         return run_in_passing_thread(run) if own_thread else run()
 
     def search_text(self, name: str, text: str, k=DEFAULT_NUM_RESULTS, *, model: str | None = None,
-                    filters: SearchFilter | None = None) -> list[SearchResult]:
+                    filters: SearchFilter | None = None, collapse_duplicates: bool = False) -> SearchResults:
         """The k images of the dataset that best match the text, best first (model: refused unless it is the
-        dataset's own)."""
-        return search_by_text(self, name, text, k, model_name=model, filters=filters)
+        dataset's own).
+
+        filters: only images that pass it (SearchFilter: folder, dates taken, camera, format, minimum score),
+        still k of them when that many pass. collapse_duplicates: exact copies (same SHA-256) once, the others'
+        paths in SearchResult.duplicates. When there are no results, or fewer than k, the list's `note` says why
+        in one sentence (e.g. that no image passes the filters); that is never an error."""
+        return search_by_text(self, name, text, k, model_name=model, filters=filters,
+                              collapse_duplicates=collapse_duplicates)
 
     def search_image(self, name: str, path, k=DEFAULT_NUM_RESULTS, *, model: str | None = None,
-                     filters: SearchFilter | None = None) -> list[SearchResult]:
-        """The k images of the dataset most similar to the image file at path, best first."""
-        return search_by_image(self, name, path, k, model_name=model, filters=filters)
+                     filters: SearchFilter | None = None, collapse_duplicates: bool = False) -> SearchResults:
+        """The k images of the dataset most similar to the image file at path, best first (filters and
+        collapse_duplicates as for search_text)."""
+        return search_by_image(self, name, path, k, model_name=model, filters=filters,
+                               collapse_duplicates=collapse_duplicates)
 
-    def search_vectors(self, name: str, queries: np.ndarray, k: int,
-                       filters: SearchFilter | None = None) -> list[list[SearchResult]]:
+    def search_vectors(self, name: str, queries: np.ndarray, k: int, filters: SearchFilter | None = None,
+                       collapse_duplicates: bool = False) -> list[SearchResults]:
         """The k best images for each query vector (made by the dataset's own model)."""
-        return search_vectors(self, name, queries, k, filters)
+        return search_vectors(self, name, queries, k, filters, collapse_duplicates)
+
+    def find_duplicates(self, name: str, threshold: float | None = None, exact_only: bool = False, *,
+                        own_thread: bool = False) -> Duplicates:
+        """The dataset's groups of exact copies (same SHA-256) and, unless exact_only, of near-copies: images whose
+        embeddings reach `threshold` cosine similarity (default: the one measured for the dataset's model family),
+        largest groups first (image_search/duplicates). own_thread: as for ingest (the neighbour search runs on
+        every core, and its OpenMP workers should end with it)."""
+        from .duplicates import find_duplicates
+
+        run = partial(find_duplicates, self, name, threshold, exact_only=exact_only)
+        return run_in_passing_thread(run) if own_thread else run()
 
     # -- evaluations ------------------------------------------------------------------------------------------
     def evaluate_self_retrieval(self, folder, name: str, *, model: str | None = None, batch_size: int | None = None,
@@ -182,8 +220,21 @@ class ImageSearch:
     def delete(self, name: str) -> DatasetRecord:
         name = validate_dataset_name(name)
         with self.lock(name, "delete"):
-            record = self.store.delete_dataset(name)
+            try:
+                record = self.store.delete_dataset(name)
+            except DataFolderError:
+                # A full disk: SQLite needs room in its journal even to delete rows. The index files, most of a
+                # dataset's space, go first, with the room the store keeps for this (store/sqlite.py), then the
+                # rows; should that still fail, the dataset stays listed without its index (its searches say so),
+                # to be deleted again once there is room.
+                vectors.layout.remove_dataset_folder(self.data_home, self.store.require_dataset(name).uid)
+                self.store.free_room()
+                record = self.store.delete_dataset(name)
+                self.store.keep_room()
             vectors.layout.remove_dataset_folder(self.data_home, record.uid)
+            from .ingest.checkpoint import discard_checkpoints  # here: a search starts without the ingest modules
+
+            discard_checkpoints(self.data_home, name)  # an interrupted ingest's work on it
         self.forget_index(name)
         return record
 
@@ -201,8 +252,10 @@ class ImageSearch:
         return self.index_of(self.dataset(name))
 
     def index_of(self, record: DatasetRecord) -> LoadedIndex:
-        """The index of the dataset state `record` describes, checked against it (cached until the dataset
-        changes). Raises DatasetChangedError when an ingest replaced that state while its file was being read."""
+        """The index of the dataset state `record` describes, checked against it and against its file's seal
+        (image_search/vectors/seal.py; cached until the dataset changes). Raises IndexCorruptError when the file is
+        missing, damaged or not this state's, DatasetChangedError when an ingest replaced that state while its file
+        was being read."""
         cached = self.cached_index(record.name)
         if cached and cached.record.uid == record.uid and cached.record.generation == record.generation:
             return cached
@@ -219,7 +272,12 @@ class ImageSearch:
                                         **repair_fix(record)) from None
             raise IndexCorruptError(f"The index file of dataset '{record.name}' ({path}) cannot be read.",
                                     **repair_fix(record)) from None
+        sealed = vectors.seal.seal_problem(path, record.uid, record.generation, loaded_index.file_digest)
+        if sealed is not None:
+            raise IndexCorruptError(f"The index file of dataset '{record.name}' ({path}) {sealed}.",
+                                    **repair_fix(record))
         verify_index(record, loaded_index, path)
+        vectors.seal.trust_on_first_load(path, record.uid, record.generation, loaded_index.file_digest)
         loaded_index.set_search_effort(nprobe=self.settings.index.nprobe, ef_search=self.settings.index.ef_search)
         loaded = LoadedIndex(record, loaded_index)
         with self._indexes_lock:

@@ -21,21 +21,23 @@ import os
 import queue
 import signal
 import threading
+from datetime import datetime
 from typing import Callable, TypedDict
 
 from flask import Response, request
 from flask_ml.flask_ml_server import MLServer
 from flask_ml.flask_ml_server.errors import BadRequestError
 from flask_ml.flask_ml_server.models import (BatchFileResponse, DirectoryInput, EnumParameterDescriptor, EnumVal,
-                                             FileInput, FileResponse, FileType, InputSchema, InputType,
-                                             IntParameterDescriptor, MarkdownResponse, ParameterSchema,
-                                             ResponseBody, TaskSchema, TextInput, TextParameterDescriptor,
-                                             TextResponse)
+                                             FileInput, FileResponse, FileType, FloatParameterDescriptor,
+                                             InputSchema, InputType, IntParameterDescriptor, MarkdownResponse,
+                                             ParameterSchema, ResponseBody, TaskSchema, TextInput,
+                                             TextParameterDescriptor, TextResponse)
 from werkzeug.serving import BaseWSGIServer, WSGIRequestHandler
 
-from image_search import (DEFAULT_NUM_RESULTS, DatasetRecord, Fix, ImageSearch, ImageSearchError, InvalidInputError,
-                          SearchResult, ToolParser, __version__, add_common_flags, check_num_results, cli_message,
-                          discovery, open_from_flags, printable, run_tool)
+from image_search import (DEFAULT_NUM_RESULTS, DatasetRecord, Duplicates, Fix, ImageSearch, ImageSearchError,
+                          InvalidInputError, SearchFilter, SearchResult, SearchResults, ToolParser, __version__,
+                          add_common_flags, check_num_results, cli_message, discovery, open_from_flags, printable,
+                          run_tool, search_report, write_report_files)
 
 log = logging.getLogger("image_search.server")
 
@@ -48,6 +50,13 @@ TEXT_SEARCH_TITLE = "Search Images by Text Query"
 IMAGE_SEARCH_TITLE = "Search Images by Image File"
 LIST_TITLE = "List Datasets"
 DELETE_TITLE = "Delete a Dataset"
+DUPLICATES_TITLE = "Find Duplicates"
+TEXT_REPORT_TITLE = "Write a Report of a Text Search"
+IMAGE_REPORT_TITLE = "Write a Report of an Image Search"
+DUPLICATES_REPORT_TITLE = "Write a Duplicates Report"
+
+# The duplicates grid shows at most this many images (the app draws every one); the report tasks list them all.
+MAX_DUPLICATE_IMAGES = 1000
 
 NO_DATASETS = f"No datasets yet: run '{INGEST_TITLE}' on a folder of images first."
 NO_TEXT_DATASETS = ("No dataset can be searched by text: every dataset was built with an image-only model "
@@ -72,10 +81,26 @@ similarity score.
 
 **{IMAGE_SEARCH_TITLE}**: choose an example image; the most similar images of the dataset come first.
 
+Both searches can be narrowed, and still show as many results as asked for when that many pass: *Folder* (a
+folder inside the dataset's folder, e.g. `DCIM`), *Taken from* and *Taken to* (dates like `2023-03-01`: the date
+the camera recorded, or the file's modification time for images without one), *Camera* (part of the make or
+model, e.g. `canon`), *Format* (e.g. `JPEG`, `PNG`) and *Minimum score*. Leave a field empty not to filter by it.
+*Exact copies* can show each file with the same content once.
+
 **{LIST_TITLE}**: every dataset with its number of images, model, folder and creation time.
 
 **{DELETE_TITLE}**: removes a dataset's index and records so that its name can be used again. The image files
 are not touched.
+
+**{DUPLICATES_TITLE}**: the groups of exact copies (the same SHA-256) and of near-copies (edited, resized,
+recompressed) in a dataset, largest first; each image's subtitle names its group. A threshold of 0 uses the value
+measured for the dataset's model; a higher one (up to 1) finds fewer, closer copies. The grid shows the first
+{MAX_DUPLICATE_IMAGES} images; the duplicates report lists every group.
+
+**{TEXT_REPORT_TITLE}**, **{IMAGE_REPORT_TITLE}**, **{DUPLICATES_REPORT_TITLE}**: run the search (or find the
+duplicates) and write a report into the folder you choose: one HTML page to open in a web browser (thumbnails,
+hashes, EXIF and paths of every hit, with the query, dataset, model and time at the top; it needs no network) and
+a CSV table beside it. Earlier reports in the folder are never replaced.
 """
 
 
@@ -99,6 +124,13 @@ class ImageSearchInputs(TypedDict):
 class SearchParameters(TypedDict):
     dataset_name: str
     num_results: int
+    folder: str
+    taken_from: str
+    taken_to: str
+    camera: str
+    format: str
+    min_score: str
+    collapse_duplicates: str
 
 
 class NoInputs(TypedDict):
@@ -111,6 +143,26 @@ class NoParameters(TypedDict):
 
 class DatasetParameters(TypedDict):
     dataset_name: str
+
+
+class DuplicatesParameters(TypedDict):
+    dataset_name: str
+    threshold: float
+    groups: str
+
+
+class ReportFolderInputs(TypedDict):
+    output_dir: DirectoryInput
+
+
+class TextReportInputs(TypedDict):
+    text_query: TextInput
+    output_dir: DirectoryInput
+
+
+class ImageReportInputs(TypedDict):
+    image_path: FileInput
+    output_dir: DirectoryInput
 
 
 # -- errors -----------------------------------------------------------------------------------------------------
@@ -129,6 +181,11 @@ APP_FIXES = {
     Fix.KEEP_EVALUATION_DATASET: "choose another name.",
     Fix.FOLLOW_SYMLINKS: "the app does not follow links; copy the files they point to into the folder to include "
                          "them",
+    Fix.FILTER_FOLDER: "fill 'Folder' with a folder inside {root}, relative to it (e.g. DCIM) or in full, or leave it "
+                       "empty.",
+    Fix.FILTER_DATE: "fill 'Taken from' and 'Taken to' with dates like 2023-03-01 (or 2023-03-01T14:30:00), or "
+                     "leave them empty.",
+    Fix.FILTER_SCORE: "fill 'Minimum score' with a number from -1 to 1, e.g. 0.25, or leave it empty.",
 }
 
 
@@ -201,6 +258,56 @@ def num_results_parameter() -> ParameterSchema:
                            value=IntParameterDescriptor(default=DEFAULT_NUM_RESULTS))
 
 
+def duplicates_parameters(engine: ImageSearch) -> list[ParameterSchema]:
+    return [dataset_parameter(engine),
+            ParameterSchema(key="threshold", label="Similarity threshold for near-copies",
+                            subtitle="0 uses the value measured for the dataset's model; up to 1 for closer copies",
+                            value=FloatParameterDescriptor(default=0.0)),
+            ParameterSchema(key="groups", label="Groups",
+                            value=EnumParameterDescriptor(enum_vals=[
+                                EnumVal(key="all", label="Exact copies and near-copies"),
+                                EnumVal(key="exact", label="Exact copies only (the same SHA-256)")], default="all"))]
+
+
+def report_folder_input() -> InputSchema:
+    return InputSchema(key="output_dir", label="Folder to write the report to", input_type=InputType.DIRECTORY)
+
+
+# The search tasks' filters: SearchFilter's conditions as text fields (empty: no filter) and the choice to collapse
+# exact copies. A request may leave them out (as clients from before them do): they then take these defaults.
+FILTER_FIELDS = {
+    "folder": ("Folder", "only images under this folder of the dataset, e.g. DCIM; empty for all"),
+    "taken_from": ("Taken from", "YYYY-MM-DD: the date the camera recorded, else the file's modification time"),
+    "taken_to": ("Taken to", "YYYY-MM-DD, the whole day included"),
+    "camera": ("Camera", "part of the camera's make or model, e.g. canon"),
+    "format": ("Format", "e.g. JPEG, PNG or WEBP"),
+    "min_score": ("Minimum score", "from -1 to 1, e.g. 0.25"),
+}
+COLLAPSE = "collapse_duplicates"
+COLLAPSE_CHOICES = {"no": "Show each copy", "yes": "Show once, with the paths of the others"}
+OPTIONAL_PARAMETERS = {**{key: "" for key in FILTER_FIELDS}, COLLAPSE: "no"}
+
+
+def filter_parameters() -> list[ParameterSchema]:
+    fields = [ParameterSchema(key=key, label=label, subtitle=subtitle, value=TextParameterDescriptor(default=""))
+              for key, (label, subtitle) in FILTER_FIELDS.items()]
+    return fields + [ParameterSchema(
+        key=COLLAPSE, label="Exact copies", subtitle="files with the same content (SHA-256)",
+        value=EnumParameterDescriptor(enum_vals=[EnumVal(key=k, label=v) for k, v in COLLAPSE_CHOICES.items()],
+                                      default=OPTIONAL_PARAMETERS[COLLAPSE]))]
+
+
+def search_filter(parameters: dict) -> SearchFilter:
+    """The filter the form's fields describe (SearchFilter reads the text and refuses bad values)."""
+    return SearchFilter(**{key: parameters[key] for key in FILTER_FIELDS})
+
+
+def collapse_choice(value) -> bool:
+    if value in COLLAPSE_CHOICES or isinstance(value, bool):
+        return value is True or value == "yes"
+    raise InvalidInputError(f"The choice {value!r} for 'Exact copies' is not one of: {', '.join(COLLAPSE_CHOICES)}.")
+
+
 def ingest_schema() -> TaskSchema:
     return TaskSchema(
         inputs=[InputSchema(key="input_dir", label="Folder of images to ingest", input_type=InputType.DIRECTORY)],
@@ -223,12 +330,72 @@ def unique_titles(titles: list[str]) -> list[str]:
     return unique
 
 
+def search_answer(results: SearchResults) -> ResponseBody:
+    """The image grid, or when there are no results the sentence that says why (the app shows an empty grid as
+    nothing at all)."""
+    if not results:
+        return ResponseBody(root=TextResponse(value=results.note or "No results.", title="No results"))
+    return image_grid(results)
+
+
 def image_grid(results: list[SearchResult]) -> ResponseBody:
     titles = unique_titles([printable(result.title) for result in results])
     return ResponseBody(root=BatchFileResponse(files=[
-        FileResponse(file_type=FileType.IMG, path=printable(result.path), title=title,
-                     subtitle=f"score {result.score:.4f}")
+        FileResponse(file_type=FileType.IMG, path=printable(result.path), title=title, subtitle=subtitle(result))
         for result, title in zip(results, titles)]))
+
+
+def subtitle(result: SearchResult) -> str:
+    """'score 0.3127 · taken 2023-03-14 15:09 · Canon EOS 5D': the score, the date to the minute (the file's
+    'modified' date when the picture has no EXIF date) and the camera when known."""
+    parts = [f"score {result.score:.4f}"]
+    if result.date_taken:
+        word = "taken" if result.date_source == "exif" else "modified"
+        parts.append(f"{word} {result.date_taken[:16].replace('T', ' ')}")
+    if result.camera:
+        parts.append(result.camera)
+    return " · ".join(parts)
+
+
+def threshold_of(value) -> float | None:
+    """The threshold parameter: 0 (the form's default) means the dataset model's own; the core checks the rest."""
+    if value is None or value == "" or (isinstance(value, (int, float)) and not isinstance(value, bool)
+                                        and value == 0):
+        return None
+    return value
+
+
+def exact_only_of(value) -> bool:
+    if value not in ("all", "exact"):
+        raise InvalidInputError(f"The groups {value!r} are not valid; choose exact copies and near-copies, or exact "
+                                "copies only.")
+    return value == "exact"
+
+
+def duplicates_grid(found: Duplicates) -> ResponseBody:
+    """The groups' images, largest group first, each subtitled with its group (at most MAX_DUPLICATE_IMAGES)."""
+    shown: list[tuple[SearchResult, str]] = []
+    groups = [*found.exact_groups, *found.near_groups]
+    for number, group in enumerate(groups, 1):
+        for member in group.members:
+            if group.kind == "exact":
+                subtitle = f"group {number} of {len(groups)}: {group.size} exact copies, SHA-256 {group.sha256[:12]}"
+            else:
+                subtitle = f"group {number} of {len(groups)}: {group.size} near-copies, similarity {member.score:.3f}"
+            shown.append((member, subtitle))
+    shown = shown[:MAX_DUPLICATE_IMAGES]
+    titles = unique_titles([printable(member.title) for member, _ in shown])
+    return ResponseBody(root=BatchFileResponse(files=[
+        FileResponse(file_type=FileType.IMG, path=printable(member.path), title=title, subtitle=subtitle)
+        for (member, subtitle), title in zip(shown, titles)]))
+
+
+def report_written(html_path: str, csv_path: str, what: str) -> ResponseBody:
+    """The report tasks' answer. The app's file types have no HTML, so the page's path is given in words."""
+    return ResponseBody(root=TextResponse(
+        title=f"Report written: {os.path.basename(html_path)}",
+        value=f"{what}\n\nOpen the report in a web browser (it needs no network):\n{html_path}\n\nThe same as a "
+              f"table (CSV), beside it:\n{csv_path}"))
 
 
 def markdown_cell(text: str) -> str:
@@ -248,8 +415,10 @@ def dataset_table(datasets: list[DatasetRecord]) -> str:
 INPUT_FIELD = {InputType.DIRECTORY: "path", InputType.FILE: "path", InputType.TEXT: "text"}
 
 
-def body_problem(body, inputs: dict[str, str], parameters: list[str]) -> str | None:
-    """What is wrong with a run_task body, as a sentence; None when it has the right shape.
+def body_problem(body, inputs: dict[str, str], parameters: list[str],
+                 optional: frozenset = frozenset()) -> str | None:
+    """What is wrong with a run_task body, as a sentence; None when it has the right shape. The `optional`
+    parameters may be left out.
 
     flask-ml itself answers these mistakes with a Python repr (500) or a list of pydantic records.
     """
@@ -257,7 +426,8 @@ def body_problem(body, inputs: dict[str, str], parameters: list[str]) -> str | N
              + '}, "parameters": {' + ", ".join(f'"{key}": ...' for key in parameters) + "}}")
     if (not isinstance(body, dict) or set(body) != {"inputs", "parameters"}
             or not isinstance(body["inputs"], dict) or not isinstance(body["parameters"], dict)
-            or set(body["inputs"]) != set(inputs) or set(body["parameters"]) != set(parameters)):
+            or set(body["inputs"]) != set(inputs)
+            or not set(parameters) - optional <= set(body["parameters"]) <= set(parameters)):
         return f"This task takes a JSON body of the form {shape}."
     for key, field in inputs.items():
         value = body["inputs"][key]
@@ -280,7 +450,7 @@ def create_server(engine: ImageSearch) -> MLServer:
     def search_schema(query: InputSchema) -> Callable[[], TaskSchema]:
         text_queries = query.input_type == InputType.TEXT
         return lambda: TaskSchema(inputs=[query], parameters=[dataset_parameter(engine, text_queries=text_queries),
-                                                              num_results_parameter()])
+                                                              num_results_parameter(), *filter_parameters()])
 
     @task("ingesting the folder")
     def ingest_dataset(inputs: IngestInputs, parameters: IngestParameters) -> ResponseBody:
@@ -295,13 +465,15 @@ def create_server(engine: ImageSearch) -> MLServer:
 
     @task("searching by text")
     def search_text(inputs: TextSearchInputs, parameters: SearchParameters) -> ResponseBody:
-        return image_grid(engine.search_text(parameters["dataset_name"], inputs["text_query"].text,
-                                             number_of_results(parameters["num_results"])))
+        return search_answer(engine.search_text(
+            parameters["dataset_name"], inputs["text_query"].text, number_of_results(parameters["num_results"]),
+            filters=search_filter(parameters), collapse_duplicates=collapse_choice(parameters[COLLAPSE])))
 
     @task("searching by image")
     def search_image(inputs: ImageSearchInputs, parameters: SearchParameters) -> ResponseBody:
-        return image_grid(engine.search_image(parameters["dataset_name"], inputs["image_path"].path,
-                                              number_of_results(parameters["num_results"])))
+        return search_answer(engine.search_image(
+            parameters["dataset_name"], inputs["image_path"].path, number_of_results(parameters["num_results"]),
+            filters=search_filter(parameters), collapse_duplicates=collapse_choice(parameters[COLLAPSE])))
 
     @task("listing the datasets")
     def list_datasets(inputs: NoInputs, parameters: NoParameters) -> ResponseBody:
@@ -317,6 +489,52 @@ def create_server(engine: ImageSearch) -> MLServer:
             value=f"Deleted dataset '{record.name}' ({record.image_count} images); the image files were not "
                   "touched.", title=f"Deleted '{record.name}'"))
 
+    @task("finding duplicates")
+    def find_duplicates(inputs: NoInputs, parameters: DuplicatesParameters) -> ResponseBody:
+        found = engine.find_duplicates(parameters["dataset_name"], threshold_of(parameters["threshold"]),
+                                       exact_only=exact_only_of(parameters["groups"]), own_thread=True)
+        if not found.exact_groups and not found.near_groups:
+            return ResponseBody(root=TextResponse(value=f"No duplicates in dataset '{found.dataset}'.",
+                                                  title="No duplicates"))
+        return duplicates_grid(found)
+
+    def write_search_report(search: Callable, parameters, query_key: str, query: str, folder: str) -> ResponseBody:
+        name = parameters["dataset_name"]
+        searched_at = datetime.now().astimezone().isoformat(timespec="seconds")
+        results = search(name, query, number_of_results(parameters["num_results"]), filters=search_filter(parameters),
+                         collapse_duplicates=collapse_choice(parameters[COLLAPSE]))
+        report = search_report([result.to_dict() for result in results], dataset=name,
+                               model=engine.dataset(name).model, searched_at=searched_at, **{query_key: query})
+        html_path, csv_path = write_report_files(folder, report)
+        log.info("Wrote the report %s and %s", html_path, csv_path)
+        return report_written(html_path, csv_path, f"{len(results)} results from dataset '{name}'.")
+
+    @task("writing the report")
+    def write_text_report(inputs: TextReportInputs, parameters: SearchParameters) -> ResponseBody:
+        return write_search_report(engine.search_text, parameters, "text", inputs["text_query"].text,
+                                   inputs["output_dir"].path)
+
+    @task("writing the report")
+    def write_image_report(inputs: ImageReportInputs, parameters: SearchParameters) -> ResponseBody:
+        return write_search_report(engine.search_image, parameters, "image", inputs["image_path"].path,
+                                   inputs["output_dir"].path)
+
+    @task("writing the duplicates report")
+    def write_duplicates_report(inputs: ReportFolderInputs, parameters: DuplicatesParameters) -> ResponseBody:
+        found = engine.find_duplicates(parameters["dataset_name"], threshold_of(parameters["threshold"]),
+                                       exact_only=exact_only_of(parameters["groups"]), own_thread=True)
+        html_path, csv_path = write_report_files(inputs["output_dir"].path, found.to_dict())
+        log.info("Wrote the report %s and %s", html_path, csv_path)
+        return report_written(html_path, csv_path, f"{len(found.exact_groups)} groups of exact copies and "
+                                                   f"{len(found.near_groups)} groups of near-copies in dataset "
+                                                   f"'{found.dataset}'.")
+
+    def report_schema(query: InputSchema) -> Callable[[], TaskSchema]:
+        text_queries = query.input_type == InputType.TEXT
+        return lambda: TaskSchema(inputs=[query, report_folder_input()],
+                                  parameters=[dataset_parameter(engine, text_queries=text_queries),
+                                              num_results_parameter(), *filter_parameters()])
+
     add_task("/dataset_processing", 0, INGEST_TITLE, ingest_schema, ingest_dataset)
     add_task("/search_by_text", 1, TEXT_SEARCH_TITLE,
              search_schema(InputSchema(key="text_query", label="Describe the image", input_type=InputType.TEXT)),
@@ -327,14 +545,31 @@ def create_server(engine: ImageSearch) -> MLServer:
     add_task("/list_datasets", 3, LIST_TITLE, lambda: TaskSchema(inputs=[], parameters=[]), list_datasets)
     add_task("/delete_dataset", 4, DELETE_TITLE,
              lambda: TaskSchema(inputs=[], parameters=[dataset_parameter(engine, preselect=False)]), delete_dataset)
+    add_task("/find_duplicates", 5, DUPLICATES_TITLE,
+             lambda: TaskSchema(inputs=[], parameters=duplicates_parameters(engine)), find_duplicates)
+    add_task("/report_text_search", 6, TEXT_REPORT_TITLE,
+             report_schema(InputSchema(key="text_query", label="Describe the image", input_type=InputType.TEXT)),
+             write_text_report)
+    add_task("/report_image_search", 7, IMAGE_REPORT_TITLE,
+             report_schema(InputSchema(key="image_path", label="Example image", input_type=InputType.FILE)),
+             write_image_report)
+    add_task("/report_duplicates", 8, DUPLICATES_REPORT_TITLE,
+             lambda: TaskSchema(inputs=[report_folder_input()], parameters=duplicates_parameters(engine)),
+             write_duplicates_report)
 
     @server.app.before_request
     def refuse_malformed_bodies():
         expected = expected_bodies.get(request.path)
         if request.method != "POST" or expected is None:
             return None
-        problem = body_problem(request.get_json(silent=True), *expected)
+        body = request.get_json(silent=True)
+        optional = frozenset(OPTIONAL_PARAMETERS) & set(expected[1])
+        problem = body_problem(body, *expected, optional)
         if problem is None:
+            # flask-ml insists on every parameter of the schema; it reads this same parsed body (Flask keeps it),
+            # so the ones a client left out take their defaults here
+            for key in optional:
+                body["parameters"].setdefault(key, OPTIONAL_PARAMETERS[key])
             return None
         log.warning("400: %s", problem)
         return Response(json.dumps({"error": problem, "status": "VALIDATION_ERROR"}), status=400,
@@ -382,9 +617,10 @@ class PooledWSGIServer(BaseWSGIServer):
 class CommandLineSearches:
     """Lets cli_search send its searches here: the route it calls, and the discovery file that tells it where.
 
-    POST /cli/search takes {"dataset", "text" or "image_path", "num_results", "model"} and answers
-    {"results": [SearchResult.to_dict(), ...]}, from the same core functions as the tasks, so the command line
-    prints what its own search would; a user error is a 400 {"error": sentence}. GET is cli_search's liveness
+    POST /cli/search takes {"dataset", "text" or "image_path", "num_results", "model", "filters" (SearchFilter's
+    conditions as text), "collapse_duplicates"} and answers {"results": [SearchResult.to_dict(), ...], "note": why
+    there are none or fewer, or null}, from the same core functions as the tasks, so the command line prints what
+    its own search would; a user error is a 400 {"error": sentence}. GET is cli_search's liveness
     check. Both answer only this machine (loopback) and only requests carrying the token of this server's
     discovery file.
     """
@@ -405,21 +641,26 @@ class CommandLineSearches:
         if request.method == "GET":
             return _json_answer({"pid": os.getpid()}, 200)
         body = request.get_json(silent=True)
+        filters = body.get("filters") or {} if isinstance(body, dict) else None
         if (not isinstance(body, dict) or not isinstance(body.get("dataset"), str)
-                or sum(isinstance(body.get(key), str) for key in ("text", "image_path")) != 1):
+                or sum(isinstance(body.get(key), str) for key in ("text", "image_path")) != 1
+                or not isinstance(filters, dict) or not set(filters) <= set(FILTER_FIELDS)
+                or not isinstance(body.get("collapse_duplicates", False), bool)):
             return _json_answer({"error": 'This route takes a JSON body {"dataset": ..., "text" or "image_path": '
-                                          '..., "num_results": ..., "model": ...}.'}, 400)
+                                          '..., "num_results": ..., "model": ..., "filters": {...}, '
+                                          '"collapse_duplicates": ...}.'}, 400)
         search, query = ((self.engine.search_text, body["text"]) if isinstance(body.get("text"), str)
                          else (self.engine.search_image, body["image_path"]))
         try:
             results = search(body["dataset"], query, body.get("num_results", DEFAULT_NUM_RESULTS),
-                             model=body.get("model"))
+                             model=body.get("model"), filters=SearchFilter(**filters) if filters else None,
+                             collapse_duplicates=body.get("collapse_duplicates", False))
         except ImageSearchError as error:  # printed by the command line: in its words
             return _json_answer({"error": cli_message(error)}, 400)
         except Exception as error:  # noqa: BLE001 - the command line then searches by itself
             log.exception("A command-line search failed")
             return _json_answer({"error": f"The server failed unexpectedly ({type(error).__name__}: {error})."}, 500)
-        return _json_answer({"results": [result.to_dict() for result in results]}, 200)
+        return _json_answer({"results": [result.to_dict() for result in results], "note": results.note}, 200)
 
     @contextlib.contextmanager
     def announced(self, host: str, port: int):

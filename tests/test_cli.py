@@ -38,14 +38,17 @@ def test_ingest_search_evaluate_round_trip(cli_env, mixed_folder):
     by_image = run_tool("cli.cli_search", "--image", query, "--name", "case1", "--json", env=cli_env)
     assert by_image.returncode == 0, by_image.stderr
     results = json.loads(by_image.stdout)
-    assert len(results) == 5 and set(results[0]) == {"path", "score", "title"}
+    assert len(results) == 5 and list(results[0]) == [
+        "path", "title", "score", "sha256", "md5", "size", "width", "height", "format", "date_taken", "date_source",
+        "camera", "lens", "gps", "orientation", "duplicates", "duplicate_count"]
     assert results[0]["path"] == str(query) and results[0]["score"] == pytest.approx(1.0, abs=1e-3)
 
     by_text = run_tool("cli.cli_search", "-q", "finger licking dessert", "-n", "case1", "-k", "3", env=cli_env)
     assert by_text.returncode == 0, by_text.stderr
     table = by_text.stdout.strip().splitlines()
-    assert table[0].split() == ["#", "score", "path"] and len(table) == 4
-    assert all(os.path.isabs(line.split(None, 2)[2]) for line in table[1:])
+    assert table[0].split() == ["#", "score", "date", "camera", "path"] and len(table) == 5  # and the * note
+    assert all(os.path.isabs(line.split(None, 5)[5]) for line in table[1:4])  # sample photos: no EXIF camera
+    assert table[4] == "* no date in the picture's EXIF: the file's modification time"
 
     evaluation = run_tool("cli.cli_evaluation", "-i", mixed_folder, "-n", "case1", env=cli_env)
     assert evaluation.returncode == 0, evaluation.stderr

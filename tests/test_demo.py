@@ -12,7 +12,8 @@ import pytest
 from tests.conftest import REPO, empty_cache_env, run_tool, tool_env
 
 DEMO_COMMAND = "pip install pipenv && PIPENV_VENV_IN_PROJECT=1 pipenv sync && pipenv run python -m cli.cli_demo"
-TEST_COMMAND = "pip install pipenv && PIPENV_VENV_IN_PROJECT=1 pipenv sync --dev && pipenv run pytest"
+TEST_COMMAND = ('pip install pipenv && PIPENV_VENV_IN_PROJECT=1 pipenv sync --categories="packages dev-packages ray" '
+                "&& pipenv run pytest")
 
 
 def _demo_env(tmp_path, model: str | None) -> dict:

@@ -1,6 +1,6 @@
 """The fast ingest path gives the embeddings of open_clip's own preprocessing, whatever the photo's size, shape or
-EXIF orientation; the GPU-decoding path (run here with torchvision's CPU decoder; tests/test_gpu_ingest.py tests
-its reader) gives them too; and the ingest benchmark runs end to end. No timings are asserted: speed is measured by evaluation/benchmark_ingest."""
+EXIF orientation; the GPU-decoding path (run here with torchvision's CPU decoder) falls back per file; and the
+ingest benchmark runs end to end. No timings are asserted: speed is measured by evaluation/benchmark_ingest."""
 
 from __future__ import annotations
 
@@ -14,9 +14,11 @@ from PIL import Image, ImageOps
 
 from evaluation.sample_images import make_photo
 from image_search.models import load_model
+from image_search.pipeline import gpu_decode
 from image_search.pipeline.batches import embed_files
 from image_search.pipeline.decode import read_pixels
-from image_search.pipeline.gpu_decode import upright
+from image_search.pipeline.encoded_jpeg import EncodedJpeg, pack, read_encoded_jpeg
+from image_search.pipeline.gpu_decode import decode_batch, upright
 from tests.conftest import cpu_without_bf16, fresh_cpu_model, run_tool
 
 # (width, height, EXIF orientation, progressive): landscape and portrait phone shots, a panorama, a tall
@@ -151,6 +153,75 @@ def test_upright_turns_tensors_like_pil_exif_transpose(orientation):
     expected = np.asarray(ImageOps.exif_transpose(image)).transpose(2, 0, 1)
     turned = upright(torch.from_numpy(array.transpose(2, 0, 1).copy()), orientation).numpy()
     assert np.array_equal(turned, expected)
+
+
+def test_read_encoded_jpeg_leaves_unusual_files_to_the_cpu(tmp_path, varied_photos):
+    baseline = read_encoded_jpeg(varied_photos[1])
+    assert baseline is not None and baseline.orientation == 6 and baseline.pixels == 1633 * 1225
+    progressive = varied_photos[2]
+    assert read_encoded_jpeg(progressive) is None
+    make_photo(1, 64, 48).convert("CMYK").save(tmp_path / "cmyk.jpg", format="JPEG")
+    make_photo(1, 64, 48).convert("L").save(tmp_path / "grey.jpg", format="JPEG")
+    make_photo(1, 64, 48).save(tmp_path / "png.jpg", format="PNG")
+    data = open(varied_photos[0], "rb").read()
+    (tmp_path / "truncated.jpg").write_bytes(data[: len(data) // 2])
+    (tmp_path / "empty.jpg").write_bytes(b"")
+    for name in ("cmyk.jpg", "grey.jpg", "png.jpg", "truncated.jpg", "empty.jpg", "missing.jpg"):
+        assert read_encoded_jpeg(str(tmp_path / name)) is None, name
+
+
+def _encoded(path) -> EncodedJpeg:
+    data = np.fromfile(path, dtype=np.uint8)
+    return EncodedJpeg(data, 1, 1)
+
+
+def test_device_decoding_falls_back_to_the_cpu_per_file(tmp_path, tiny, monkeypatch):
+    good = save_photo(tmp_path / "good.jpg", 1, 320, 240)
+    refused = save_photo(tmp_path / "refused.jpg", 2, 320, 240)
+    data = open(good, "rb").read()
+    corrupt = tmp_path / "corrupt.jpg"
+    corrupt.write_bytes(data[:200] + b"\x00" * 300 + data[-2:])  # a JPEG's header and end, garbage between
+    paths = [good, str(corrupt), refused]
+    encoded = pack([(i, _encoded(p)) for i, p in enumerate(paths)])
+
+    # The device refuses one valid file outright (as nvJPEG does with what it does not support).
+    real_decode = gpu_decode._decode_jpegs
+    calls = []
+
+    def flaky_decode(files, device):
+        calls.append(len(files))
+        if any(torch.equal(f, encoded.file_bytes(2)) for f in files):
+            raise RuntimeError("nvjpeg: unsupported")
+        return real_decode(files, device)
+
+    monkeypatch.setattr(gpu_decode, "_decode_jpegs", flaky_decode)
+    result = decode_batch(encoded, paths, geometry=tiny.geometry, min_side=tiny.input_size, device="cpu")
+    assert calls == [3, 1, 1, 1]  # the whole batch once, then each file on its own
+    assert result.positions == [0, 2]  # the refused file was decoded on the CPU instead
+    assert [p for p, _ in result.skipped] == [1] and "cannot decode" in result.skipped[0][1]
+    assert result.cpu_fallbacks == 2
+    cpu_pixels = torch.from_numpy(read_pixels(refused, tiny.geometry, tiny.input_size))
+    assert torch.equal(result.pixels[1], cpu_pixels)
+    device_pixels = result.pixels[0].double().numpy()
+    assert np.abs(device_pixels - reference_pixels(tiny, good)).mean() < 1.0  # full-size decode, tensor resize
+
+
+def test_device_decoding_falls_back_when_the_transform_only_knows_pil(tmp_path, tiny):
+    path = save_photo(tmp_path / "photo.jpg", 3, 320, 240)
+
+    def pil_only_geometry(image):
+        if not isinstance(image, Image.Image):
+            raise TypeError("expects a PIL image")
+        return tiny.geometry(image)
+
+    encoded = pack([(0, _encoded(path))])
+    result = decode_batch(encoded, [path], geometry=pil_only_geometry, min_side=tiny.input_size, device="cpu")
+    assert result.positions == [0] and result.cpu_fallbacks == 1 and not result.skipped
+
+
+def test_device_decoding_bounds_memory_per_call(monkeypatch):
+    monkeypatch.setattr(gpu_decode, "MAX_PIXELS_PER_CALL", 100)
+    assert gpu_decode._chunks([60, 30, 20, 150, 10]) == [[0, 1], [2], [3], [4]]
 
 
 def test_ingest_with_device_decoding_matches_cpu_ingest(engine, mixed_folder, tmp_path, monkeypatch):

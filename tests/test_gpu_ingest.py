@@ -6,6 +6,7 @@ decoders themselves; the tests marked needs_cuda run those on a GPU machine (eva
 
 from __future__ import annotations
 
+import hashlib
 import threading
 import time
 
@@ -22,7 +23,9 @@ from image_search.pipeline.cpu_reader import iter_batches
 from image_search.pipeline.decode import read_pixels
 from image_search.pipeline.device_decoders import (DECODERS, NVIMGCODEC, TorchvisionDecoder, available_decoders,
                                                    make_decoder, nvimgcodec_module)
-from image_search.pipeline.gpu_decode import model_pixels_on_device, upright
+from image_search.pipeline.device_resize import model_pixels_on_device
+from image_search.pipeline.gpu_decode import upright
+from image_search.pipeline.facts import facts_from_bytes, jpeg_facts
 from image_search.pipeline.jpeg_header import parse_jpeg_header
 from image_search.pipeline.thread_reader import ReaderStats, ThreadReader
 from tests.test_fast_ingest import reference_embeddings, reference_pixels, save_photo, varied_photos  # noqa: F401
@@ -218,19 +221,50 @@ def test_reader_with_one_file_in_flight_finishes(mixed, tiny):
     assert set(pixels) == set(cpu_reader_outcome(mixed, tiny.geometry, tiny.input_size)[0])
 
 
-def test_facts_come_with_their_files_and_a_failing_facts_reader_loses_no_file(tmp_path, tiny):
-    paths = [save_photo(tmp_path / f"p{i}.jpg", i, 320, 240) for i in range(4)]
-    sizes = {len(open(path, "rb").read()): position for position, path in enumerate(paths)}
+def test_facts_come_with_their_files_from_the_bytes_read(mixed, tiny):
+    pixels, _, _, facts = read_all(mixed, tiny.geometry, tiny.input_size, device="cpu", decoder="nvjpeg",
+                                   threads=3, decode_batch=2, capture=True)
+    for position in pixels:  # device-decoded JPEGs and CPU-decoded files (progressive, PNG, greyscale) alike
+        data = open(mixed[position], "rb").read()
+        assert facts[position] == facts_from_bytes(data), mixed[position]
+        assert facts[position].sha256 == hashlib.sha256(data).hexdigest()
 
-    def facts(data):
-        if len(data) == len(open(paths[1], "rb").read()):
-            raise ValueError("odd EXIF")
-        return len(data)
 
-    pixels, _, _, found = read_all(paths, tiny.geometry, tiny.input_size, device="cpu", decoder="nvjpeg",
-                                   threads=2, decode_batch=2, facts=facts)
-    assert sorted(pixels) == [0, 1, 2, 3] and found[1] is None
-    assert all(sizes[found[p]] == p for p in (0, 2, 3))  # each file's facts come with that file
+def exif_photo(path, seed, **tags):
+    exif = Image.Exif()
+    for tag, value in tags.get("base", {}).items():
+        exif[tag] = value
+    detail = exif.get_ifd(0x8769)
+    for tag, value in tags.get("detail", {}).items():
+        detail[tag] = value
+    gps = exif.get_ifd(0x8825)
+    for tag, value in tags.get("gps", {}).items():
+        gps[tag] = value
+    make_photo(seed, 120, 90).save(path, format="JPEG", exif=exif.tobytes())
+    return open(path, "rb").read()
+
+
+def test_jpeg_facts_without_pillow_equal_pillows(tmp_path):
+    from PIL.TiffImagePlugin import IFDRational
+
+    cases = [
+        {},
+        {"base": {0x010F: "Canon", 0x0110: "EOS R5\x00  ", 0x0112: 6},
+         "detail": {0x9003: "2021:05:04 10:11:12", 0x9011: "+02:00", 0xA434: "RF24-105mm F4 L"},
+         "gps": {1: "S", 2: (IFDRational(33, 1), IFDRational(51, 1), IFDRational(3117, 100)), 3: "E",
+                 4: (IFDRational(151, 1), IFDRational(12, 1), IFDRational(4000, 100))}},
+        {"base": {0x010F: "Apple", 0x0112: 9}, "detail": {0x9003: "0000:00:00 00:00:00"},
+         "gps": {1: "N", 2: (IFDRational(91, 1), IFDRational(0, 1), IFDRational(0, 1))}},  # nonsense: left out
+        {"base": {0x0110: "x" * 500}, "gps": {2: (IFDRational(1, 0), IFDRational(2, 1), IFDRational(3, 1)),
+                                              4: (IFDRational(1, 1), IFDRational(2, 1), IFDRational(3, 1))}},
+    ]
+    for i, tags in enumerate(cases):
+        data = exif_photo(tmp_path / f"e{i}.jpg", i, **tags)
+        assert jpeg_facts(data, parse_jpeg_header(data)) == facts_from_bytes(data), tags
+    data = exif_photo(tmp_path / "cut.jpg", 9, **cases[1])
+    start, end = parse_jpeg_header(data).exif_block
+    damaged = data[:start + 8] + b"\xff" * (end - start - 8) + data[end:]  # its directories overwritten
+    assert jpeg_facts(damaged, parse_jpeg_header(damaged)).camera_make is None
 
 
 def test_reader_stops_its_threads_when_the_caller_stops(tmp_path, tiny):

@@ -47,7 +47,8 @@ def test_the_public_names_exist():
     service = image_search.ImageSearch
     for method in ("open", "ingest", "search_text", "search_image", "search_vectors", "datasets", "dataset",
                    "find_dataset", "delete", "evaluate_self_retrieval", "evaluate_categories", "model",
-                   "prepare_model", "answers_text", "check_default_model_weights", "canonical_model_name", "close"):
+                   "prepare_model", "answers_text", "check_default_model_weights", "canonical_model_name", "close",
+                   "find_duplicates"):
         assert callable(getattr(service, method)), method
     assert issubclass(image_search.DatasetNotFoundError, image_search.ImageSearchError)
 
@@ -94,14 +95,14 @@ def _flags_of(parser) -> set[str]:
 def test_no_message_of_the_core_names_a_command_line_flag():
     """The spellings in flags live in the command line's face (image_search/command_line.py's CLI_FIXES); the rest
     of the core says what to do in words and carries a Fix for the faces (docstrings may mention the tools)."""
-    from cli import cli_datasets, cli_demo, cli_evaluation, cli_preprocess, cli_search
+    from cli import cli_datasets, cli_demo, cli_duplicates, cli_evaluation, cli_preprocess, cli_search
     from evaluation import evaluate
     from server import server
 
     flags = set().union(*(_flags_of(tool.build_parser()) for tool in (
-        cli_datasets, cli_demo, cli_evaluation, cli_preprocess, cli_search, evaluate, server)))
+        cli_datasets, cli_demo, cli_duplicates, cli_evaluation, cli_preprocess, cli_search, evaluate, server)))
     flags -= {"--help"}
-    assert {"--rebuild", "--model", "--device", "--follow-symlinks", "--keep"} <= flags
+    assert {"--rebuild", "--model", "--device", "--follow-symlinks", "--keep", "--threshold", "--export"} <= flags
     for path in sorted((REPO / "image_search").rglob("*.py")):
         if path.name == "command_line.py":
             continue

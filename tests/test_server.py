@@ -161,7 +161,8 @@ def check_image_grid(answer: dict, folder: Path, count: int) -> list[dict]:
         if "\ufffd" not in item["path"]:  # undecodable names cannot travel in JSON as they are
             assert os.path.isfile(item["path"])
             assert item["title"] == os.path.relpath(item["path"], root)
-        assert re.fullmatch(r"score -?\d\.\d{4}", item["subtitle"])
+        # the score, the date (the sample photos have no EXIF: the file's), and a camera when known
+        assert re.fullmatch(r"score -?\d\.\d{4} · modified \d{4}-\d\d-\d\d \d\d:\d\d( · .+)?", item["subtitle"])
     titles = [item["title"] for item in files]
     assert len(set(titles)) == len(titles)
     scores = [float(item["subtitle"].split()[1]) for item in files]
@@ -175,7 +176,7 @@ def test_registers_like_rescuebox_desktop(server):
     assert set(metadata) == {"name", "author", "version", "info"} and all(metadata.values())
     routes = server.get("/api/routes").json()
     orders = [route["order"] for route in routes]
-    assert sorted(orders) == [0, 1, 2, 3, 4]  # the app's task id is String(order): unique
+    assert sorted(orders) == list(range(9))  # the app's task id is String(order): unique
     by_order = {route["order"]: route for route in routes}
     assert {order: by_order[order]["run_task"] for order in ORIGINAL_TASKS} == ORIGINAL_TASKS
     for route in routes:
@@ -188,8 +189,11 @@ def test_registers_like_rescuebox_desktop(server):
 
     schemas = {order: server.get(route["task_schema"]).json() for order, route in by_order.items()}
     assert shape(schemas[0]) == ([("input_dir", "directory")], [("dataset_name", "text")])
-    assert shape(schemas[1]) == ([("text_query", "text")], [("dataset_name", "enum"), ("num_results", "int")])
-    assert shape(schemas[2]) == ([("image_path", "file")], [("dataset_name", "enum"), ("num_results", "int")])
+    search_parameters = [("dataset_name", "enum"), ("num_results", "int"), ("folder", "text"), ("taken_from", "text"),
+                         ("taken_to", "text"), ("camera", "text"), ("format", "text"), ("min_score", "text"),
+                         ("collapse_duplicates", "enum")]
+    assert shape(schemas[1]) == ([("text_query", "text")], search_parameters)
+    assert shape(schemas[2]) == ([("image_path", "file")], search_parameters)
     assert shape(schemas[3]) == ([], [])
     assert shape(schemas[4]) == ([], [("dataset_name", "enum")])
     assert schemas[1]["parameters"][1]["value"]["default"] == 5

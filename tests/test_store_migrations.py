@@ -147,12 +147,18 @@ def contents(store) -> dict:
             "images": rows(store, f"SELECT {', '.join(V1_IMAGE_COLUMNS)} FROM images ORDER BY dataset_id, vector_id")}
 
 
+def v1_fields(image_record) -> dict:
+    """An ImageRecord as plain values, without the fields added since version 1 while they are empty (a migrated
+    row has no facts, inode or change time until its next ingest fills them in)."""
+    return {k: v for k, v in asdict(image_record).items() if not (k in ("ctime_ns", "inode", "facts") and v is None)}
+
+
 def answers(store) -> dict:
     """What the store's own methods return, as plain values (the records of either version's classes)."""
     datasets = store.list_datasets()
     return {"datasets": [asdict(d) for d in datasets],
             "found": [asdict(store.require_dataset(d.name)) for d in datasets],
-            "images": {d.name: sorted((asdict(r) for r in store.image_records(d.id)), key=lambda r: r["vector_id"])
+            "images": {d.name: sorted((v1_fields(r) for r in store.image_records(d.id)), key=lambda r: r["vector_id"])
                        for d in datasets},
             "vector_ids": {d.name: sorted(store.vector_ids(d.id)) for d in datasets},
             "lookups": {d.name: store.lookup_paths(d.id, range(1, 8), uid=d.uid) for d in datasets}}
@@ -206,14 +212,19 @@ def test_a_version_1_store_is_migrated_with_every_row_intact(make_place):
     store = new_store(place)
     try:
         store.ensure_schema()
-        assert version(store) == schema.latest_version() == 2
+        assert version(store) == schema.latest_version() == 3
         assert contents(store) == before  # raw bytes of every path, every number and timestamp
         assert answers(store) == v1_answers
-        counts = rows(store, "SELECT COUNT(*), COUNT(ctime_ns), COUNT(inode) FROM images")
-        assert counts == [(len(before["images"]), 0, 0)]  # the new columns are there, and NULL in every row
+        counts = rows(store, "SELECT COUNT(*), COUNT(ctime_ns), COUNT(inode), COUNT(sha256), COUNT(gps_lat) "
+                             "FROM images")
+        assert counts == [(len(before["images"]), 0, 0, 0, 0)]  # the new columns are there, and NULL in every row
         images = columns(store, "images")
         assert images[:5] == v1_layout["tables"]["images"]
-        assert images[5:] == [("ctime_ns", "BIGINT", True), ("inode", "BIGINT", True)]
+        assert images[5:7] == [("ctime_ns", "BIGINT", True), ("inode", "BIGINT", True)]
+        assert [name for name, _, nullable in images[7:] if nullable] == [
+            "sha256", "md5", "width", "height", "format", "taken_at", "taken_offset", "camera_make", "camera_model",
+            "lens", "gps_lat", "gps_lon", "orientation"]
+        assert "images_by_sha256" in [name for name, _ in layout(store)["indexes"]]
         assert rows(store, "SELECT path FROM images WHERE vector_id = 1 AND dataset_id = 1") == [
             (b"/cases/4711/\xff\xfeevidence/caf\xe9.jpg",)]
     finally:
@@ -310,7 +321,7 @@ def test_a_store_from_a_newer_version_is_refused_and_left_untouched(make_place):
         with pytest.raises(StoreUnavailableError) as refused:
             store.ensure_schema()
         assert str(refused.value) == (f"The {description} was made by a newer version of image-search (schema "
-                                      "version 7; this one knows up to 2); upgrade image-search.")
+                                      "version 7; this one knows up to 3); upgrade image-search.")
         with pytest.raises(StoreUnavailableError, match="newer version"):
             store.list_datasets()  # every use is refused, not just the first
         assert (contents(store), layout(store), version(store)) == before
@@ -320,7 +331,7 @@ def test_a_store_from_a_newer_version_is_refused_and_left_untouched(make_place):
     done = run_tool("cli.cli_datasets", "list", env=tool_env(*place))
     assert done.returncode == 2 and done.stdout == ""
     assert done.stderr == f"error: The {description} was made by a newer version of image-search (schema version 7; " \
-                          "this one knows up to 2); upgrade image-search.\n"
+                          "this one knows up to 3); upgrade image-search.\n"
 
 
 def fails_in_python(store, cursor):
@@ -338,20 +349,21 @@ def test_a_failing_migration_leaves_the_store_at_version_1_with_its_data(make_pl
     old = v1_store(place)
     before, v1_layout = contents(old), layout(old)
     old.close()
-    monkeypatch.setattr(schema, "MIGRATIONS", [*schema.MIGRATIONS, (2, failing_step)])
+    latest = schema.latest_version()
+    monkeypatch.setattr(schema, "MIGRATIONS", [*schema.MIGRATIONS, (latest, failing_step)])
 
     store = new_store(place)
     try:
         with pytest.raises(StoreUnavailableError) as failed:
             store.ensure_schema()
         message = str(failed.value)
-        assert message.startswith(f"Upgrading the {store.description} from schema version 1 to 3 failed (")
+        assert message.startswith(f"Upgrading the {store.description} from schema version 1 to {latest + 1} failed (")
         assert message.endswith("); it was rolled back and nothing was changed, so fix the cause and run "
                                 "image-search again.")
         assert "\n" not in message
         if failing_step is fails_in_python:
             assert "(the disk is on fire)" in message
-        # not even the successful 1 -> 2 step is left: the store is exactly what version 1 wrote
+        # not even the successful earlier steps are left: the store is exactly what version 1 wrote
         assert layout(store) == v1_layout and contents(store) == before and version(store) is None
     finally:
         store.close()
@@ -360,14 +372,14 @@ def test_a_failing_migration_leaves_the_store_at_version_1_with_its_data(make_pl
     store = new_store(place)
     try:
         store.ensure_schema()
-        assert version(store) == 2 and answers(store) == v1_answers
+        assert version(store) == latest and answers(store) == v1_answers
     finally:
         store.close()
 
 
 def test_a_failing_first_open_leaves_a_new_store_empty(make_place, monkeypatch):
     place = make_place()
-    monkeypatch.setattr(schema, "MIGRATIONS", [*schema.MIGRATIONS, (2, fails_in_python)])
+    monkeypatch.setattr(schema, "MIGRATIONS", [*schema.MIGRATIONS, (schema.latest_version(), fails_in_python)])
     store = new_store(place)
     try:
         with pytest.raises(StoreUnavailableError) as failed:
@@ -419,14 +431,16 @@ def test_a_dataset_ingested_by_the_version_1_release_keeps_working(make_place, v
     engine = new_engine(place)
     try:
         record = engine.dataset("old-case")
-        assert version(engine.store) == 2 and record.image_count == 12 and record.root == str(folder)
+        assert version(engine.store) == schema.latest_version() and record.image_count == 12 and record.root == str(folder)
         on_disk = {os.path.join(str(folder), name) for name in os.listdir(str(folder))}
         assert {r.path for r in engine.store.image_records(record.id)} == on_disk and odd_name in on_disk
         results = search_by_text(engine, "old-case", "a photo", 12)
         assert {r.path for r in results} == on_disk
 
         again = ingest_folder(engine, folder, "old-case", progress=False)
-        assert again.reused == 12 and again.indexed == 0 and again.removed == 0 and not again.changed
+        assert again.reused == 12 and again.indexed == 0 and again.removed == 0
+        # the one change: the hashes and EXIF that version 1 did not record (tests/test_forensic_capture.py)
+        assert again.facts_updated == 12 and engine.dataset("old-case").generation == record.generation
         os.remove(odd_name)
         write_photos(folder, 1, megapixels=0.1, seed=42, prefix="added")
         updated = ingest_folder(engine, folder, "old-case", progress=False)

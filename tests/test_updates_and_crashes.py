@@ -114,6 +114,7 @@ def test_index_and_metadata_disagreeing_is_reported_with_the_repair_command(engi
     damaged = faiss.read_index(str(index_path))
     damaged.remove_ids(faiss.IDSelectorRange(1, 3))
     faiss.write_index(damaged, str(index_path))
+    index_path.with_name(f"{record.generation:010d}.seal.json").unlink()  # as a file from before seals
     fresh = ImageSearch(engine.settings)
     repair = f"repair it with: python -m cli.cli_preprocess -i '{record.root}' -n case --rebuild"
     with pytest.raises(IndexCorruptError, match="does not match its metadata .*rebuild=True") as mismatch:
@@ -190,8 +191,9 @@ def test_kill_9_leaves_the_old_or_the_new_state(cli_env, case_folder, photos, po
     expected_word = "finished its clean-up" if committed else "rolled it back"
     assert "was interrupted" in recovery.stdout and expected_word in recovery.stdout
     assert dataset_paths(_engine_for(cli_env), "case") == new
-    leftovers = list((Path(cli_env["IMAGE_SEARCH_HOME"]) / "indexes").glob("*/*"))
-    assert len(leftovers) == 1  # only the committed generation's file remains
+    leftovers = sorted(p.name for p in (Path(cli_env["IMAGE_SEARCH_HOME"]) / "indexes").glob("*/*"))
+    generation = _engine_for(cli_env).dataset("case").generation
+    assert leftovers == [f"{generation:010d}.faiss", f"{generation:010d}.seal.json"]  # only the committed ones
 
 
 def test_kill_9_at_random_moments(cli_env, tmp_path, photos):

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 from dataclasses import replace
 
 import numpy as np
@@ -168,34 +170,57 @@ def test_a_search_with_ids_returns_the_best_allowed_ids_only(kind):
 
 
 @pytest.mark.parametrize("kind", [vectors.IVF, vectors.IVF_SQ8])
-def test_a_filtered_ivf_search_scans_as_many_lists_as_nprobe_says(kind):
+def test_a_filtered_ivf_search_scans_more_lists_until_they_hold_enough_allowed_ids(kind):
     exact, ids, _ = synthetic_index(3000)
     index = vectors.fit(exact, kind)
     queries = SyntheticCollection(64).queries(20)
-    allowed = allowed_sample(ids, 600)
-    for nprobe in (3, index.lists // 4):
-        index.set_search_effort(nprobe=nprobe)
-        # asked for every vector, a search returns those of the lists it scans; a filtered search with the same
-        # nprobe finds the best allowed ids among exactly those
+    allowed = allowed_sample(ids, 600)  # a fifth: 3 of 64 lists hold ~28 allowed vectors, 40 lists ~375
+    wanted = vectors.policy.MIN_ALLOWED_SCANNED
+    for nprobe in (3, 40):
+        widened = vectors.policy.filtered_nprobe(nprobe, index.lists, index.count, len(allowed), 10)
+        assert widened == max(nprobe, math.ceil(wanted * index.lists / len(allowed)))
+        # asked for every vector, a search returns those of the lists it scans; a filtered search finds the best
+        # allowed ids among exactly the lists an unfiltered search with the widened nprobe scans
+        index.set_search_effort(nprobe=widened)
         scanned = index.search(queries, index.count)
-        assert max(len(row.ids) for row in scanned) < index.count
+        index.set_search_effort(nprobe=nprobe)
         for row, everything in zip(index.search(queries, 10, ids=allowed), scanned):
             assert row.ids.tolist() == everything.ids[np.isin(everything.ids, allowed)][:10].tolist()
+    assert vectors.policy.filtered_nprobe(3, index.lists, index.count, len(allowed), 10) > 3
+    assert vectors.policy.filtered_nprobe(40, index.lists, index.count, len(allowed), 10) == 40
+    assert vectors.policy.filtered_nprobe(3, index.lists, index.count, index.count, 10) == 3
 
 
-def test_a_filtered_hnsw_search_looks_as_wide_as_ef_search_says():
+@pytest.mark.parametrize("kind", [vectors.IVF, vectors.IVF_SQ8, vectors.HNSW])
+def test_a_filtered_search_returns_k_allowed_ids_even_when_its_lists_hold_fewer(kind):
+    exact, ids, _ = synthetic_index(3000)
+    index = vectors.fit(exact, kind)
+    index.set_search_effort(nprobe=1, ef_search=8)
+    queries = SyntheticCollection(64).queries(20)
+    allowed = vectors.AllowedIds(allowed_sample(ids, 40))  # fewer than 40 in the few lists one nprobe reaches
+    for k in (10, 40):
+        rows = index.search(queries, k, ids=allowed) + index.search(queries[:1], k, ids=allowed)
+        for row in rows:
+            assert len(row.ids) == k and set(row.ids.tolist()) <= set(allowed.ids.tolist())
+            assert np.all(np.diff(row.scores) <= 1e-6)
+
+
+def test_a_filtered_hnsw_search_widens_its_walk_or_scores_every_allowed_id():
     exact, ids, _ = synthetic_index(3000)
     hnsw = vectors.fit(exact, vectors.HNSW)
     queries = SyntheticCollection(64).queries(20)
-    allowed = allowed_sample(ids, 150)
-    truth = exact.search(queries, 10, ids=allowed)
 
-    def filtered_recall(ef_search: int) -> float:
+    def filtered_recall(ef_search: int, allowed: np.ndarray) -> float:
         hnsw.set_search_effort(ef_search=ef_search)
-        return recall(hnsw.search(queries, 10, ids=allowed), truth)
+        return recall(hnsw.search(queries, 10, ids=allowed), exact.search(queries, 10, ids=allowed))
 
-    assert filtered_recall(hnsw.count) == 1.0  # at FAISS' own default (16) it would not be
-    assert filtered_recall(16) < 1.0
+    few = allowed_sample(ids, 150)
+    assert vectors.policy.hnsw_scores_every_allowed(len(few), 16, vectors.faiss_index.HNSW_M)
+    assert filtered_recall(16, few) == 1.0  # exact: a walk with FAISS' own default (16) would miss some
+    many = allowed_sample(ids, 1500)
+    assert not vectors.policy.hnsw_scores_every_allowed(len(many), 16, vectors.faiss_index.HNSW_M)
+    assert vectors.policy.filtered_ef_search(16, hnsw.count, len(many), 10) == 2 * vectors.policy.MIN_ALLOWED_SCANNED
+    assert filtered_recall(16, many) >= 0.9
 
 
 @pytest.mark.parametrize("kind", vectors.KINDS)

@@ -12,6 +12,7 @@ from pathlib import Path
 
 from filelock import FileLock, Timeout
 
+from ..data_folder import writes_in
 from ..errors import DatasetBusyError
 
 
@@ -23,20 +24,24 @@ def _lock_path(data_home: Path, name: str) -> Path:
 
 @contextmanager
 def dataset_lock(data_home: Path, name: str, *, action: str = "ingest"):
-    path = _lock_path(data_home, name)
-    lock = FileLock(str(path), timeout=0, is_singleton=False, thread_local=False)
-    owner_file = path.with_suffix(".owner")
-    try:
-        lock.acquire()
-    except Timeout:
+    with writes_in(Path(data_home), f"taking the lock of dataset '{name}'"):
+        path = _lock_path(data_home, name)
+        lock = FileLock(str(path), timeout=0, is_singleton=False, thread_local=False)
+        owner_file = path.with_suffix(".owner")
         try:
-            owner = owner_file.read_text().strip()
-        except OSError:
-            owner = "another process"
-        raise DatasetBusyError(f"Dataset '{name}' is busy: {owner} is changing it right now; wait for it to "
-                               "finish and try again.") from None
+            lock.acquire()
+        except Timeout:
+            try:
+                owner = owner_file.read_text().strip() or "another process"
+            except OSError:
+                owner = "another process"
+            raise DatasetBusyError(f"Dataset '{name}' is busy: {owner} is changing it right now; wait for it to "
+                                   "finish and try again.") from None
     try:
-        owner_file.write_text(f"an {action} (process {os.getpid()})")
+        try:
+            owner_file.write_text(f"an {action} (process {os.getpid()})")
+        except OSError:
+            pass  # only the busy message reads it; a full disk must not stop a delete that would free space
         yield
     finally:
         lock.release()

@@ -26,6 +26,9 @@ class ModelFamily:
     kind: str  # "clip", "efficientnet"
     supports_text: bool
     build: Callable[[ModelSpec, str], Embedder] = field(repr=False)  # (spec, resolved device) -> the model
+    # the cosine at which two images of this family's embeddings count as near-duplicates by default
+    # (image_search/duplicates; each family says how its value was chosen)
+    duplicate_threshold: float = 0.9
 
 
 @dataclass(frozen=True)

@@ -202,4 +202,8 @@ def _build_clip(spec: ModelSpec, device: str, *, tuned_for_cpu: bool = True) -> 
     return embedder
 
 
-CLIP = ModelFamily(kind="clip", supports_text=True, build=_build_clip)
+# Near-duplicate threshold: NOT measured here, since no pretrained CLIP weights can be downloaded on the development
+# machine; 0.90 is a starting value. Measure it where the weights are with
+#   python -m evaluation.benchmark_duplicates --model ViT-B-32:laion2b_s34b_b79k --sizes ''
+# (the highest threshold grouping >= 95% of edit pairs is in its output) and put that value here.
+CLIP = ModelFamily(kind="clip", supports_text=True, build=_build_clip, duplicate_threshold=0.90)

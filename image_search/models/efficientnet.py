@@ -148,4 +148,10 @@ def fold_batch_norms(model) -> None:
             setattr(module, norm_name, torch.nn.Identity())
 
 
-EFFICIENTNET = ModelFamily(kind="efficientnet", supports_text=False, build=build_efficientnet)
+# Near-duplicate threshold, measured by evaluation/benchmark_duplicates.py on the 110 seed-eval photos with their 770
+# edited copies (evaluation/results/duplicates-efficientnet-lite0-seed-eval.json): 0.76 is the highest cosine at
+# which >= 95% of (original, copy) pairs group together (95.7%; every edit 100% but downscaled 97%, greyscale 73%),
+# while 5 of the 5,995 pairs of different photos do (two photos of one subject from one spot score up to 0.87 with
+# this ImageNet classifier; 3 neighbours per image, image_search/duplicates/find.py). At 0.80, 92.9% group.
+EFFICIENTNET = ModelFamily(kind="efficientnet", supports_text=False, build=build_efficientnet,
+                           duplicate_threshold=0.76)

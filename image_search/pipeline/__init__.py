@@ -10,3 +10,11 @@ These modules import each other at the top; torch, torchvision and tqdm are impo
 them, because every command imports the pipeline and one that never decodes (listing datasets, a query refused
 before the model loads) should not wait for them: importing torch and torchvision takes 3.1 s on 2 cores.
 """
+
+import warnings as _warnings
+
+# Pillow's warnings (bomb-sized images, EXIF quirks) are not errors here. They are filtered once, by origin, for
+# every module of the pipeline, rather than with warnings.catch_warnings() around each decode: that swaps the
+# process's filter list and is not thread-safe, and thread_reader.py decodes and reads EXIF in threads.
+_warnings.filterwarnings("ignore", module=r"PIL(\.|$)")
+_warnings.filterwarnings("ignore", message=r"Image size \(\d+ pixels\) exceeds limit")  # DecompressionBombWarning

@@ -10,11 +10,12 @@ from typing import Iterator, Sequence
 
 import numpy as np
 
-from ..config import device_decode_requested, gpu_decoder_setting
+from ..config import capture_requested, device_decode_requested, gpu_decoder_setting
 from ..models import Embedder
 from .cpu_reader import default_workers, iter_batches
 from .device_decoders import choose_decoder
-from .thread_reader import Chunk, ReaderStats, ThreadReader
+from .gpu_decode import decode_batch
+from .thread_reader import ReaderStats, ThreadReader
 
 
 @dataclass
@@ -23,23 +24,33 @@ class EmbeddedBatch:
     vectors: np.ndarray  # float32 [len(positions), dim], L2-normalised
     skipped: list[tuple[int, str]]  # (position, reason): images that could not be read
     ignored: list[int]  # positions of files that are not images
-    facts: list = field(default_factory=list)  # aligned with positions, where the reader computed them
+    # ImageFacts (or None: not captured) per row, aligned with positions; empty from a runner that captures none
+    facts: list = field(default_factory=list)
 
 
 def default_batch_size(embedder: Embedder) -> int:
+    return batch_size_for_device(embedder.device)
+
+
+def batch_size_for_device(device: str) -> int:
     # A GPU needs big batches to be busy. On the CPU the model's speed is the same from 8 to 64 images per batch;
     # whole ingests measured 29 / 30 / 32 images/s with batches of 8 / 16 / 32 (2 MP photos, 2 cores).
-    return 256 if embedder.device.startswith("cuda") else 32
+    return 256 if device.startswith("cuda") else 32
 
 
-# With CPU decoding on a GPU machine, each reader worker fills whole batches, so model-sized GPU batches (256)
-# would leave most workers idle unless there are thousands of files. Workers read batches of this many files for
-# a GPU, and the batches are joined into model-sized ones on the device.
+# Each reader worker fills whole batches, so model-sized GPU batches (256) would leave most workers idle unless
+# there are thousands of files; and undecoded JPEGs (a Ray cluster's GPU path) carry whole files (3 MB for a 12 MP
+# photo), so the batches queued between workers and the model must stay small. Workers read batches of this many files for a GPU, and
+# the batches are joined into model-sized ones on the device.
 GPU_READER_BATCH = 32
 
 
 def reader_batch_size(embedder: Embedder, batch_size: int) -> int:
-    return min(batch_size, GPU_READER_BATCH) if embedder.device.startswith("cuda") else batch_size
+    return reader_batch_for_device(embedder.device, batch_size)
+
+
+def reader_batch_for_device(device: str, batch_size: int) -> int:
+    return min(batch_size, GPU_READER_BATCH) if device.startswith("cuda") else batch_size
 
 
 def embed_files(embedder: Embedder, paths: Sequence[str], *, batch_size: int | None = None,
@@ -55,7 +66,7 @@ def embed_files(embedder: Embedder, paths: Sequence[str], *, batch_size: int | N
     batch_size = batch_size or default_batch_size(embedder)
     if decode_on_device is None:
         decode_on_device = on_gpu and device_decode_requested()
-    bar = _progress_bar(len(paths), progress, label)
+    bar = progress_bar(len(paths), progress, label)
     try:
         if decode_on_device:
             yield from _embed_with_threads(embedder, paths, batch_size, workers, decoder, stats, bar)
@@ -70,13 +81,13 @@ def _embed_with_processes(embedder: Embedder, paths: Sequence[str], batch_size: 
     workers = default_workers(embedder.device) if workers is None else max(0, workers)
     empty = np.zeros((0, embedder.dim), dtype=np.float32)
     batches = iter_batches(paths, geometry=embedder.geometry, min_side=embedder.input_size,
-                           batch_size=reader_batch_size(embedder, batch_size), workers=workers, pin_memory=on_gpu)
-    chunks = (Chunk(batch.positions, _to_device(batch.pixels, embedder.device), batch.skipped, batch.ignored, [])
-              for batch in batches)
-    for chunk in _regroup(chunks, batch_size):
-        vectors = embedder.encode_pixels(chunk.pixels) if chunk.pixels is not None else empty
-        bar.update(len(chunk.positions) + len(chunk.skipped) + len(chunk.ignored))
-        yield EmbeddedBatch(chunk.positions, vectors, chunk.skipped, chunk.ignored)
+                           batch_size=reader_batch_size(embedder, batch_size), workers=workers, pin_memory=on_gpu,
+                           capture=capture_requested())
+    decoded = (decode_read_batch(embedder, paths, batch) for batch in batches)
+    for positions, pixels, skipped, ignored, facts in _regroup(decoded, batch_size):
+        vectors = embedder.encode_pixels(pixels) if pixels is not None else empty
+        bar.update(len(positions) + len(skipped) + len(ignored))
+        yield EmbeddedBatch(positions, vectors, skipped, ignored, facts)
 
 
 def _embed_with_threads(embedder: Embedder, paths: Sequence[str], batch_size: int, workers: int | None,
@@ -85,23 +96,29 @@ def _embed_with_threads(embedder: Embedder, paths: Sequence[str], batch_size: in
     reader = ThreadReader(paths, geometry=embedder.geometry, min_side=embedder.input_size, device=embedder.device,
                           decoder=choose_decoder(embedder.device, decoder or gpu_decoder_setting()),
                           threads=default_workers(embedder.device) if workers is None else max(1, workers),
-                          facts=facts_reader(), stats=stats)
-    for chunk in _regroup(reader, batch_size):
+                          capture=capture_requested(), stats=stats)
+    chunks = ((c.positions, c.pixels, c.skipped, c.ignored, c.facts) for c in reader)
+    for positions, pixels, skipped, ignored, facts in _regroup(chunks, batch_size):
         started = time.perf_counter()
-        vectors = embedder.encode_pixels(chunk.pixels) if chunk.pixels is not None else empty
+        vectors = embedder.encode_pixels(pixels) if pixels is not None else empty
         if stats is not None:
-            stats.add("model", time.perf_counter() - started, len(chunk.positions))
-        bar.update(len(chunk.positions) + len(chunk.skipped) + len(chunk.ignored))
-        yield EmbeddedBatch(chunk.positions, vectors, chunk.skipped, chunk.ignored, chunk.facts)
+            stats.add("model", time.perf_counter() - started, len(positions))
+        bar.update(len(positions) + len(skipped) + len(ignored))
+        yield EmbeddedBatch(positions, vectors, skipped, ignored, facts)
 
 
-def facts_reader():
-    """The function that computes a file's facts from its bytes, or None where this build has none."""
-    try:
-        from .facts import facts_from_bytes
-    except ImportError:
-        return None
-    return lambda data: facts_from_bytes(data, None)
+def decode_read_batch(embedder: Embedder, paths: Sequence[str], batch):
+    """A reader's Batch -> (positions, pixels on the model's device or None, skipped, ignored, facts per
+    position), its undecoded JPEGs decoded on the device; what the model embeds, wherever the batch was read."""
+    if batch.encoded is not None:
+        return _decode_encoded(embedder, paths, batch)
+    return (batch.positions, _to_device(batch.pixels, embedder.device), batch.skipped, batch.ignored,
+            _facts_of(batch.facts, batch.positions))
+
+
+def _facts_of(facts: list, positions: list) -> list:
+    """The facts of a batch's rows, one per position (None where nothing was captured)."""
+    return list(facts) if len(facts) == len(positions) else [None] * len(positions)
 
 
 def _to_device(pixels, device: str):
@@ -109,24 +126,46 @@ def _to_device(pixels, device: str):
     return pixels.to(device, non_blocking=True) if pixels is not None and device != "cpu" else pixels
 
 
-def _regroup(chunks, size: int):
-    """Join consecutive chunks until they hold at least `size` images."""
+def _decode_encoded(embedder: Embedder, paths: Sequence[str], batch):
+    """Decode the batch's undecoded JPEGs on the model's device and merge them, in file order, with the rest."""
+    import torch  # imported here for start-up time (see pipeline/__init__.py)
+
+    decoded = decode_batch(batch.encoded, paths, geometry=embedder.geometry, min_side=embedder.input_size,
+                           device=embedder.device)
+    positions = list(batch.positions) + decoded.positions
+    facts = _facts_of(batch.facts, batch.positions) + _facts_of(decoded.facts, decoded.positions)
+    skipped = sorted(batch.skipped + decoded.skipped)
+    parts = [p for p in (batch.pixels, decoded.pixels) if p is not None]
+    if not parts:
+        return [], None, skipped, batch.ignored, []
+    pixels = torch.cat([part.to(embedder.device, non_blocking=True) for part in parts])
+    order = sorted(range(len(positions)), key=positions.__getitem__)
+    if order != list(range(len(positions))):
+        pixels = pixels[torch.tensor(order, device=pixels.device)]
+        positions = [positions[i] for i in order]
+        facts = [facts[i] for i in order]
+    return positions, pixels, skipped, batch.ignored, facts
+
+
+def _regroup(batches, size: int):
+    """Join consecutive (positions, pixels, skipped, ignored, facts) batches until they hold at least `size`
+    images."""
     import torch  # imported here for start-up time (see pipeline/__init__.py)
 
     positions, parts, skipped, ignored, facts = [], [], [], [], []
-    for chunk in chunks:
-        positions += chunk.positions
-        skipped += chunk.skipped
-        ignored += chunk.ignored
-        facts += chunk.facts or [None] * len(chunk.positions)
-        if chunk.pixels is not None:
-            parts.append(chunk.pixels)
+    for batch_positions, pixels, batch_skipped, batch_ignored, batch_facts in batches:
+        positions += batch_positions
+        skipped += batch_skipped
+        ignored += batch_ignored
+        facts += batch_facts
+        if pixels is not None:
+            parts.append(pixels)
         if len(positions) >= size:
-            yield Chunk(positions, parts[0] if len(parts) == 1 else torch.cat(parts), skipped, ignored, facts)
+            yield positions, parts[0] if len(parts) == 1 else torch.cat(parts), skipped, ignored, facts
             positions, parts, skipped, ignored, facts = [], [], [], [], []
     if positions or skipped or ignored:
         pixels = (parts[0] if len(parts) == 1 else torch.cat(parts)) if parts else None
-        yield Chunk(positions, pixels, skipped, ignored, facts)
+        yield positions, pixels, skipped, ignored, facts
 
 
 class _NoBar:
@@ -137,7 +176,8 @@ class _NoBar:
         pass
 
 
-def _progress_bar(total: int, enabled: bool, label: str):
+def progress_bar(total: int, enabled: bool, label: str):
+    """A progress bar on stderr (one that shows nothing when not enabled or there is nothing to do)."""
     if not enabled or total == 0:
         return _NoBar()
     from tqdm import tqdm  # imported here for start-up time (see pipeline/__init__.py)

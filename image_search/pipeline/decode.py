@@ -1,5 +1,5 @@
-"""One image file to pixels on the CPU: recognising it by content, decoding it safely and fast, and the model's
-resize and crop (read_pixels).
+"""One image file to pixels on the CPU: recognising it by content, reading it once, decoding it safely and fast,
+and the model's resize and crop (read_pixels; pixels_from_bytes also gives the file's facts from the same bytes).
 
 Nothing here lets a bad file take an ingest down: a file that cannot be used raises NotAnImage or UnreadableImage
 (whose text is the reason), and the readers record it and go on.
@@ -8,12 +8,15 @@ Nothing here lets a bad file take an ingest down: a file that cannot be used rai
 from __future__ import annotations
 
 import io
-import warnings
 from pathlib import Path
 from typing import Callable
 
 import numpy as np
 from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
+
+from ..store.records import ImageFacts
+from .facts import facts_from_bytes
+from .safe_open import NotARegularFile, open_regular_file, open_scanned_file
 
 # Seized drives hold every kind of broken file; Pillow's decompression-bomb guard stays on (its default limit),
 # and a bomb becomes a skipped file with a reason, not a crash.
@@ -69,53 +72,56 @@ def _to_rgb(image: Image.Image) -> Image.Image:
     return image
 
 
-def load_rgb(path: str, *, min_side: int | None = None) -> Image.Image:
-    """Decode an image file to an upright RGB image.
+def open_image_file(path: str, *, scanned: bool = False):
+    """The file opened for reading when it is a regular file (pipeline/safe_open.py): scanned, a path an ingest's
+    scan found, which must still be exactly there; otherwise a path someone gave, whose links are followed."""
+    return open_scanned_file(path) if scanned else open_regular_file(path, follow_symlinks=True)
+
+
+def read_image_file(path: str, *, scanned: bool = False) -> tuple[bytes, str]:
+    """The whole file and the image format its first bytes name: the one read of a file that every later step
+    (decoding, the GPU path, hashing) works from. Only a file that looks like an image is read past its header.
+    scanned: see open_image_file. Raises NotAnImage or UnreadableImage."""
+    try:
+        with open_image_file(path, scanned=scanned) as handle:
+            header = handle.read(_HEADER_BYTES)
+            fmt = sniff_format(header)
+            if fmt is None:
+                if Path(path).suffix.lower() not in IMAGE_EXTENSIONS:
+                    raise NotAnImage(path)
+                if not header:
+                    raise UnreadableImage("empty file (0 bytes)")
+                raise UnreadableImage("not an image: its content is not JPEG, PNG, WebP, BMP, GIF or TIFF")
+            return header + handle.read(), fmt
+    except NotARegularFile as error:
+        raise UnreadableImage(f"not read: {error}") from None
+    except PermissionError:
+        raise UnreadableImage("permission denied") from None
+    except FileNotFoundError:
+        raise UnreadableImage("file disappeared while reading") from None
+    except IsADirectoryError:
+        raise UnreadableImage("is a folder, not a file") from None
+    except OSError as error:
+        raise UnreadableImage(f"cannot read: {str(error).strip()[:200] or type(error).__name__}") from None
+    except MemoryError:
+        raise UnreadableImage("too large to read into memory") from None
+
+
+def decode_rgb(data: bytes, fmt: str, *, min_side: int | None = None,
+               capture: bool = False) -> tuple[Image.Image, ImageFacts | None]:
+    """Decode a file's bytes (read_image_file) to an upright RGB image, and with capture, its facts (facts.py)
+    from the same bytes and the same parsed header.
 
     min_side: when given, JPEGs are decoded at a reduced scale (libjpeg DCT scaling) as long as both sides stay at
     least this large; the caller resizes afterwards, so this only saves work.
-    Raises NotAnImage or UnreadableImage.
+    Raises UnreadableImage.
     """
+    facts = None
     try:
-        with open(path, "rb") as handle:
-            header = handle.read(_HEADER_BYTES)
-            fmt = image_format(header, path)
-            handle.seek(0)
-            return _decode(handle, fmt, min_side)
-    except (NotAnImage, UnreadableImage):
-        raise
-    except OSError as error:
-        raise _unreadable(error) from None
-
-
-def load_rgb_from_bytes(data: bytes, path: str, *, min_side: int | None = None) -> Image.Image:
-    """load_rgb for a file whose bytes were already read (the threaded reader reads each file once)."""
-    return _decode(io.BytesIO(data), image_format(data[:_HEADER_BYTES], path), min_side)
-
-
-def image_format(header: bytes, path: str) -> str:
-    """The format of a file from its first bytes; NotAnImage for a file that neither is nor claims to be an image,
-    UnreadableImage for one that claims to be (by its extension) but is not."""
-    fmt = sniff_format(header)
-    if fmt is None:
-        if Path(path).suffix.lower() not in IMAGE_EXTENSIONS:
-            raise NotAnImage(path)
-        if not header:
-            raise UnreadableImage("empty file (0 bytes)")
-        raise UnreadableImage("not an image: its content is not JPEG, PNG, WebP, BMP, GIF or TIFF")
-    return fmt
-
-
-# Pillow's warnings (bomb-sized images, EXIF quirks) are not errors here. Filtered once, by origin, rather than
-# with warnings.catch_warnings() around each decode: that swaps the process's filter list and is not thread-safe
-# (thread_reader.py decodes in threads).
-warnings.filterwarnings("ignore", module=r"PIL(\.|$)")
-warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)
-
-
-def _decode(handle, fmt: str, min_side: int | None) -> Image.Image:
-    try:
-        image = Image.open(handle, formats=[fmt])
+        # Pillow's warnings are filtered in pipeline/__init__.py
+        image = Image.open(io.BytesIO(data), formats=[fmt])
+        if capture:  # as opened: before the draft shrinks it and the orientation turns it
+            facts = facts_from_bytes(data, image)
         if min_side and fmt == "JPEG":
             image.draft("RGB", (min_side, min_side))
         image.load()
@@ -123,47 +129,33 @@ def _decode(handle, fmt: str, min_side: int | None) -> Image.Image:
         image = _to_rgb(image)
     except Image.DecompressionBombError:
         raise UnreadableImage("too many pixels (over Pillow's decompression-bomb limit)") from None
-    except UnidentifiedImageError:  # its message names the file object, not the file
+    except UnidentifiedImageError:  # its message names the in-memory file object, not the file
         raise UnreadableImage(f"cannot decode: damaged or unsupported {fmt} data") from None
     except (OSError, SyntaxError, ValueError, EOFError, TypeError, IndexError, KeyError,
             ZeroDivisionError, RuntimeError, MemoryError) as error:
-        raise _unreadable(error) from None
+        message = str(error).strip() or type(error).__name__
+        raise UnreadableImage(f"cannot decode: {message[:200]}") from None
     if image.width < 1 or image.height < 1:
         raise UnreadableImage("image has no pixels")
-    return image
+    return image, facts
 
 
-def _unreadable(error: Exception) -> UnreadableImage:
-    """The reason, in a reader's words, for an error from opening, reading or decoding a file."""
-    if isinstance(error, PermissionError):
-        return UnreadableImage("permission denied")
-    if isinstance(error, FileNotFoundError):
-        return UnreadableImage("file disappeared while reading")
-    message = str(error).strip() or type(error).__name__
-    return UnreadableImage(f"cannot decode: {message[:200]}")
+def load_rgb(path: str, *, min_side: int | None = None) -> Image.Image:
+    """Decode an image file to an upright RGB image (see decode_rgb). Raises NotAnImage or UnreadableImage."""
+    data, fmt = read_image_file(path)
+    return decode_rgb(data, fmt, min_side=min_side)[0]
 
 
-def read_file(path: str) -> bytes:
-    """A file's bytes, in one read. Raises UnreadableImage (permission denied, gone, an I/O error)."""
-    try:
-        with open(path, "rb") as handle:
-            return handle.read()
-    except OSError as error:
-        raise _unreadable(error) from None
-
-
-def read_pixels(path: str, geometry: Callable, min_side: int | None) -> np.ndarray:
+def read_pixels(path: str, geometry: Callable, min_side: int | None, *, scanned: bool = False) -> np.ndarray:
     """One file -> uint8 array [3, S, S]. Raises NotAnImage or UnreadableImage."""
-    return model_pixels(load_rgb(path, min_side=min_side), geometry)
+    data, fmt = read_image_file(path, scanned=scanned)
+    return pixels_from_bytes(data, fmt, geometry, min_side)[0]
 
 
-def read_pixels_from_bytes(data: bytes, path: str, geometry: Callable, min_side: int | None) -> np.ndarray:
-    """read_pixels for a file whose bytes were already read."""
-    return model_pixels(load_rgb_from_bytes(data, path, min_side=min_side), geometry)
-
-
-def model_pixels(image: Image.Image, geometry: Callable) -> np.ndarray:
-    """An upright RGB image -> the model's resize and crop as a uint8 array [3, S, S]."""
+def pixels_from_bytes(data: bytes, fmt: str, geometry: Callable, min_side: int | None, *,
+                      capture: bool = False) -> tuple[np.ndarray, ImageFacts | None]:
+    """A file's bytes -> uint8 array [3, S, S], and with capture its facts. Raises UnreadableImage."""
+    image, facts = decode_rgb(data, fmt, min_side=min_side, capture=capture)
     try:
         plan = resize_crop_plan(geometry)
         image = resize_and_crop(image, *plan) if plan else geometry(image)
@@ -172,7 +164,7 @@ def model_pixels(image: Image.Image, geometry: Callable) -> np.ndarray:
     array = np.asarray(image, dtype=np.uint8)
     if array.ndim != 3 or array.shape[2] != 3:
         raise UnreadableImage(f"unexpected pixel layout {array.shape}")
-    return np.ascontiguousarray(array.transpose(2, 0, 1))
+    return np.ascontiguousarray(array.transpose(2, 0, 1)), facts
 
 
 _plans: dict[int, tuple[Callable, tuple | None]] = {}

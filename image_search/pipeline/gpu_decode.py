@@ -1,39 +1,29 @@
-"""Decoded pictures on the device -> model-ready pixels: EXIF orientation and the model's own resize and crop,
-done for many pictures at once.
+"""Decoding JPEGs on the GPU (nvJPEG through torchvision) for machines whose CPU cores cannot keep up with the GPU.
 
-The reader (thread_reader.py) decodes a batch of JPEGs with a device decoder (device_decoders.py) and hands the
-full-size CHW uint8 tensors here. Pictures of the same size and orientation (a camera's photos mostly are) are
-resized together in one interpolation call, in the stored orientation, then turned upright and centre-cropped:
-resizing commutes with flips and transposes, and the small result is cheaper to turn. Anything this cannot do (a
-transform that only knows PIL images, a resampling filter tensors lack, a device error) is reported per picture,
-and the reader decodes those files on the CPU instead.
+Reader workers only read each file's bytes and its EXIF orientation (encoded_jpeg.read_encoded_jpeg); the main
+process decodes a whole batch on the device in one call (A100/H100 decode baseline JPEGs in hardware), turns each
+picture upright and applies the model's own resize and crop to the decoded tensor (`decode_batch`). A file the
+device cannot decode is decoded on the CPU instead, one file at a time, so a bad or unusual JPEG costs speed, never
+correctness.
 """
 
 from __future__ import annotations
 
+import warnings
+from dataclasses import dataclass, field
+from functools import partial
 from typing import Callable, Sequence
 
-from .decode import resize_crop_plan
+from .decode import NotAnImage, UnreadableImage, read_pixels
+from .encoded_jpeg import EncodedBatch
 
-# Bytes of decoded pictures per decoding call, at most this share of the device's memory; two decoding threads
-# each hold one call's pictures, plus the float copy of FLOAT_PIXELS pictures being resized.
-DEVICE_MEMORY_SHARE_PER_CALL = 1 / 16
-MIN_PIXELS_PER_CALL = 256_000_000  # 768 MB of RGB: what a small GPU still gives one call
-FLOAT_PIXELS = 64_000_000  # pictures converted to float32 for one interpolation call (768 MB)
-
-
-def pixels_per_call(device: str) -> int:
-    """How many decoded pixels one decoding call may produce on this device."""
-    if not device.startswith("cuda"):
-        return MIN_PIXELS_PER_CALL
-    import torch
-
-    total = torch.cuda.get_device_properties(torch.device(device)).total_memory
-    return max(MIN_PIXELS_PER_CALL, int(total * DEVICE_MEMORY_SHARE_PER_CALL / 3))
+# Full-size decoded pictures live on the device until they are resized: bound them per decode call
+# (256 MP of RGB is 768 MB; a batch of 256 phone photos would otherwise need 9 GB).
+MAX_PIXELS_PER_CALL = 256_000_000
 
 
 def upright(image, orientation: int):
-    """CHW (or NCHW) tensor -> the picture as a viewer shows it, exactly like PIL's ImageOps.exif_transpose."""
+    """CHW tensor -> the picture as a viewer shows it, exactly like PIL's ImageOps.exif_transpose."""
     import torch  # imported here for start-up time (see pipeline/__init__.py)
 
     if orientation == 2:
@@ -53,79 +43,88 @@ def upright(image, orientation: int):
     return image
 
 
-_TENSOR_MODES = {"BICUBIC": "bicubic", "BILINEAR": "bilinear"}  # PIL filters torch interpolates the same way
+@dataclass
+class DecodedBatch:
+    positions: list[int]
+    pixels: object  # torch.uint8 [len(positions), 3, S, S] on the device, or None
+    skipped: list[tuple[int, str]]  # (position, reason)
+    cpu_fallbacks: int  # files the device could not decode that the CPU decoded
+    facts: list = field(default_factory=list)  # ImageFacts (None: not captured) per position, from the reader
 
 
-def model_pixels_on_device(images: Sequence, orientations: Sequence[int], geometry: Callable
-                           ) -> tuple[list[int], object]:
-    """Full-size CHW uint8 tensors (None: not decoded) -> (indices of the pictures done, uint8 [n, 3, S, S] in
-    that order, or None when none was). The indices missing from the first list need the CPU."""
+def _decode_jpegs(files: list, device: str) -> list:
+    # Both imported here for start-up time (see pipeline/__init__.py).
     import torch
+    from torchvision.io import ImageReadMode, decode_jpeg
 
-    plan = resize_crop_plan(geometry)
-    mode = _tensor_mode(plan)
-    done, parts = [], []
-    groups: dict[tuple, list[int]] = {}
-    for i, image in enumerate(images):
-        if image is not None and image.ndim == 3 and image.shape[0] == 3:
-            groups.setdefault((image.shape[1], image.shape[2], orientations[i]), []).append(i)
-    for (height, width, orientation), members in groups.items():
-        for chunk in _float_chunks(members, height * width):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # torchvision >= 0.29 flags its image codecs as deprecated
+        decoded = decode_jpeg(files, mode=ImageReadMode.RGB, device=torch.device(device))
+    return decoded if isinstance(decoded, list) else [decoded]
+
+
+def decode_on_device(files: list, device: str) -> list:
+    """Decode many JPEGs (1-D uint8 CPU tensors) on the device: one call for all, or, when that call fails, one
+    call per file. Returns one CHW uint8 tensor per file, or the exception that file raised."""
+    try:
+        return _decode_jpegs(files, device)
+    except Exception:  # noqa: BLE001 - one bad file fails the whole call: find it by decoding one at a time
+        pass
+    results = []
+    for file in files:
+        try:
+            results.append(_decode_jpegs([file], device)[0])
+        except Exception as error:  # noqa: BLE001
+            results.append(error)
+    return results
+
+
+def decode_batch(encoded: EncodedBatch, paths: Sequence[str], *, geometry: Callable, min_side: int | None,
+                 device: str, cpu_reader: Callable | None = None) -> DecodedBatch:
+    """Decode, turn upright, resize and crop a batch of JPEGs on the device; files that fail there go to the CPU.
+
+    cpu_reader(path, geometry, min_side) -> uint8 array [3, S, S] (the normal reader's read_pixels) decodes a file
+    the device could not; it raises NotAnImage or UnreadableImage for a file nobody can use.
+    """
+    import torch  # imported here for start-up time (see pipeline/__init__.py)
+
+    if cpu_reader is None:
+        cpu_reader = partial(read_pixels, scanned=True)  # paths an ingest's scan found, like the reader's
+    outputs: dict[int, object] = {}
+    skipped: list[tuple[int, str]] = []
+    fallbacks = 0
+    for chunk in _chunks(encoded.pixel_counts):
+        decoded = decode_on_device([encoded.file_bytes(i) for i in chunk], device)
+        for i, image in zip(chunk, decoded):
+            if not isinstance(image, Exception):
+                try:
+                    outputs[i] = geometry(upright(image, encoded.orientations[i]).contiguous())
+                    continue
+                except Exception:  # noqa: BLE001 - a transform that only knows PIL images: use the CPU path
+                    pass
+            fallbacks += 1
             try:
-                if mode is None:
-                    pixels = torch.stack([geometry(upright(images[i], orientation).contiguous()) for i in chunk])
-                else:
-                    pixels = _resize_crop(images, chunk, orientation, plan, mode)
-            except Exception:  # noqa: BLE001 - a PIL-only transform, a device error: these go to the CPU
-                continue
-            if pixels.dtype != torch.uint8 or pixels.ndim != 4 or pixels.shape[1] != 3:
-                continue
-            done += chunk
-            parts.append(pixels)
-    if not parts:
-        return [], None
-    return done, parts[0] if len(parts) == 1 else torch.cat(parts)
+                pixels = cpu_reader(paths[encoded.positions[i]], geometry, min_side)
+                outputs[i] = torch.from_numpy(pixels).to(device)
+            except NotAnImage:
+                skipped.append((encoded.positions[i], "not an image"))
+            except UnreadableImage as error:
+                skipped.append((encoded.positions[i], str(error)))
+        del decoded
+    kept = sorted(outputs)
+    pixels = torch.stack([outputs[i] for i in kept]) if kept else None
+    facts = list(encoded.facts) if encoded.facts else [None] * len(encoded)
+    return DecodedBatch([encoded.positions[i] for i in kept], pixels, skipped, fallbacks, [facts[i] for i in kept])
 
 
-def _tensor_mode(plan) -> str | None:
-    if plan is None:
-        return None
-    from PIL import Image
-
-    names = {getattr(Image.Resampling, name): mode for name, mode in _TENSOR_MODES.items()}
-    return names.get(plan[2])
-
-
-def _float_chunks(members: list[int], pixels: int) -> list[list[int]]:
-    per_chunk = max(1, FLOAT_PIXELS // max(1, pixels))
-    return [members[start:start + per_chunk] for start in range(0, len(members), per_chunk)]
-
-
-def _resize_crop(images: Sequence, chunk: list[int], orientation: int, plan: tuple, mode: str):
-    """torchvision's Resize(shorter side) + CenterCrop on a tensor, for pictures of one size and orientation."""
-    import torch
-
-    from .decode import _centre
-
-    side, crop, _ = plan
-    first = images[chunk[0]]
-    height, width = first.shape[1], first.shape[2]
-    transposed = orientation >= 5
-    up_height, up_width = (width, height) if transposed else (height, width)
-    if up_width <= up_height:
-        new_width, new_height = side, int(side * up_height / up_width)
-    else:
-        new_width, new_height = int(side * up_width / up_height), side
-    if (new_height, new_width) == (up_height, up_width):  # torchvision does not resample then
-        resized = torch.stack([images[i] for i in chunk])
-    else:
-        batch = torch.empty((len(chunk), 3, height, width), dtype=torch.float32, device=first.device)
-        for row, i in enumerate(chunk):
-            batch[row].copy_(images[i])
-        size = (new_width, new_height) if transposed else (new_height, new_width)
-        resized = torch.nn.functional.interpolate(batch, size=size, mode=mode, align_corners=False, antialias=True)
-        del batch
-        resized = resized.round_().clamp_(0, 255).to(torch.uint8)
-    resized = upright(resized, orientation)
-    left, top, right, bottom = _centre(new_width, new_height, crop)
-    return resized[:, :, top:bottom, left:right].contiguous()
+def _chunks(pixel_counts: Sequence[int]) -> list[list[int]]:
+    chunks, current, total = [], [], 0
+    for i, count in enumerate(pixel_counts):
+        if current and total + count > MAX_PIXELS_PER_CALL:
+            chunks.append(current)
+            current, total = [], 0
+        current.append(i)
+        total += count
+    if current:
+        chunks.append(current)
+    return chunks

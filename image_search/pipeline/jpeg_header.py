@@ -1,9 +1,10 @@
 """What a GPU decoder needs to know about a JPEG, read from its bytes without decoding: its frame (size, precision,
 components, baseline or progressive), its EXIF orientation, and whether it is a file a GPU decodes well.
 
-This runs once per file in the reader threads while other threads wait for the interpreter, so it walks the
-markers with plain byte indexing: about 3 microseconds for a camera photo's header, where opening the bytes with
-Pillow (which parses every marker and the EXIF block in Python) took 60.
+This runs once per file in the reader threads while other threads wait for the interpreter lock, so it walks the
+markers with plain byte indexing: on an H200 machine's core 3.8 microseconds per 2 MP photo (260,000 headers a
+second), where opening the bytes with Pillow for the same answers took 250 (measured on the 2-core machine:
+28 vs 248 microseconds).
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ class JpegHeader:
     adobe_transform: int | None  # the Adobe APP14 colour transform, when the file has one (0: RGB or CMYK)
     multi_picture: bool  # an MPO (APP2 "MPF"): more pictures follow the first
     complete: bool  # ends with the end-of-image marker
+    exif_block: tuple[int, int] | None = None  # where the first EXIF block's TIFF structure lies: data[start:end]
 
     @property
     def pixels(self) -> int:
@@ -56,7 +58,7 @@ def _parse(data: bytes) -> JpegHeader | None:
         return None
     size = len(data)
     i = 2
-    orientation, adobe, multi_picture, frame = 1, None, False, None
+    orientation, adobe, multi_picture, frame, exif = 1, None, False, None, None
     while i + 4 <= size and i < _SCAN_LIMIT:
         if data[i] != 0xFF:
             return None
@@ -76,14 +78,15 @@ def _parse(data: bytes) -> JpegHeader | None:
                 return None
             sof, precision, height, width, components = frame
             return JpegHeader(width, height, precision, components, sof, orientation, adobe, multi_picture,
-                              data.endswith(b"\xff\xd9"))
+                              data.endswith(b"\xff\xd9"), exif)
         if marker in _SOF_MARKERS:
             if frame is not None or end > size:
                 return None
             frame = (marker, data[start], (data[start + 1] << 8) | data[start + 2],
                      (data[start + 3] << 8) | data[start + 4], data[start + 5])
-        elif marker == 0xE1 and orientation == 1 and data[start:start + 6] == b"Exif\x00\x00":
-            orientation = _exif_orientation(data, start + 6, min(end, size))
+        elif marker == 0xE1 and exif is None and data[start:start + 6] == b"Exif\x00\x00":
+            exif = (start + 6, min(end, size))
+            orientation = _exif_orientation(data, *exif)
         elif marker == 0xE2 and data[start:start + 4] == b"MPF\x00":
             multi_picture = True
         elif marker == 0xEE and data[start:start + 5] == b"Adobe" and length >= 14:

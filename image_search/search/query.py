@@ -19,7 +19,7 @@ from ..errors import Fix, InvalidInputError, ModelMismatchError, UnsupportedQuer
 from ..pipeline.scan import printable
 from ..pipeline.decode import _HEADER_BYTES, IMAGE_EXTENSIONS, NotAnImage, UnreadableImage, sniff_format
 from ..models import Embedder, parse_model_name
-from ..pipeline.cpu_reader import read_pixels
+from ..pipeline.decode import read_pixels
 from ..store import DatasetRecord
 
 if TYPE_CHECKING:

@@ -3,7 +3,8 @@
 One schema and one set of SQL statements serve both backends: PostgreSQL when DB_HOST is configured, else an
 embedded SQLite file in the data directory. Other modules import from here, never from the modules below:
 
-- records.py: what the store hands out and takes in (DatasetRecord, ImageRecord, NewDataset); paths as raw bytes
+- records.py: what the store hands out and takes in (DatasetRecord, ImageRecord, ImageFacts, NewDataset); paths as
+  raw bytes
 - sql.py: the backend-neutral MetadataStore, every statement written once with '?' placeholders
 - schema.py: the tables, the schema version and the ordered migrations that bring an older store up to it
 - sqlite.py, postgres.py: each backend's connections and dialect
@@ -15,12 +16,12 @@ from pathlib import Path
 
 from ..config import DatabaseSettings
 from .postgres import PostgresStore
-from .records import DatasetRecord, ImageRecord, NewDataset, decode_path, encode_path
+from .records import FACT_COLUMNS, DatasetRecord, ImageFacts, ImageRecord, NewDataset, decode_path, encode_path
 from .sql import MetadataStore
 from .sqlite import SQLiteStore
 
-__all__ = ["DatasetRecord", "ImageRecord", "MetadataStore", "NewDataset", "PostgresStore", "SQLiteStore",
-           "decode_path", "encode_path", "open_store"]
+__all__ = ["FACT_COLUMNS", "DatasetRecord", "ImageFacts", "ImageRecord", "MetadataStore", "NewDataset",
+           "PostgresStore", "SQLiteStore", "decode_path", "encode_path", "open_store"]
 
 
 def open_store(database: DatabaseSettings | None, data_home: Path) -> MetadataStore:

@@ -11,8 +11,8 @@ from contextlib import contextmanager
 from typing import Iterable, Sequence
 
 from ..config import DatabaseSettings
-from ..errors import StoreUnavailableError
-from .sql import BATCH, MetadataStore
+from ..errors import StoreUnavailableError, StoreUnreachableError
+from .sql import BATCH, ConnectionLost, MetadataStore
 
 
 class PostgresStore(MetadataStore):
@@ -69,9 +69,9 @@ class PostgresStore(MetadataStore):
         finally:
             admin.close()
 
-    def _unavailable(self, error: Exception) -> StoreUnavailableError:
-        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        return StoreUnavailableError(
+    def _unavailable(self, error: Exception, kind: type = StoreUnreachableError) -> StoreUnavailableError:
+        reason = _first_line(error)
+        return kind(
             f"Cannot reach the PostgreSQL database at {self.settings.describe()} ({reason}); start PostgreSQL or "
             "fix DB_HOST/DB_PORT/DB_USER/DB_PASSWORD in .env (or unset DB_HOST to use the built-in SQLite store).")
 
@@ -82,18 +82,21 @@ class PostgresStore(MetadataStore):
         connection = getattr(self._local, "connection", None)
         if connection is not None and connection.closed:
             connection = None
+        kept = connection is not None  # opened by an earlier operation: the server may have restarted since
         if connection is None:
             connection = self._open()
             self._local.connection = connection
         try:
             yield connection
         except (psycopg2.OperationalError, psycopg2.InterfaceError) as error:
-            # The server went away mid-operation; drop the connection so the next call reconnects.
-            try:
-                connection.close()
-            finally:
-                self._local.connection = None
-            raise self._unavailable(error) from None
+            if not connection.closed:  # the server answered, with an error of its own (out of disk, say)
+                raise StoreUnavailableError(
+                    f"The PostgreSQL database '{self.settings.name}' at {self.settings.describe()} refused the "
+                    f"operation ({_first_line(error)}); see the PostgreSQL server's log.") from None
+            # The connection is gone; drop it so the next operation connects again. A kept one died while idle
+            # (a PostgreSQL restart closes every connection): the operation is run again (sql.reconnecting).
+            self._local.connection = None
+            raise self._unavailable(error, ConnectionLost if kept else StoreUnreachableError) from None
 
     def _lock_schema(self, cursor) -> None:
         # Serialise concurrent first opens: CREATE TABLE IF NOT EXISTS and the migrations can race in PostgreSQL.
@@ -118,3 +121,8 @@ class PostgresStore(MetadataStore):
         if connection is not None:
             connection.close()
             self._local.connection = None
+
+
+def _first_line(error: Exception) -> str:
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__

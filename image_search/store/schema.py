@@ -51,6 +51,23 @@ MIGRATIONS: list[tuple[int, Step]] = [
     # one when size and modification time are the same. Nullable, so old rows need no value; nothing reads them yet.
     (1, ("ALTER TABLE images ADD COLUMN ctime_ns BIGINT",
          "ALTER TABLE images ADD COLUMN inode BIGINT")),
+    # 2 -> 3: what an investigator needs around a hit, captured when the file is read for embedding (records.py's
+    # ImageFacts, filled by pipeline/facts.py): hashes, pixel size, format and EXIF. Nullable: rows written before
+    # have NULL sha256 until their dataset's next ingest fills them in without embedding again.
+    (2, ("ALTER TABLE images ADD COLUMN sha256 TEXT",
+         "ALTER TABLE images ADD COLUMN md5 TEXT",
+         "ALTER TABLE images ADD COLUMN width INTEGER",
+         "ALTER TABLE images ADD COLUMN height INTEGER",
+         "ALTER TABLE images ADD COLUMN format TEXT",
+         "ALTER TABLE images ADD COLUMN taken_at TEXT",
+         "ALTER TABLE images ADD COLUMN taken_offset TEXT",
+         "ALTER TABLE images ADD COLUMN camera_make TEXT",
+         "ALTER TABLE images ADD COLUMN camera_model TEXT",
+         "ALTER TABLE images ADD COLUMN lens TEXT",
+         "ALTER TABLE images ADD COLUMN gps_lat DOUBLE PRECISION",
+         "ALTER TABLE images ADD COLUMN gps_lon DOUBLE PRECISION",
+         "ALTER TABLE images ADD COLUMN orientation INTEGER",
+         "CREATE INDEX images_by_sha256 ON images (dataset_id, sha256)")),
 ]
 
 VERSION_TABLE = "schema_info"

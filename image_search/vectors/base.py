@@ -11,14 +11,17 @@ result only after save() and the store's commit. Searches may run concurrently w
 
 from __future__ import annotations
 
+import threading
 from abc import ABC, abstractmethod
 from pathlib import Path
-from typing import Callable, Iterable, Iterator, NamedTuple
+from typing import Callable, Iterable, Iterator, NamedTuple, Union
 
 import numpy as np
 
 # (ids, vectors) pairs: int64 ids and the float32 vectors stored under them, a chunk at a time
 Chunks = Iterator[tuple[np.ndarray, np.ndarray]]
+# (ids, neighbour ids, scores): edges between stored vectors, a chunk at a time (similar_pairs)
+Edges = Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]
 
 
 class Neighbours(NamedTuple):
@@ -27,11 +30,39 @@ class Neighbours(NamedTuple):
     scores: np.ndarray  # float32 inner products
 
 
+class AllowedIds:
+    """The only ids a search may return: a sorted int64 array, plus what a backend derives from it to test an id
+    fast (a bitmap, say), kept here so that the searches of one filter derive it once (search/filters.py caches
+    an AllowedIds per filter and dataset state)."""
+
+    def __init__(self, ids: np.ndarray) -> None:
+        self.ids = np.ascontiguousarray(ids, dtype=np.int64).reshape(-1)
+        self._derived: dict[str, object] = {}
+        self._lock = threading.Lock()
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def derived(self, key: str, make: Callable[[np.ndarray], object]) -> object:
+        """make(ids), made once per key (searches run concurrently: the lock keeps it to once)."""
+        with self._lock:
+            if key not in self._derived:
+                self._derived[key] = make(self.ids)
+            return self._derived[key]
+
+
+Allowed = Union[np.ndarray, AllowedIds]
+
+
 class UnreadableIndexFile(Exception):
     """load() could not read the file: it is missing, truncated or not an index."""
 
 
 class VectorIndex(ABC):
+    # The size and SHA-256 of the file this index was loaded from or last saved to (seal.FileDigest; its sha256
+    # is None for a large mapped file), or None for an index that was neither
+    file_digest = None
+
     # -- making, reading and writing ------------------------------------------------------------------------------
     @classmethod
     @abstractmethod
@@ -53,8 +84,13 @@ class VectorIndex(ABC):
         searches touch them instead of reading them all; a mapped index is read-only."""
 
     @abstractmethod
-    def save(self, path: Path) -> None:
-        """Write atomically: readers and crashes see the old file or the complete new one, never a part."""
+    def save(self, path: Path):
+        """Write atomically: readers and crashes see the old file or the complete new one, never a part. Returns
+        the written file's seal.FileDigest (also kept as file_digest); an OSError (a full disk) leaves no file."""
+
+    def estimated_file_bytes(self) -> int:
+        """About how many bytes save() writes (for the message when they do not fit): the vectors and ids."""
+        return self.count * (self.dim * 4 + 8)
 
     # -- what it is -------------------------------------------------------------------------------------------
     @property
@@ -123,6 +159,42 @@ class VectorIndex(ABC):
 
     # -- searching --------------------------------------------------------------------------------------------
     @abstractmethod
-    def search(self, queries: np.ndarray, k: int, ids: np.ndarray | None = None) -> list[Neighbours]:
-        """The k best for each query (a row of `queries`), best first. `ids`: a sorted int64 array of the only
-        ids that may be returned (None: any id); the search effort (nprobe, ef_search) is the same either way."""
+    def search(self, queries: np.ndarray, k: int, ids: Allowed | None = None) -> list[Neighbours]:
+        """The k best for each query (a row of `queries`), best first. `ids`: the only ids that may be returned
+        (a sorted int64 array or an AllowedIds; None: any id). A search among a small share of the ids looks
+        wider (policy.filtered_nprobe), so that it finds the best allowed ids about as reliably as an unfiltered
+        search finds the best ones, and it returns min(k, allowed ids in the index) of them, never fewer."""
+
+    def similar_pairs(self, min_score: float, neighbours: int,
+                      wanted: Callable[[np.ndarray], np.ndarray] | None = None) -> Edges:
+        """The stored vectors' nearest-neighbour graph, cut at min_score: for each stored vector (or each whose id
+        `wanted(ids)` marks True), up to `neighbours` other stored ids whose inner product with it is at least
+        min_score, as chunks of (ids, neighbour ids, scores). Every vector is a query, so a backend searches here
+        with the effort that suits near-copies (close neighbours), not a text query's."""
+        for ids, vectors in self.export():
+            if wanted is not None:
+                keep = wanted(ids)
+                ids, vectors = ids[keep], vectors[keep]
+            if len(ids):
+                yield edges_from(ids, self.search(vectors, neighbours + 1), min_score)
+
+
+def edges_from(ids: np.ndarray, rows: list[Neighbours], min_score: float) -> tuple[np.ndarray, np.ndarray,
+                                                                                   np.ndarray]:
+    """(query ids, neighbour ids, scores) of the neighbours in `rows` (one per id) that reach min_score."""
+    width = max((len(row.ids) for row in rows), default=0)
+    found = np.full((len(rows), width), -1, dtype=np.int64)
+    scores = np.full((len(rows), width), -np.inf, dtype=np.float32)
+    for position, row in enumerate(rows):
+        found[position, :len(row.ids)] = row.ids
+        scores[position, :len(row.ids)] = row.scores
+    return edges_from_arrays(ids, found, scores, min_score)
+
+
+def edges_from_arrays(ids: np.ndarray, found: np.ndarray, scores: np.ndarray,
+                      min_score: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The same from a k-nearest search's (ids, scores) arrays, one row per query id (-1: no neighbour), less
+    each query itself."""
+    queries = np.broadcast_to(np.asarray(ids, dtype=np.int64)[:, None], found.shape)
+    keep = (scores >= min_score) & (found >= 0) & (found != queries)
+    return queries[keep], found[keep].astype(np.int64), scores[keep]
