@@ -14,6 +14,9 @@ sizes (default 1,000 and 5,000 images).
 --checkpoint-cost instead measures (d) with and without checkpoints (image_search/ingest/checkpoint.py), each
 right after the other, and what writing them took (--checkpoint-images N: one every N images, to see the cost of
 many on a small run; default: the ingest's own setting).
+--capture-cost instead measures what recording each file's hashes and EXIF costs: the same files ingested with
+capture on and off (IMAGE_SEARCH_CAPTURE_FACTS), alternately, best of --repeat each, and the facts of one file
+computed alone from its bytes in memory.
 Files are read from the page cache after the first pass: this measures computation, not the disk.
 """
 
@@ -332,9 +335,12 @@ def environment(**values):
                 os.environ[key] = value
 
 
-def measure_ingest(folder: Path, data_home: Path, name: str, args, mode: str) -> tuple[float, float, int, int, dict]:
-    """(d): the real ingest into a new dataset. Returns (images/s, seconds, indexed, skipped, extra): extra has the
-    steady rate, the seconds of embedding and of the rest, and (device decoding) the profile of the reader."""
+def measure_ingest(folder: Path, data_home: Path, name: str, args, mode, capture: bool = True
+                   ) -> tuple[float, float, int, int, dict]:
+    """(d): the real ingest into a new dataset (capture: recording each file's hashes and EXIF, as ingests always
+    do; off only to measure its cost). mode: see timed_ingest. Returns (images/s, seconds, indexed, skipped,
+    extra): extra has the steady rate, the seconds of embedding and of the rest, and (device decoding) the profile
+    of the reader."""
     from image_search.pipeline.batches import embed_files
     from image_search.pipeline.thread_reader import ReaderStats
 
@@ -346,10 +352,10 @@ def measure_ingest(folder: Path, data_home: Path, name: str, args, mode: str) ->
             yield batch
             timeline.append((time.perf_counter(), len(batch.positions) + len(batch.skipped) + len(batch.ignored)))
 
-    seconds, report = timed_ingest(folder, data_home, name, args, mode, embed=embed)
+    seconds, report = timed_ingest(folder, data_home, name, args, mode, embed=embed, capture=capture)
     extra = {"steady": round(steady_rate(timeline), 1), "embed_seconds": round(report.embed_seconds, 3),
              "other_seconds": round(seconds - report.embed_seconds, 3)}
-    if mode != CPU_MODE:
+    if _decoder_of(mode) != CPU_MODE:
         extra["profile"] = stats.as_dict()
     return report.indexed / seconds, seconds, report.indexed, len(report.skipped), extra
 
@@ -369,10 +375,17 @@ def steady_rate(timeline: list[tuple[float, int]]) -> float:
     return (high[1] - low[1]) / (high[0] - low[0])
 
 
-def timed_ingest(folder: Path, data_home: Path, name: str, args, mode: str, *, checkpoints=_DEFAULT, embed=None):
-    """The real ingest into a new dataset: (seconds, IngestReport). mode: CPU_MODE (worker processes) or a device
-    decoder's name. checkpoints: CheckpointSettings, or None for none (default: the ingest's own). embed: the
-    embedding step (default: the ingest's own)."""
+def _decoder_of(mode) -> str:
+    """A row's mode: CPU_MODE (worker processes), a device decoder's name, or True (GPU decoding, the best
+    decoder) / False (CPU_MODE)."""
+    return ("auto" if mode else CPU_MODE) if isinstance(mode, bool) else mode
+
+
+def timed_ingest(folder: Path, data_home: Path, name: str, args, mode, *, checkpoints=_DEFAULT, embed=None,
+                 capture: bool = True):
+    """The real ingest into a new dataset: (seconds, IngestReport). mode: see _decoder_of. checkpoints:
+    CheckpointSettings, or None for none (default: the ingest's own). embed: the embedding step (default: the
+    ingest's own). capture: record facts (off only to measure what capturing costs)."""
     from image_search.config import Settings
     from image_search.ingest import ingest_folder
     from image_search.models import shared_models
@@ -383,11 +396,13 @@ def timed_ingest(folder: Path, data_home: Path, name: str, args, mode: str, *, c
         settings = replace(settings, checkpoints=checkpoints)
     # the model measured in (a) stays loaded: (d) times the ingest, not a second model load
     engine = ImageSearch(settings, models=shared_models)
-    on_device = mode != CPU_MODE
+    decoder = _decoder_of(mode)
+    on_device = decoder != CPU_MODE
     options = {"embed": embed} if embed is not None else {}
     try:
         with environment(IMAGE_SEARCH_GPU_DECODE="1" if on_device else "0",
-                         IMAGE_SEARCH_GPU_DECODER=mode if on_device else "auto"):
+                         IMAGE_SEARCH_GPU_DECODER=decoder if on_device else "auto",
+                         IMAGE_SEARCH_CAPTURE_FACTS="1" if capture else "0"):
             started = time.perf_counter()
             report = ingest_folder(engine, folder, name, model_name=args.model, batch_size=args.batch_size,
                                    workers=args.workers, progress=False, **options)
@@ -441,6 +456,56 @@ def run_checkpoint_cost(args) -> dict:
                          "workers": args.workers, "checkpoint_images": every.images,
                          "checkpoint_seconds": every.seconds, "repeat": args.repeat},
             "results": results}
+
+
+# -- Ray's overhead on one machine -------------------------------------------------------------------------------
+def run_ray_overhead(args) -> dict:
+    """The same files ingested locally and through `--ray` (a Ray started on this machine), one after the other,
+    best of --repeat each: how much of the local ingest's speed a distributed ingest keeps on one machine."""
+    from image_search.ingest.ray_embed import RayEmbedding
+    from image_search.models import load_model
+
+    embedder = load_model(args.model, args.device)
+    embedder.prepare_image_tower()
+    args.device = embedder.device
+    print(_machine_line(machine_info()))
+    print(f"Settings: model {embedder.name} on {embedder.device}; local ingest vs --ray; best of {args.repeat}.",
+          flush=True)
+    results = []
+    ray_embed = RayEmbedding(None, device=args.device)  # started once: a cluster is up before an ingest joins it
+    try:
+        with tempfile.TemporaryDirectory(prefix="image-search-bench-") as scratch:
+            scratch = Path(scratch)
+            corpus = list(corpus_folders(args, scratch))
+            if corpus:  # one-time costs (store, first imports, Ray's actors' first model load) are in no row
+                warm_up = link_folder([Path(p) for p in image_files(corpus[0][1])[:64]], scratch / "warm-up")
+                timed_ingest(warm_up, scratch / "home", "warmup", args, True)
+                timed_ingest(warm_up, scratch / "home", "warmup-ray", args, True, embed=ray_embed)
+            for label, folder in corpus:
+                best = {"local": None, "ray": None}
+                for attempt in range(args.repeat):
+                    for mode, embed in (("local", None), ("ray", ray_embed)):
+                        seconds, report = timed_ingest(folder, scratch / "home", f"ray-{mode}-{len(results)}-{attempt}",
+                                                       args, True, embed=embed)
+                        if best[mode] is None or seconds < best[mode][0]:
+                            best[mode] = (seconds, report)
+                (local_seconds, local), (ray_seconds, on_ray) = best["local"], best["ray"]
+                row = {"label": label, "images": on_ray.indexed,
+                       "local_images_per_second": round(local.indexed / local_seconds, 2),
+                       "ray_images_per_second": round(on_ray.indexed / ray_seconds, 2),
+                       "ray_share": round((on_ray.indexed / ray_seconds) / (local.indexed / local_seconds), 4),
+                       "same_count": on_ray.indexed == local.indexed}
+                results.append(row)
+                print(f"{label}: {row['local_images_per_second']:.1f} images/s local, "
+                      f"{row['ray_images_per_second']:.1f} through Ray ({100 * row['ray_share']:.1f}% of local)",
+                      flush=True)
+    finally:
+        ray_embed.close()
+    return {"benchmark": "ingest-ray-overhead", "machine": machine_info(),
+            "settings": {"model": embedder.name, "device": embedder.device, "batch_size": args.batch_size,
+                         "workers": args.workers, "repeat": args.repeat},
+            "results": results}
+
 
 # -- the run ----------------------------------------------------------------------------------------------------
 def run_speed(args) -> dict:
@@ -583,6 +648,63 @@ def table(rows: list[Row]) -> str:
                       enumerate(zip(line, widths))) for line in lines]
     text.insert(1, "-" * len(text[0]))
     return "\n".join(text) + "\n(images/s; (d) is the whole ingest: scan, read, embed, index, commit)"
+
+
+# -- capture cost -----------------------------------------------------------------------------------------------
+def measure_facts_alone(paths: list[str], min_seconds: float = 1.0) -> float:
+    """CPU milliseconds to compute one file's facts (both hashes, header and EXIF) from its bytes in memory: the
+    work capture adds to a reader worker. CPU time of this thread, so other load on a shared machine does not
+    count (it still slows the caches)."""
+    from image_search.pipeline.facts import facts_from_bytes
+
+    files = [Path(path).read_bytes() for path in paths[:50]]
+    done, started, cpu_started = 0, time.perf_counter(), time.thread_time()
+    while done < len(files) or time.perf_counter() - started < min_seconds:
+        facts_from_bytes(files[done % len(files)])
+        done += 1
+    return (time.thread_time() - cpu_started) / done * 1000
+
+
+def run_capture_cost(args) -> dict:
+    """Ingest speed with capture on and off, on the same files, alternating which goes first."""
+    from image_search.models import load_model
+
+    embedder = load_model(args.model, args.device)
+    embedder.prepare_image_tower()
+    args.device = embedder.device
+    machine = machine_info()
+    print(_machine_line(machine))
+    results = []
+    with tempfile.TemporaryDirectory(prefix="image-search-capture-") as scratch:
+        scratch = Path(scratch)
+        corpus = [(label, folder, image_files(folder)) for label, folder in corpus_folders(args, scratch)]
+        corpus = [entry for entry in corpus if entry[2]]
+        if corpus:  # one-time costs (creating the store, first imports) are not part of any row
+            warm_up = link_folder([Path(p) for p in corpus[0][2][:2]], scratch / "warm-up")
+            measure_ingest(warm_up, scratch / "home", "warmup", args, False)
+        runs = 0
+        for label, folder, paths in corpus:
+            megapixels, file_kb = describe_files(paths)
+            best = {True: 0.0, False: 0.0}
+            for attempt in range(args.repeat):
+                for capture in ((True, False) if attempt % 2 == 0 else (False, True)):
+                    speed, *_ = measure_ingest(folder, scratch / "home", f"capture{runs}", args, False, capture)
+                    runs += 1
+                    best[capture] = max(best[capture], speed)
+            cost = 1 - best[True] / best[False] if best[False] else 0.0
+            row = {"label": label, "images": len(paths), "megapixels": round(megapixels, 2),
+                   "file_kb": round(file_kb, 1), "ingest_capture_off": round(best[False], 2),
+                   "ingest_capture_on": round(best[True], 2), "cost_percent": round(100 * cost, 1),
+                   "facts_cpu_ms_per_file": round(measure_facts_alone(paths), 3)}
+            results.append(row)
+            print(f"{label}: ingest {row['ingest_capture_off']:.1f} images/s without capture, "
+                  f"{row['ingest_capture_on']:.1f} with it: capture costs {row['cost_percent']:.1f}% "
+                  f"({row['facts_cpu_ms_per_file']:.2f} CPU ms per file alone, {row['file_kb']:.0f} KB files)", flush=True)
+    machine["load_average_at_end"] = round(os.getloadavg()[0], 2) if hasattr(os, "getloadavg") else None
+    return {"benchmark": "ingest-capture-cost", "machine": machine,
+            "settings": {"model": embedder.name, "device": embedder.device, "count": args.count,
+                         "repeat": args.repeat, "workers": args.workers, "batch_size": args.batch_size},
+            "results": results}
 
 
 # -- memory check -----------------------------------------------------------------------------------------------
@@ -728,11 +850,17 @@ def parse_args(argv=None):
     parser.add_argument("--memory-size", type=float, default=0.3,
                         help="megapixels of the photos for --memory (default: 0.3)")
     parser.add_argument("--memory-child", metavar="DIR", help=argparse.SUPPRESS)
+    parser.add_argument("--ray-overhead", action="store_true",
+                        help="ingest the same files locally and through --ray (Ray started on this machine) and "
+                             "report the share of the local speed that Ray keeps")
     parser.add_argument("--checkpoint-cost", action="store_true",
                         help="instead of speed, measure ingests with and without checkpoints")
     parser.add_argument("--checkpoint-images", type=_positive, default=None,
                         help="for --checkpoint-cost: a checkpoint every this many images (default: the ingest's "
                              "own, 10,000 or a minute)")
+    parser.add_argument("--capture-cost", action="store_true",
+                        help="instead of speed, measure what recording hashes and EXIF costs: ingests of the same "
+                             "files with capture on and off (best of --repeat each)")
     args = parser.parse_args(argv)
     if args.workers is not None and args.workers < 0:
         parser.error("--workers must be 0 or more")
@@ -748,7 +876,8 @@ def main(argv=None) -> int:
 
     with text_to_stderr_under_json(args):
         result = (run_memory(args) if args.memory else run_checkpoint_cost(args) if args.checkpoint_cost
-                  else run_speed(args))
+                  else run_capture_cost(args) if args.capture_cost
+                  else run_ray_overhead(args) if args.ray_overhead else run_speed(args))
     print_result(args, None, result)
     return 0
 

@@ -179,8 +179,8 @@ def test_json_prints_json_alone_and_json_file_keeps_the_text(tmp_path, photos):
     results = json.loads(as_json.stdout)  # the whole of stdout is the JSON
     assert [r["path"] for r in results][0] == str(query)
     table = to_file.stdout.splitlines()
-    assert table[0].split() == ["#", "score", "path"] and table[1].endswith(str(query))
-    assert table[3:] == [f"Wrote {out / 'search.json'}"]
+    assert table[0].split() == ["#", "score", "date", "camera", "path"] and table[1].endswith(str(query))
+    assert table[3:] == ["* no date in the picture's EXIF: the file's modification time", f"Wrote {out / 'search.json'}"]
     (out / "ingest.json").unlink()
     assert _only_file(out, "search.json") == results
 

@@ -59,7 +59,8 @@ def test_demo_with_a_text_model_searches_by_text_and_a_rerun_embeds_nothing(tmp_
     assert "No text search" not in first.stdout
     assert 'Searching samples for "a red circle":' in first.stdout
     table = first.stdout.split('"a red circle":\n')[1].splitlines()
-    assert table[0].split() == ["#", "score", "path"] and len(table[1].split()) == 3
+    assert table[0].split() == ["#", "score", "date", "camera", "path"]
+    assert len(table[1].split()) == 6  # rank, score, date and time (the file's: the samples have no EXIF), -, path
     assert 'python -m cli.cli_search -q "a yellow sun over the sea" -n samples' in first.stdout
     again = run_tool("cli.cli_demo", env=env, cwd=work)
     assert again.returncode == 0, again.stderr

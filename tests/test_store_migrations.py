@@ -431,7 +431,8 @@ def test_a_dataset_ingested_by_the_version_1_release_keeps_working(make_place, v
     engine = new_engine(place)
     try:
         record = engine.dataset("old-case")
-        assert version(engine.store) == schema.latest_version() and record.image_count == 12 and record.root == str(folder)
+        assert version(engine.store) == schema.latest_version()
+        assert record.image_count == 12 and record.root == str(folder)
         on_disk = {os.path.join(str(folder), name) for name in os.listdir(str(folder))}
         assert {r.path for r in engine.store.image_records(record.id)} == on_disk and odd_name in on_disk
         results = search_by_text(engine, "old-case", "a photo", 12)

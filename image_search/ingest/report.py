@@ -83,7 +83,8 @@ class IngestReport:
     def to_dict(self) -> dict:
         return {
             "dataset": self.dataset, "root": printable(self.root), "model": self.model, "indexed": self.indexed,
-            "reused": self.reused, "removed": self.removed, "facts_updated": self.facts_updated, "total": self.total, "seconds": round(self.seconds, 3),
+            "reused": self.reused, "removed": self.removed, "facts_updated": self.facts_updated, "total": self.total,
+            "seconds": round(self.seconds, 3),
             "model_seconds": round(self.model_seconds, 3), "to_embed": self.to_embed,
             "embed_seconds": round(self.embed_seconds, 3),
             "images_per_second": round(self.images_per_second, 2) if self.indexed else None, "ignored": self.ignored,

@@ -317,7 +317,8 @@ class MetadataStore:
         self.ensure_schema()
         added = added if isinstance(added, Sequence) else list(added)  # a retry reads them again
         arguments = dict(dataset=dataset, base_generation=base_generation, new_generation=new_generation,
-                         added=added, removed_ids=removed_ids, image_count=image_count, next_vector_id=next_vector_id)
+                         added=added, removed_ids=removed_ids, image_count=image_count, next_vector_id=next_vector_id,
+                         refreshed_facts=list(refreshed_facts))
         try:
             self._write_generation(**arguments)
         except ConnectionLost:
@@ -330,7 +331,7 @@ class MetadataStore:
 
     def _write_generation(self, *, dataset: DatasetRecord | NewDataset, base_generation: int, new_generation: int,
                           added: Sequence[ImageRecord], removed_ids: Sequence[int], image_count: int,
-                          next_vector_id: int) -> None:
+                          next_vector_id: int, refreshed_facts: Sequence[tuple[int, ImageFacts]] = ()) -> None:
         now = _now()
         with self._cursor(write=True) as cursor:
             if isinstance(dataset, NewDataset):
@@ -366,10 +367,8 @@ class MetadataStore:
                 ((dataset_id, r.vector_id, encode_path(r.path), r.size, r.mtime_ns, r.ctime_ns, r.inode,
                   *(r.facts.as_row() if r.facts is not None else _NO_FACTS)) for r in added))
             self._update_facts(cursor, dataset_id, refreshed_facts)
-        record = self.get_dataset(name)
-        assert record is not None
-        return record
 
+    @reconnecting
     def refresh_facts(self, dataset: DatasetRecord, refreshed_facts: Iterable[tuple[int, ImageFacts]]) -> None:
         """Fill in the facts of kept rows (vector_id, facts) in one transaction, when an ingest changes nothing else:
         the index and the generation stay as they are. Refused when the dataset moved on from dataset.generation."""
