@@ -238,7 +238,7 @@ def measure_raw_decode(embedder, paths: list[str], mode: str, batch: int, second
     import torch
     from concurrent.futures import ThreadPoolExecutor
 
-    from image_search.pipeline.decode import read_pixels_from_bytes
+    from image_search.pipeline.decode import pixels_from_bytes
     from image_search.pipeline.device_decoders import make_decoder
     from image_search.pipeline.device_resize import model_pixels_on_device
     from image_search.pipeline.jpeg_header import parse_jpeg_header
@@ -250,7 +250,7 @@ def measure_raw_decode(embedder, paths: list[str], mode: str, batch: int, second
         cores = os.cpu_count() or 1
         with ThreadPoolExecutor(cores) as pool:
             def once():
-                list(pool.map(lambda d: read_pixels_from_bytes(d, "x.jpg", embedder.geometry, embedder.input_size),
+                list(pool.map(lambda d: pixels_from_bytes(d, "JPEG", embedder.geometry, embedder.input_size),
                               files))
             result["decode_resize"] = round(_rate(once, len(files), seconds), 1)
             result["threads"] = cores

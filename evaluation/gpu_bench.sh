@@ -7,8 +7,8 @@
 #  python-dotenv filelock tqdm packaging, and for the hardware JPEG decoder nvidia-nvimgcodec-cu13 nvidia-nvjpeg).
 #
 # Usage: evaluation/gpu_bench.sh [WHEEL_DIR] [more benchmark_ingest flags]
-# Environment: PYTHON (python3), COUNT (20000 files per size), DISTINCT (300 distinct photos per size, the files
-#              cycle through them), SIZES (0.3,2,12), REPEAT (1: best of), CPU_COUNT (3000: files for the slow
+# Environment: PYTHON (python3), COUNT (20000 files per size), DISTINCT (200 distinct photos per size, the files
+#              cycle through them), SIZES (0.3,2,12), REPEAT (1: best of), CPU_COUNT (2000: files for the slow
 #              CPU-decoding rows), DECODE_COUNT (8000: files for (b)), OUT (bench-out: JSON results and logs),
 #              CORPUS (where generated photos are cached), PROFILE (1: also each stage's and decoder's rate,
 #              evaluation/profile_gpu_decode.py), TESTS (1: also the GPU tests), MEMORY (1: also the 1,000 vs
@@ -43,13 +43,13 @@ fi
 # (b) and (d) with CPU worker processes and with the threaded reader and each device decoder; one reader thread
 # per core, GPU-sized batches. Tens of thousands of files per size: at thousands of images/s, a few thousand would
 # mostly time the start.
-"$PYTHON" -m evaluation.benchmark_ingest --device cuda --count "${COUNT:-20000}" --distinct "${DISTINCT:-300}" \
+"$PYTHON" -m evaluation.benchmark_ingest --device cuda --count "${COUNT:-20000}" --distinct "${DISTINCT:-200}" \
   --sizes "${SIZES:-0.3,2,12}" --repeat "${REPEAT:-1}" --batch-size 256 --workers "$CORES" --gpu-decode both \
-  --cpu-count "${CPU_COUNT:-3000}" --decode-count "${DECODE_COUNT:-8000}" --naive-count 16 --model-seconds 2 \
+  --cpu-count "${CPU_COUNT:-2000}" --decode-count "${DECODE_COUNT:-8000}" --naive-count 16 --model-seconds 2 \
   --corpus "$CORPUS" --json "$OUT/ingest-gpu.json" "$@" 2>&1 | tee "$OUT/ingest-gpu.log"
 
 if [ "${PROFILE:-1}" = "1" ]; then
-  "$PYTHON" -m evaluation.profile_gpu_decode --sizes "${SIZES:-0.3,2,12}" --corpus "$CORPUS" \
+  "$PYTHON" -m evaluation.profile_gpu_decode --sizes "${SIZES:-0.3,2,12}" --corpus "$CORPUS" --batches 256 \
     --json "$OUT/ingest-gpu-profile.json" 2>&1 | tee "$OUT/ingest-gpu-profile.log"
 fi
 

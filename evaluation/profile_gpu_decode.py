@@ -2,7 +2,8 @@
 python -m evaluation.profile_gpu_decode [--sizes 2,12,0.3] [--json FILE]
 
 For each size, with files already in memory unless said otherwise, images/s of:
-  read        reading the files from the page cache with one thread per core
+  read        reading the files from the page cache with one thread per core (read safely: as the reader does)
+  facts       SHA-256 + MD5 + EXIF fields (facts.jpeg_facts), one thread per core
   hash        SHA-256 + MD5 of each file's bytes, one thread per core (what facts capture costs)
   header      jpeg_header.parse_jpeg_header in one thread (Python under the interpreter lock)
   cpu         Pillow with DCT scaling + the model's resize, one thread per core (the CPU's share)
@@ -42,8 +43,8 @@ def nvimgcodec_variants():
     if codec is None:
         return {}
     kinds = codec.BackendKind
-    return {"nvimgcodec-hw": [kinds.HW_GPU_ONLY], "nvimgcodec-hw+cuda": [kinds.HW_GPU_ONLY, kinds.GPU_ONLY],
-            "nvimgcodec-cuda": [kinds.GPU_ONLY]}
+    # its CUDA-only backend alone could not be created on the H200 (status 7): not measured
+    return {"nvimgcodec-hw": [kinds.HW_GPU_ONLY], "nvimgcodec-hw+cuda": [kinds.HW_GPU_ONLY, kinds.GPU_ONLY]}
 
 
 def make_variant(name: str, backends, device: str):
@@ -61,20 +62,25 @@ def make_variant(name: str, backends, device: str):
 def profile_size(embedder, files: list[bytes], cores: int, batches: list[int], paths: list[str]) -> dict:
     import torch
 
-    from image_search.pipeline.decode import read_pixels_from_bytes
+    from image_search.pipeline.decode import pixels_from_bytes, read_scanned_image
+    from image_search.pipeline.facts import jpeg_facts
     from image_search.pipeline.device_resize import model_pixels_on_device
     from image_search.pipeline.jpeg_header import parse_jpeg_header
 
     result = {}
     with ThreadPoolExecutor(cores) as pool:
         result["read"] = rate(lambda: list(pool.map(lambda p: Path(p).read_bytes(), paths)), len(paths))
+        real = [os.path.realpath(p) for p in paths]
+        result["read safely"] = rate(lambda: list(pool.map(read_scanned_image, real)), len(real))
+        headers_once = [parse_jpeg_header(d) for d in files]
+        result["facts"] = rate(lambda: list(pool.map(jpeg_facts, files, headers_once)), len(files))
 
         def hashes(data):
             hashlib.sha256(data).digest()
             hashlib.md5(data).digest()
         result["hash"] = rate(lambda: list(pool.map(hashes, files)), len(files))
         result["cpu"] = rate(lambda: list(pool.map(
-            lambda d: read_pixels_from_bytes(d, "x.jpg", embedder.geometry, embedder.input_size), files)), len(files))
+            lambda d: pixels_from_bytes(d, "JPEG", embedder.geometry, embedder.input_size), files)), len(files))
     result["header"] = rate(lambda: [parse_jpeg_header(d) for d in files], len(files))
     headers = [parse_jpeg_header(d) for d in files]
     orientations = [h.orientation if h else 1 for h in headers]

@@ -193,16 +193,21 @@ def test_a_decoder_that_cannot_start_leaves_everything_to_the_cpu(mixed, tiny, m
     assert set(pixels) == set(cpu_reader_outcome(mixed, tiny.geometry, tiny.input_size)[0])
 
 
-def test_cpu_threads_decode_jpegs_while_the_device_queue_is_full(tmp_path, tiny, monkeypatch):
+@pytest.mark.parametrize("large", [True, False])
+def test_cpu_threads_decode_large_jpegs_while_the_device_queue_is_full(tmp_path, tiny, monkeypatch, large):
+    """A slow device (its queue of 2 files fills at once): large pictures are decoded by reader threads meanwhile,
+    small ones wait for the device."""
     paths = [save_photo(tmp_path / f"p{i}.jpg", i, 320, 240) for i in range(12)]
-    decoder = RecordingDecoder(delay=0.3)  # a slow device: its queue (2 files here) fills at once
+    decoder = RecordingDecoder(delay=0.3)
     use_decoder(monkeypatch, decoder)
+    monkeypatch.setattr(thread_reader, "ASSIST_MIN_PIXELS", 320 * 240 if large else 320 * 240 + 1)
     stats = ReaderStats()
     pixels, _, _, _ = read_all(paths, tiny.geometry, tiny.input_size, device="cpu", decoder="nvjpeg", threads=3,
                                decode_batch=1, decoding_threads=1, stats=stats)
     assert sorted(pixels) == list(range(12))
-    assert stats.counts.get("CPU decode", 0) >= 1 and sum(decoder.calls) >= 1
-    assert stats.counts.get("CPU decode", 0) + stats.counts["device decode"] == 12
+    on_cpu = stats.counts.get("CPU decode", 0)
+    assert (on_cpu >= 1) if large else (on_cpu == 0)
+    assert on_cpu + stats.counts["device decode"] == 12 and sum(decoder.calls) >= 1
 
 
 def test_a_decoding_call_holds_at_most_its_pixel_budget(tmp_path, tiny, monkeypatch):

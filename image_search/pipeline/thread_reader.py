@@ -36,7 +36,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from .decode import NotAnImage, UnreadableImage, pixels_from_bytes, read_image_file
+from .decode import NotAnImage, UnreadableImage, pixels_from_bytes, read_scanned_image
 from .device_decoders import make_decoder
 from .device_resize import model_pixels_on_device, pixels_per_call
 from .facts import jpeg_facts
@@ -256,7 +256,7 @@ class ThreadReader:
         path = self.paths[position]
         started = time.perf_counter()
         try:
-            data, fmt = read_image_file(path, scanned=True)  # the one read of the file
+            data, fmt = read_scanned_image(path)  # the one read of the file
         except NotAnImage:
             self._out.put((_IGNORED, position))
             return
