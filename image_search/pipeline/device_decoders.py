@@ -7,7 +7,8 @@ RGB tensor per file on the device (None for a file it could not decode), in one 
 - "nvjpeg": nvJPEG through torchvision.io.decode_jpeg, which ships with torchvision (on a CPU device it is
   torchvision's libjpeg decoder: the tests run the whole GPU path that way).
 
-available_decoders() lists those that work here; make_decoder(name, device) makes one (one per decoding thread).
+available_decoders() lists those that work here, best first; make_decoder(name, device) makes one (one per
+decoding thread). IMAGE_SEARCH_GPU_DECODER picks one by name.
 """
 
 from __future__ import annotations
@@ -17,8 +18,11 @@ import warnings
 from typing import Sequence
 
 NVIMGCODEC, NVJPEG = "nvimgcodec", "nvjpeg"
-DECODERS = (NVIMGCODEC, NVJPEG)  # best first: nvImageCodec's hardware path decoded 2 MP photos 11% faster
-# (5,426 vs 4,869 images/s on an H200, issue 14) and leaves the CUDA cores to the model
+# Best first, by whole ingests on an H200 with 16 cores (evaluation/results/ingest-gpu-h200.json): nvJPEG 2,470 /
+# 1,798 / 677 images/s of 0.3 / 2 / 12 MP photos, nvImageCodec 2,103 / 1,321 / 597, although nvImageCodec's
+# hardware engines alone decode 2 and 12 MP photos faster (5,003 vs 4,904 and 977 vs 736 a second, files in
+# memory). The ingest is limited by the CPU threads, and nvImageCodec's call keeps them waiting longer.
+DECODERS = (NVJPEG, NVIMGCODEC)
 
 # torchvision >= 0.29 flags its image codecs as deprecated on every call; filtered once, by origin (a
 # warnings.catch_warnings() per call is not thread-safe, and two decoding threads call at once).
@@ -41,11 +45,8 @@ def nvimgcodec_module():
 def available_decoders(device: str) -> list[str]:
     """The device decoders that work for this device, best first. nvImageCodec counts only on CUDA and only when
     it decodes a probe JPEG (it installs without a GPU)."""
-    names = []
-    if device.startswith("cuda") and _works(NVIMGCODEC, device):
-        names.append(NVIMGCODEC)
-    names.append(NVJPEG)
-    return names
+    return [name for name in DECODERS
+            if name == NVJPEG or (device.startswith("cuda") and _works(name, device))]
 
 
 def choose_decoder(device: str, requested: str = "auto") -> str:
