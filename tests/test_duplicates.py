@@ -170,7 +170,7 @@ def test_images_ingested_before_hashes_are_counted_and_still_grouped_by_vector(e
     index = vectors.new_index(data.shape[1])
     index.add(data, np.arange(1, 51, dtype=np.int64))
     index.save(vectors.layout.index_file(engine.data_home, uid, 1))
-    rows = [ImageRecord(i, f"/old/{i:03d}.jpg", 100, 0, ImageFacts(sha256="ab" * 32) if i in (21, 22) else None)
+    rows = [ImageRecord(i, f"/old/{i:03d}.jpg", 100, 0, facts=ImageFacts(sha256="ab" * 32) if i in (21, 22) else None)
             for i in range(1, 51)]
     engine.store.commit_generation(dataset=NewDataset("old", uid, MODEL, data.shape[1], "/old", "flat"),
                                    base_generation=0, new_generation=1, added=rows, removed_ids=[], image_count=50,
@@ -315,10 +315,12 @@ def test_the_server_offers_the_new_tasks(served):
     duplicates = [("dataset_name", "enum"), ("threshold", "float"), ("groups", "enum")]
     assert shape("/find_duplicates") == ([], duplicates)
     assert shape("/report_duplicates") == ([("output_dir", "directory")], duplicates)
-    assert shape("/report_text_search") == ([("text_query", "text"), ("output_dir", "directory")],
-                                            [("dataset_name", "enum"), ("num_results", "int")])
-    assert shape("/report_image_search") == ([("image_path", "file"), ("output_dir", "directory")],
-                                             [("dataset_name", "enum"), ("num_results", "int")])
+    # a search report takes the search's filters too (the same fields as the search tasks)
+    searched = [("dataset_name", "enum"), ("num_results", "int"), ("folder", "text"), ("taken_from", "text"),
+                ("taken_to", "text"), ("camera", "text"), ("format", "text"), ("min_score", "text"),
+                ("collapse_duplicates", "enum")]
+    assert shape("/report_text_search") == ([("text_query", "text"), ("output_dir", "directory")], searched)
+    assert shape("/report_image_search") == ([("image_path", "file"), ("output_dir", "directory")], searched)
     # the text report offers only datasets that read text
     schema = server.get("/report_text_search/task_schema").json()
     assert [v["key"] for v in schema["parameters"][0]["value"]["enum_vals"]] == ["texts"]

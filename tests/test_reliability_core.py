@@ -243,7 +243,17 @@ def _write_with_unsealed_code(tmp_path: Path, folder: Path, name: str, env: dict
     assert result.returncode == 0, result.stderr
 
 
+def _as_before_schema_3(engine) -> None:
+    """Drop the tables this process made, so that the old code makes its own (schema 2) and this one migrates them
+    as it would a user's: the fixture's store was made at the current schema, which the old code refuses."""
+    with engine.store._cursor(write=True) as cursor:
+        for table in ("images", "datasets", "schema_info"):
+            cursor.execute(f"DROP TABLE IF EXISTS {table}")
+    engine.store._schema_ready = False
+
+
 def test_data_written_before_seals_keeps_working_and_is_sealed(engine, case, tmp_path, cli_env):
+    _as_before_schema_3(engine)
     _write_with_unsealed_code(tmp_path, case, "old", cli_env)
     path = index_path(engine, "old")
     assert not seal_of(path).exists()

@@ -333,4 +333,4 @@ def test_a_sqlite_store_in_a_read_only_data_folder_is_a_sentence(read_only_home,
     cli = subprocess.run([sys.executable, "-m", "cli.cli_preprocess", "-i", folder, "-n", "more", "--no-progress"],
                          env=tool_env(home, None), cwd=REPO, capture_output=True, text=True, timeout=300)
     assert cli.returncode == 2 and "Traceback" not in cli.stderr, cli.stderr
-    assert "writable" in cli.stderr and "--data-dir" in cli.stderr, cli.stderr
+    assert "writable" in cli.stderr and "IMAGE_SEARCH_HOME" in cli.stderr, cli.stderr
