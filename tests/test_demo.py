@@ -72,4 +72,4 @@ def test_readme_quick_start_is_the_demo_and_the_tests():
     quick_start = readme.split("## Quick start", 1)[1].split("\n## ", 1)[0]
     commands = re.findall(r"```sh\n(.*?)\n```", quick_start, flags=re.S)
     assert commands == [DEMO_COMMAND, TEST_COMMAND]
-    assert "5.7 GB" in quick_start and "3.2 GB" in quick_start and "about 10 minutes on 2 cores" in quick_start
+    assert "5.7 GB" in quick_start and "3.2 GB" in quick_start and "about 30 minutes on 2 cores" in quick_start
