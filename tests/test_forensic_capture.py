@@ -168,18 +168,24 @@ def test_the_reader_reads_each_file_once_and_records_its_facts(tmp_path, monkeyp
     paths = write_pictures(tmp_path / "pictures")
     embedder = load_model(TEST_MODEL, "cpu")
     opened = []
-    real_open = builtins.open
+    real_open, real_os_open = builtins.open, os.open
 
     def counting_open(file, *args, **kwargs):
         opened.append(os.fspath(file))
         return real_open(file, *args, **kwargs)
 
+    def counting_os_open(file, *args, **kwargs):  # the readers open through pipeline/safe_open.py
+        opened.append(os.fspath(file))
+        return real_os_open(file, *args, **kwargs)
+
     for encoded_jpegs in (False, True):
         dataset = _FileDataset([str(p) for p in paths.values()], embedder.geometry, embedder.input_size,
                                encoded_jpegs=encoded_jpegs)
         monkeypatch.setattr(builtins, "open", counting_open)
+        monkeypatch.setattr(os, "open", counting_os_open)
         items = [dataset[i] for i in range(len(paths))]
         monkeypatch.setattr(builtins, "open", real_open)
+        monkeypatch.setattr(os, "open", real_os_open)
         assert sorted(opened) == sorted(str(p) for p in paths.values()), encoded_jpegs
         opened.clear()
         for (position, status, payload), path in zip(items, paths.values()):
