@@ -100,7 +100,7 @@ class SyntheticFacts:
                            camera_model="Canon EOS 5D" if canon else "iPhone 12",
                            taken_at="2023-03-15T12:00:00" if self.taken_2023[i] else None)
         path = f"/synthetic/{self.size}/f{int(self.folder[i]):02d}/{vector_id:07d}.jpg"
-        return ImageRecord(vector_id, path, 0, 0, facts)
+        return ImageRecord(vector_id, path, 0, 0, facts=facts)
 
 
 def text_queries(count: int, tag: str) -> list[str]:

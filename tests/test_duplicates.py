@@ -170,7 +170,7 @@ def test_images_ingested_before_hashes_are_counted_and_still_grouped_by_vector(e
     index = vectors.new_index(data.shape[1])
     index.add(data, np.arange(1, 51, dtype=np.int64))
     index.save(vectors.layout.index_file(engine.data_home, uid, 1))
-    rows = [ImageRecord(i, f"/old/{i:03d}.jpg", 100, 0, ImageFacts(sha256="ab" * 32) if i in (21, 22) else None)
+    rows = [ImageRecord(i, f"/old/{i:03d}.jpg", 100, 0, facts=ImageFacts(sha256="ab" * 32) if i in (21, 22) else None)
             for i in range(1, 51)]
     engine.store.commit_generation(dataset=NewDataset("old", uid, MODEL, data.shape[1], "/old", "flat"),
                                    base_generation=0, new_generation=1, added=rows, removed_ids=[], image_count=50,
