@@ -8,7 +8,6 @@ import contextlib
 import json
 import os
 import sys
-import tempfile
 from typing import Callable
 
 from image_search import (CLI_FIXES, InvalidInputError, ToolParser, add_common_flags, cli_message, open_from_flags,
@@ -74,22 +73,15 @@ def json_to_stdout(args) -> bool:
 
 
 def write_json_file(path: str | os.PathLike, data) -> None:
-    """Write beside the target and rename, so a reader (or a crash) never sees half a file."""
-    path = os.path.abspath(path)
-    temporary = None
-    try:
-        handle, temporary = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp",
-                                             dir=os.path.dirname(path))
-        with os.fdopen(handle, "w", encoding="utf-8") as output:
-            json.dump(data, output, indent=2, ensure_ascii=False)
-            output.write("\n")
-        os.replace(temporary, path)
-    except OSError as error:
-        raise InvalidInputError(f"Cannot write the JSON file {path} ({error.strerror or error}); give --json a "
-                                "file in a folder you can write to.") from None
-    finally:
-        if temporary is not None and os.path.exists(temporary):
-            os.unlink(temporary)
+    """Write through a temporary file that is renamed (image_search.write_atomically): never half a file."""
+    from image_search import write_atomically
+
+    def write(output) -> None:
+        json.dump(data, output, indent=2, ensure_ascii=False)
+        output.write("\n")
+
+    write_atomically(os.path.abspath(path), write, what="the JSON file", fix="give --json a file in a folder you "
+                     "can write to")
 
 
 def print_result(args, text: str | Callable[[], str] | None, data) -> None:

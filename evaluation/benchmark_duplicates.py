@@ -272,8 +272,8 @@ def time_size(size: int, threshold: float, work: Path, nprobe: int | None, log) 
         index.save(vectors.layout.index_file(home, uid, 1))
         kind = index.kind
         del index
-        rows = (ImageRecord(int(i), f"/synthetic/{i:07d}.jpg", 1000, 0,
-                            facts=ImageFacts(sha256=f"{int(sha[i - 1]):064x}", md5=f"{int(sha[i - 1]):032x}"))
+        rows = (ImageRecord(int(i), f"/synthetic/{i:07d}.jpg", 1000, 0, facts=
+                            ImageFacts(sha256=f"{int(sha[i - 1]):064x}", md5=f"{int(sha[i - 1]):032x}"))
                 for i in ids)
         engine.store.commit_generation(dataset=NewDataset("synthetic", uid, "ViT-B-32:random", 512, "/synthetic",
                                                           kind),

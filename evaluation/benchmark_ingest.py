@@ -7,7 +7,10 @@ run on this machine, with the same model and settings:
   (c) naive   like the original: one process, full-size decode, open_clip's preprocess, one image at a time
   (d) ingest  the real ingest_folder into a new dataset (SQLite in a temporary data folder)
 and prints images/s for each, d / min(a, b) and d / c. On CUDA it also measures (b) and (d) with JPEGs decoded on
-the GPU. --memory instead measures the peak memory of ingests of different sizes (default 1,000 and 5,000 images).
+the GPU, once per device decoder that works there (nvImageCodec, nvJPEG), with each decoder's raw rate on files
+already in memory, the ingest's steady rate (from 10% to 90% of the files) beside its whole-run rate, and the time
+per stage of the threaded reader (the profile). --memory instead measures the peak memory of ingests of different
+sizes (default 1,000 and 5,000 images).
 --checkpoint-cost instead measures (d) with and without checkpoints (image_search/ingest/checkpoint.py), each
 right after the other, and what writing them took (--checkpoint-images N: one every N images, to see the cost of
 many on a small run; default: the ingest's own setting).
@@ -29,7 +32,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
@@ -38,6 +41,7 @@ DEFAULT_SIZES = "0.3,2,12"
 DEFAULT_COUNT = 200
 DEFAULT_NAIVE_COUNT = 24
 DEFAULT_MEMORY_COUNTS = "1000,5000"
+CPU_MODE = "cpu"  # (b) and (d) with worker processes decoding on the CPU
 MEMORY_DISTINCT_PHOTOS = 200  # the memory check links its thousands of files to this many distinct photos
 _DEFAULT = object()  # timed_ingest's checkpoints when not given: the ingest's own setting
 
@@ -149,7 +153,7 @@ def _versions() -> dict:
 @dataclass
 class Row:
     label: str  # e.g. "2 MP" or a folder name
-    decode: str  # "cpu" or "gpu": where JPEGs are decoded in (b) and (d)
+    decode: str  # "cpu" (worker processes) or the device decoder ("nvimgcodec", "nvjpeg") used in (b) and (d)
     images: int
     megapixels: float
     file_kb: float
@@ -199,26 +203,92 @@ def measure_model(embedder, batch_size: int, min_seconds: float) -> float:
     return done / (time.perf_counter() - started)
 
 
-def measure_decode(embedder, paths: list[str], batch_size: int, workers: int, on_device: bool) -> float:
-    """(b): the ingest's reader alone (on_device: JPEGs decoded and resized on the GPU, as ingest does then)."""
-    from image_search.pipeline.batches import reader_batch_size
-    from image_search.pipeline.cpu_reader import iter_batches
+def measure_decode(embedder, paths: list[str], batch_size: int, workers: int, mode: str) -> float:
+    """(b): the ingest's reader alone: worker processes decoding on the CPU ("cpu"), or the threaded reader with
+    that device decoder (JPEGs decoded, turned and resized on the GPU as ingest does then)."""
+    import torch
 
+    on_cuda = embedder.device.startswith("cuda")
     done, started = 0, time.perf_counter()
-    for batch in iter_batches(paths, geometry=embedder.geometry, min_side=embedder.input_size,
-                              batch_size=reader_batch_size(embedder, batch_size), workers=workers,
-                              pin_memory=embedder.device.startswith("cuda"), encoded_jpegs=on_device):
-        done += len(batch.positions)
-        if batch.encoded is not None:
-            from image_search.pipeline.gpu_decode import decode_batch
+    if mode == CPU_MODE:
+        from image_search.pipeline.batches import reader_batch_size
+        from image_search.pipeline.cpu_reader import iter_batches
 
-            decoded = decode_batch(batch.encoded, paths, geometry=embedder.geometry, min_side=embedder.input_size,
-                                   device=embedder.device)
-            done += len(decoded.positions)
-            if decoded.pixels is not None:
-                decoded.pixels.sum().item()  # wait for the device
-        elif batch.pixels is not None and embedder.device.startswith("cuda"):
-            batch.pixels.to(embedder.device, non_blocking=True).sum().item()
+        for batch in iter_batches(paths, geometry=embedder.geometry, min_side=embedder.input_size,
+                                  batch_size=reader_batch_size(embedder, batch_size), workers=workers,
+                                  pin_memory=on_cuda):
+            done += len(batch.positions)
+            if batch.pixels is not None and on_cuda:
+                batch.pixels.to(embedder.device, non_blocking=True)
+    else:
+        from image_search.config import capture_requested
+        from image_search.pipeline.thread_reader import ThreadReader
+
+        for chunk in ThreadReader(paths, geometry=embedder.geometry, min_side=embedder.input_size,
+                                  device=embedder.device, decoder=mode, threads=workers, capture=capture_requested()):
+            done += len(chunk.positions)
+    if on_cuda:
+        torch.cuda.synchronize()
+    return done / (time.perf_counter() - started)
+
+
+def measure_raw_decode(embedder, paths: list[str], mode: str, batch: int, seconds: float) -> dict:
+    """The decoder alone on files already in memory, in batches of `batch` (the device decoders) or on every core
+    (Pillow with DCT scaling, "cpu"): images/s decoded, and decoded + turned + resized to the model's input."""
+    import torch
+    from concurrent.futures import ThreadPoolExecutor
+
+    from image_search.pipeline.decode import pixels_from_bytes
+    from image_search.pipeline.device_decoders import make_decoder
+    from image_search.pipeline.device_resize import model_pixels_on_device
+    from image_search.pipeline.jpeg_header import parse_jpeg_header
+
+    files = [Path(path).read_bytes() for path in paths[:batch]]
+    files = (files * (batch // len(files) + 1))[:batch]
+    result = {"batch": batch}
+    if mode == CPU_MODE:
+        cores = os.cpu_count() or 1
+        with ThreadPoolExecutor(cores) as pool:
+            def once():
+                list(pool.map(lambda d: pixels_from_bytes(d, "JPEG", embedder.geometry, embedder.input_size),
+                              files))
+            result["decode_resize"] = round(_rate(once, len(files), seconds), 1)
+            result["threads"] = cores
+        return result
+    decoder = make_decoder(mode, embedder.device)
+    orientations = [(parse_jpeg_header(d) or _UPRIGHT).orientation for d in files]
+    on_cuda = embedder.device.startswith("cuda")
+    stream = torch.cuda.Stream(torch.device(embedder.device)) if on_cuda else None
+
+    def decode():
+        with torch.cuda.stream(stream) if on_cuda else nullcontext():
+            images = decoder.decode(files)
+        if on_cuda:
+            stream.synchronize()
+        return images
+
+    def decode_resize():
+        with torch.cuda.stream(stream) if on_cuda else nullcontext():
+            model_pixels_on_device(decoder.decode(files), orientations, embedder.geometry)
+        if on_cuda:
+            stream.synchronize()
+
+    result["refused"] = sum(image is None for image in decode())
+    result["decode"] = round(_rate(decode, len(files), seconds), 1)
+    result["decode_resize"] = round(_rate(decode_resize, len(files), seconds), 1)
+    return result
+
+
+class _UPRIGHT:
+    orientation = 1
+
+
+def _rate(work, items: int, seconds: float) -> float:
+    work()  # warm-up: handles, kernels, buffers
+    done, started = 0, time.perf_counter()
+    while done == 0 or time.perf_counter() - started < seconds:
+        work()
+        done += items
     return done / (time.perf_counter() - started)
 
 
@@ -265,18 +335,57 @@ def environment(**values):
                 os.environ[key] = value
 
 
-def measure_ingest(folder: Path, data_home: Path, name: str, args, gpu_decode: bool,
-                   capture: bool = True) -> tuple[float, float, int, int]:
+def measure_ingest(folder: Path, data_home: Path, name: str, args, mode, capture: bool = True
+                   ) -> tuple[float, float, int, int, dict]:
     """(d): the real ingest into a new dataset (capture: recording each file's hashes and EXIF, as ingests always
-    do; off only to measure its cost). Returns (images/s, seconds, indexed, skipped)."""
-    seconds, report = timed_ingest(folder, data_home, name, args, gpu_decode, capture=capture)
-    return report.indexed / seconds, seconds, report.indexed, len(report.skipped)
+    do; off only to measure its cost). mode: see timed_ingest. Returns (images/s, seconds, indexed, skipped,
+    extra): extra has the steady rate, the seconds of embedding and of the rest, and (device decoding) the profile
+    of the reader."""
+    from image_search.pipeline.batches import embed_files
+    from image_search.pipeline.thread_reader import ReaderStats
+
+    stats, timeline = ReaderStats(), []
+
+    def embed(embedder, paths, *, batch_size=None, workers=None, progress=True, **options):
+        for batch in embed_files(embedder, paths, batch_size=batch_size, workers=workers, progress=progress,
+                                 stats=stats):
+            yield batch
+            timeline.append((time.perf_counter(), len(batch.positions) + len(batch.skipped) + len(batch.ignored)))
+
+    seconds, report = timed_ingest(folder, data_home, name, args, mode, embed=embed, capture=capture)
+    extra = {"steady": round(steady_rate(timeline), 1), "embed_seconds": round(report.embed_seconds, 3),
+             "other_seconds": round(seconds - report.embed_seconds, 3)}
+    if _decoder_of(mode) != CPU_MODE:
+        extra["profile"] = stats.as_dict()
+    return report.indexed / seconds, seconds, report.indexed, len(report.skipped), extra
 
 
-def timed_ingest(folder: Path, data_home: Path, name: str, args, gpu_decode: bool, *, checkpoints=_DEFAULT,
-                 embed=None, capture: bool = True):
-    """The real ingest into a new dataset: (seconds, IngestReport). checkpoints: CheckpointSettings, or None for
-    none (default: the ingest's own)."""
+def steady_rate(timeline: list[tuple[float, int]]) -> float:
+    """Files per second between the batches that reach 10% and 90% of the files: the rate without start-up (model
+    warm-up, threads starting) and the last batches' drain."""
+    total = sum(count for _, count in timeline)
+    done, marks = 0, []
+    for moment, count in timeline:
+        done += count
+        marks.append((moment, done))
+    low = next(((t, d) for t, d in marks if d >= 0.1 * total), None)
+    high = next(((t, d) for t, d in marks if d >= 0.9 * total), None)
+    if not low or not high or high[0] <= low[0]:
+        return 0.0
+    return (high[1] - low[1]) / (high[0] - low[0])
+
+
+def _decoder_of(mode) -> str:
+    """A row's mode: CPU_MODE (worker processes), a device decoder's name, or True (GPU decoding, the best
+    decoder) / False (CPU_MODE)."""
+    return ("auto" if mode else CPU_MODE) if isinstance(mode, bool) else mode
+
+
+def timed_ingest(folder: Path, data_home: Path, name: str, args, mode, *, checkpoints=_DEFAULT, embed=None,
+                 capture: bool = True):
+    """The real ingest into a new dataset: (seconds, IngestReport). mode: see _decoder_of. checkpoints:
+    CheckpointSettings, or None for none (default: the ingest's own). embed: the embedding step (default: the
+    ingest's own). capture: record facts (off only to measure what capturing costs)."""
     from image_search.config import Settings
     from image_search.ingest import ingest_folder
     from image_search.models import shared_models
@@ -287,13 +396,16 @@ def timed_ingest(folder: Path, data_home: Path, name: str, args, gpu_decode: boo
         settings = replace(settings, checkpoints=checkpoints)
     # the model measured in (a) stays loaded: (d) times the ingest, not a second model load
     engine = ImageSearch(settings, models=shared_models)
+    decoder = _decoder_of(mode)
+    on_device = decoder != CPU_MODE
+    options = {"embed": embed} if embed is not None else {}
     try:
-        with environment(IMAGE_SEARCH_GPU_DECODE="1" if gpu_decode else "0",
+        with environment(IMAGE_SEARCH_GPU_DECODE="1" if on_device else "0",
+                         IMAGE_SEARCH_GPU_DECODER=decoder if on_device else "auto",
                          IMAGE_SEARCH_CAPTURE_FACTS="1" if capture else "0"):
             started = time.perf_counter()
             report = ingest_folder(engine, folder, name, model_name=args.model, batch_size=args.batch_size,
-                                   workers=args.workers, progress=False,
-                                   **({"embed": embed} if embed is not None else {}))
+                                   workers=args.workers, progress=False, **options)
             seconds = time.perf_counter() - started
     finally:
         engine.close()
@@ -319,13 +431,13 @@ def run_checkpoint_cost(args) -> dict:
         corpus = list(corpus_folders(args, scratch))
         if corpus:  # one-time costs (creating the store, first imports) are not part of any row
             warm_up = link_folder([Path(p) for p in image_files(corpus[0][1])[:2]], scratch / "warm-up")
-            timed_ingest(warm_up, scratch / "home", "warmup", args, False)
+            timed_ingest(warm_up, scratch / "home", "warmup", args, CPU_MODE)
         for label, folder in corpus:
             best = {"off": None, "on": None}
             for attempt in range(args.repeat):
                 for mode, checkpoints in (("off", None), ("on", every)):
                     seconds, report = timed_ingest(folder, scratch / "home", f"cp-{mode}-{len(results)}-{attempt}",
-                                                   args, False, checkpoints=checkpoints)
+                                                   args, CPU_MODE, checkpoints=checkpoints)
                     if best[mode] is None or seconds < best[mode][0]:
                         best[mode] = (seconds, report)
             (off_seconds, off), (on_seconds, on) = best["off"], best["on"]
@@ -402,6 +514,7 @@ def run_speed(args) -> dict:
     from image_search.models.cpu.tower_forms import cpu_has_native_bf16
     from image_search.pipeline.batches import default_batch_size
     from image_search.pipeline.cpu_reader import default_workers
+    from image_search.pipeline.device_decoders import available_decoders
 
     embedder = load_model(args.model, args.device)
     embedder.prepare_image_tower()  # its form is part of the settings reported, and not of any timing
@@ -410,7 +523,10 @@ def run_speed(args) -> dict:
     cores = os.cpu_count() or 1
     batch_size = args.batch_size or default_batch_size(embedder)
     ingest_workers = default_workers(embedder.device) if args.workers is None else args.workers
-    gpu_modes = {"off": [False], "on": [True], "both": [False, True]}[args.gpu_decode] if on_gpu else [False]
+    # without CUDA, device decoding (torchvision's CPU decoder then) is measured only when asked for
+    decoders = available_decoders(embedder.device)
+    modes = {"off": [CPU_MODE], "on": decoders, "both": [CPU_MODE, *decoders]}[
+        args.gpu_decode or ("both" if on_gpu else "off")]
 
     machine = machine_info()
     import torch
@@ -419,7 +535,8 @@ def run_speed(args) -> dict:
         "model": embedder.name, "device": embedder.device, "precision": str(getattr(embedder, "dtype", "")),
         "image_form": getattr(embedder, "image_form", ""),
         "batch_size": batch_size, "ingest_workers": ingest_workers, "decode_workers": cores,
-        "torch_threads": torch.get_num_threads(), "gpu_decode": [("gpu" if m else "cpu") for m in gpu_modes],
+        "torch_threads": torch.get_num_threads(), "gpu_decode": modes, "decode_count": args.decode_count,
+        "cpu_count": args.cpu_count,
         "count": args.count, "distinct": min(args.count, args.distinct or args.count),
         "naive_count": args.naive_count, "repeat": args.repeat, "store": "sqlite",
         "cpu_precision_setting": cpu_precision_setting(), "cpu_native_bf16": cpu_has_native_bf16(),
@@ -441,29 +558,47 @@ def run_speed(args) -> dict:
         corpus = [entry for entry in corpus if entry[2]]
         if corpus:  # one-time costs (creating the store, first imports) are not part of any row
             warm_up = link_folder([Path(p) for p in corpus[0][2][:2]], scratch / "warm-up")
-            measure_ingest(warm_up, scratch / "home", "warmup", args, False)
+            for mode in modes:  # and the first use of each reader and decoder
+                measure_ingest(warm_up, scratch / "home", f"warmup-{mode}", args, mode)
         for label, folder, paths in corpus:
-            megapixels, file_kb = describe_files(paths)
+            megapixels, file_kb = describe_files(paths[:500])
             naive = measure_naive(embedder, paths[:args.naive_count])
-            for on_device in gpu_modes:
-                row = Row(label, "gpu" if on_device else "cpu", len(paths), megapixels, file_kb, naive=naive)
+            for mode in modes:
+                mode_folder, mode_paths = folder, paths
+                if mode == CPU_MODE and args.cpu_count and args.cpu_count < len(paths):  # the slow rows: fewer files
+                    mode_paths = paths[:args.cpu_count]
+                    mode_folder = link_folder([Path(p) for p in mode_paths], scratch / f"{folder.name}-cpu")
+                row = Row(label, mode, len(mode_paths), megapixels, file_kb, naive=naive)
+                decode_paths = mode_paths[:args.decode_count] if args.decode_count else mode_paths
                 # Each measure right before the others, best of --repeat: on a shared machine the ratios then
                 # compare like with like.
                 for _ in range(args.repeat):
                     row.model = max(row.model, measure_model(embedder, batch_size, args.model_seconds))
                     row.decode_only = max(row.decode_only,
-                                          measure_decode(embedder, paths, batch_size, cores, on_device))
-                    speed, seconds, _, row.skipped = measure_ingest(folder, scratch / "home", f"bench{len(rows)}",
-                                                                    args, on_device)
+                                          measure_decode(embedder, decode_paths, batch_size, cores, mode))
+                    speed, seconds, _, row.skipped, extra = measure_ingest(mode_folder, scratch / "home",
+                                                                           f"bench{len(rows)}", args, mode)
                     if speed > row.ingest:
-                        row.ingest, row.ingest_seconds = speed, seconds
+                        row.ingest, row.ingest_seconds, row.extra = speed, seconds, extra
+                if args.raw_seconds > 0 and (on_gpu or mode != CPU_MODE):
+                    row.extra["raw"] = measure_raw_decode(embedder, paths, mode, 256, args.raw_seconds)
                 rows.append(row)
                 print(_row_line(row), flush=True)
+        _compare_with_best_decoder(rows)
     machine["load_average_at_end"] = round(os.getloadavg()[0], 2) if hasattr(os, "getloadavg") else None
     print()
     print(table(rows))
     return {"benchmark": "ingest", "machine": machine, "settings": settings,
             "results": [row.to_dict() for row in rows]}
+
+
+def _compare_with_best_decoder(rows: list[Row]) -> None:
+    """For each device-decoding row: its ingest over the best (b) of any device decoder at that size."""
+    for row in rows:
+        best = max((other.decode_only for other in rows if other.label == row.label and other.decode != CPU_MODE),
+                   default=0.0)
+        if row.decode != CPU_MODE and best:
+            row.extra["ingest_vs_best_decode"] = round(row.ingest / best, 3)
 
 
 def corpus_folders(args, scratch: Path):
@@ -485,8 +620,19 @@ def _machine_line(machine: dict) -> str:
 
 
 def _row_line(row: Row) -> str:
-    return (f"{row.label} ({row.decode} decode): (a) model {row.model:.1f}, (b) decode {row.decode_only:.1f}, "
+    line = (f"{row.label} ({row.decode} decode): (a) model {row.model:.1f}, (b) decode {row.decode_only:.1f}, "
             f"(c) naive {row.naive:.1f}, (d) ingest {row.ingest:.1f} images/s")
+    extra = row.extra
+    if "steady" in extra:
+        line += (f"; steady {extra['steady']:.1f}/s, embedding {extra['embed_seconds']:.2f} s + index and commit "
+                 f"{extra['other_seconds']:.2f} s of {row.ingest_seconds:.2f} s")
+    if "raw" in extra:
+        line += "; raw decoder " + ", ".join(f"{key} {value}" for key, value in extra["raw"].items())
+    if extra.get("profile"):
+        busy = ", ".join(f"{stage} {entry['seconds'] / max(row.ingest_seconds, 1e-9):.2f}"
+                         for stage, entry in extra["profile"].items())
+        line += f"\n    profile (threads busy, seconds per second of the ingest): {busy}"
+    return line
 
 
 def table(rows: list[Row]) -> str:
@@ -680,9 +826,17 @@ def parse_args(argv=None):
                         help="batch size for (a), (b) and (d) (default: the ingest's default for the device)")
     parser.add_argument("--workers", type=int, default=None,
                         help="reader workers for (d) (default: the ingest's default; (b) always uses all cores)")
-    parser.add_argument("--gpu-decode", choices=("off", "on", "both"), default="both",
-                        help="on CUDA, measure (b) and (d) with JPEGs decoded on the CPU, the GPU, or both "
-                             "(default: both)")
+    parser.add_argument("--gpu-decode", choices=("off", "on", "both"), default=None,
+                        help="measure (b) and (d) with JPEGs decoded by CPU worker processes, by the threaded reader "
+                             "with each device decoder that works here, or both (default: both on CUDA, off "
+                             "without)")
+    parser.add_argument("--cpu-count", type=_positive, default=None,
+                        help="measure the CPU-decoding rows on only this many of the files (they are the slow ones; "
+                             "default: all)")
+    parser.add_argument("--decode-count", type=_positive, default=None,
+                        help="measure (b) on only this many of the files (default: all)")
+    parser.add_argument("--raw-seconds", type=float, default=2.0,
+                        help="on CUDA, seconds to time each decoder alone on files in memory (0: skip; default: 2)")
     parser.add_argument("--model-seconds", type=float, default=4.0,
                         help="minimum seconds to time the model alone (default: 4)")
     parser.add_argument("--repeat", type=_positive, default=1,

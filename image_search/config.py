@@ -143,6 +143,13 @@ def device_decode_requested() -> bool:
     return os.environ.get("IMAGE_SEARCH_GPU_DECODE", "").strip().lower() not in ("0", "false", "no", "off")
 
 
+def gpu_decoder_setting() -> str:
+    """IMAGE_SEARCH_GPU_DECODER: which device JPEG decoder the GPU path uses, "nvimgcodec" (nvImageCodec, when
+    installed), "nvjpeg" (torchvision's) or "auto" (the best that works here; also for unknown values)."""
+    load_environment()
+    return os.environ.get("IMAGE_SEARCH_GPU_DECODER", "").strip().lower() or "auto"
+
+
 def capture_requested() -> bool:
     """IMAGE_SEARCH_CAPTURE_FACTS: record each file's hashes and EXIF at ingest (pipeline/facts.py), unless it is 0
     (or false, no, off). Only evaluation.benchmark_ingest --capture-cost turns it off, to measure what capturing

@@ -361,13 +361,16 @@ def image_grid(results: list[SearchResult]) -> ResponseBody:
 
 def subtitle(result: SearchResult) -> str:
     """'score 0.3127 · taken 2023-03-14 15:09 · Canon EOS 5D': the score, the date to the minute (the file's
-    'modified' date when the picture has no EXIF date) and the camera when known."""
+    'modified' date when the picture has no EXIF date), the camera when known and, for collapsed copies, how many
+    other copies there are."""
     parts = [f"score {result.score:.4f}"]
     if result.date_taken:
         word = "taken" if result.date_source == "exif" else "modified"
         parts.append(f"{word} {result.date_taken[:16].replace('T', ' ')}")
     if result.camera:
         parts.append(result.camera)
+    if result.duplicates:  # collapsed exact copies: the grid has no other place to say so
+        parts.append(f"{len(result.duplicates)} other {'copy' if len(result.duplicates) == 1 else 'copies'}")
     return " · ".join(parts)
 
 

@@ -315,10 +315,12 @@ def test_the_server_offers_the_new_tasks(served):
     duplicates = [("dataset_name", "enum"), ("threshold", "float"), ("groups", "enum")]
     assert shape("/find_duplicates") == ([], duplicates)
     assert shape("/report_duplicates") == ([("output_dir", "directory")], duplicates)
-    assert shape("/report_text_search") == ([("text_query", "text"), ("output_dir", "directory")],
-                                            [("dataset_name", "enum"), ("num_results", "int")])
-    assert shape("/report_image_search") == ([("image_path", "file"), ("output_dir", "directory")],
-                                             [("dataset_name", "enum"), ("num_results", "int")])
+    # a search report takes the search's filters too (the same fields as the search tasks)
+    searched = [("dataset_name", "enum"), ("num_results", "int"), ("folder", "text"), ("taken_from", "text"),
+                ("taken_to", "text"), ("camera", "text"), ("format", "text"), ("min_score", "text"),
+                ("collapse_duplicates", "enum")]
+    assert shape("/report_text_search") == ([("text_query", "text"), ("output_dir", "directory")], searched)
+    assert shape("/report_image_search") == ([("image_path", "file"), ("output_dir", "directory")], searched)
     # the text report offers only datasets that read text
     schema = server.get("/report_text_search/task_schema").json()
     assert [v["key"] for v in schema["parameters"][0]["value"]["enum_vals"]] == ["texts"]

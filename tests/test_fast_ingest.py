@@ -112,9 +112,9 @@ def test_resize_crop_in_one_step_equals_open_clip_geometry(vit):
     """Resampling only the centre crop gives the two-step Resize + CenterCrop result (to rounding)."""
     from torchvision.transforms import Compose, Resize
 
-    from image_search.pipeline.decode import _resize_crop_plan, resize_and_crop
+    from image_search.pipeline.decode import resize_crop_plan, resize_and_crop
 
-    plan = _resize_crop_plan(vit.geometry)
+    plan = resize_crop_plan(vit.geometry)
     assert plan == (224, 224, Image.BICUBIC)
     for seed, (width, height) in enumerate([(224, 224), (225, 224), (300, 224), (224, 300), (633, 474),
                                             (1800, 500), (421, 1500), (409, 307)]):
@@ -124,7 +124,7 @@ def test_resize_crop_in_one_step_equals_open_clip_geometry(vit):
         assert one_step.shape == two_steps.shape == (224, 224, 3)
         difference = np.abs(one_step - two_steps)
         assert difference.max() <= 2 and difference.mean() < 0.05, (width, height)
-    assert _resize_crop_plan(Compose([Resize((224, 224))])) is None  # anything else runs the transform itself
+    assert resize_crop_plan(Compose([Resize((224, 224))])) is None  # anything else runs the transform itself
 
 
 @pytest.mark.parametrize("model", ["tiny", "vit"])
@@ -137,7 +137,8 @@ def test_fast_embeddings_match_open_clip_reference(request, model, varied_photos
 
 
 def test_gpu_decoding_path_matches_reference_on_cpu(vit, varied_photos):
-    """The device-decoding path (torchvision's decoder, tensor resize) gives the reference embeddings too."""
+    """The device-decoding path (threaded reader, torchvision's decoder, tensor resize) gives the reference
+    embeddings too."""
     on_device = fast_embeddings(vit, varied_photos, decode_on_device=True)
     reference = reference_embeddings(vit, varied_photos)
     assert (on_device * reference).sum(axis=1).min() >= 0.99
@@ -389,7 +390,7 @@ def test_small_reader_batches_are_regrouped_for_the_model(tiny, photos, monkeypa
 
     monkeypatch.setattr(batches, "reader_batch_size", lambda _embedder, _size: 2)  # as on a GPU
     paths = [str(p) for p in sorted(photos.iterdir())]
-    batches = list(embed_files(tiny, paths, workers=0, batch_size=5, decode_on_device=True))
+    batches = list(embed_files(tiny, paths, workers=0, batch_size=5, decode_on_device=False))
     assert [len(b.positions) for b in batches] == [6, 6]
     assert [p for b in batches for p in b.positions] == list(range(12))
     reference = fast_embeddings(tiny, paths)

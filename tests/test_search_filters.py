@@ -293,6 +293,7 @@ def test_the_server_takes_the_filters_as_task_parameters(evidence, tmp_path):
         by_image = search("/search_by_image", {"image_path": {"path": str(evidence / "DCIM/canon.jpg")}},
                           min_score="0.999", collapse_duplicates="yes")
         assert by_image.status_code == 200 and len(by_image.json()["files"]) == 1, by_image.text
+        assert by_image.json()["files"][0]["subtitle"].endswith(" · 2 other copies")
         nothing = search(camera="hasselblad").json()
         assert nothing["output_type"] == "text" and nothing["title"] == "No results"
         assert "No image of dataset 'case' passes the filters (camera 'hasselblad')" in nothing["value"]

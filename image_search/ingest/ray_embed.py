@@ -274,9 +274,12 @@ def _image_search_cause(error: BaseException) -> ImageSearchError | None:
     seen = set()
     while error is not None and id(error) not in seen:
         seen.add(id(error))
+        cause = getattr(error, "cause", None)  # a RayTaskError's: the worker's own exception, as it was raised
+        if isinstance(cause, ImageSearchError):
+            return cause
         if isinstance(error, ImageSearchError):
             return error
-        error = getattr(error, "cause", None) or error.__cause__ or error.__context__
+        error = cause or error.__cause__ or error.__context__
     return None
 
 

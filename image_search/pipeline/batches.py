@@ -1,17 +1,21 @@
-"""Embedding many image files in batches: reading runs ahead in workers while the model works."""
+"""Embedding many image files in batches: reading runs ahead in workers (processes on the CPU, threads with device
+decoding on a GPU) while the model works."""
 
 from __future__ import annotations
 
 import sys
+import time
 from dataclasses import dataclass, field
 from typing import Iterator, Sequence
 
 import numpy as np
 
-from ..config import capture_requested, device_decode_requested
+from ..config import capture_requested, device_decode_requested, gpu_decoder_setting
 from ..models import Embedder
 from .cpu_reader import default_workers, iter_batches
+from .device_decoders import choose_decoder
 from .gpu_decode import decode_batch
+from .thread_reader import ReaderStats, ThreadReader
 
 
 @dataclass
@@ -35,8 +39,8 @@ def batch_size_for_device(device: str) -> int:
 
 
 # Each reader worker fills whole batches, so model-sized GPU batches (256) would leave most workers idle unless
-# there are thousands of files; and undecoded JPEGs carry whole files (3 MB for a 12 MP photo), so the batches
-# queued between workers and the model must stay small. Workers read batches of this many files for a GPU, and
+# there are thousands of files; and undecoded JPEGs (a Ray cluster's GPU path) carry whole files (3 MB for a 12 MP
+# photo), so the batches queued between workers and the model must stay small. Workers read batches of this many files for a GPU, and
 # the batches are joined into model-sized ones on the device.
 GPU_READER_BATCH = 32
 
@@ -51,28 +55,56 @@ def reader_batch_for_device(device: str, batch_size: int) -> int:
 
 def embed_files(embedder: Embedder, paths: Sequence[str], *, batch_size: int | None = None,
                 workers: int | None = None, progress: bool = False, label: str = "Embedding",
-                decode_on_device: bool | None = None) -> Iterator[EmbeddedBatch]:
-    """decode_on_device: decode JPEGs where the model runs (nvJPEG on CUDA); None means on for CUDA (unless
-    IMAGE_SEARCH_GPU_DECODE=0) and off on the CPU."""
+                decode_on_device: bool | None = None, decoder: str | None = None,
+                stats: ReaderStats | None = None) -> Iterator[EmbeddedBatch]:
+    """decode_on_device: read files with threads and decode JPEGs where the model runs (thread_reader.py); None
+    means on for CUDA (unless IMAGE_SEARCH_GPU_DECODE=0) and off on the CPU, which keeps its worker processes.
+    decoder: which device decoder (device_decoders.py; None: IMAGE_SEARCH_GPU_DECODER, by default the best one
+    that works here). workers: reader processes, or with decode_on_device reader threads (0 counts as 1).
+    stats: filled with the seconds each stage took (decode_on_device only)."""
     on_gpu = embedder.device.startswith("cuda")
     batch_size = batch_size or default_batch_size(embedder)
-    workers = default_workers(embedder.device) if workers is None else max(0, workers)
     if decode_on_device is None:
         decode_on_device = on_gpu and device_decode_requested()
-    reader_batch = reader_batch_size(embedder, batch_size)
     bar = progress_bar(len(paths), progress, label)
-    empty = np.zeros((0, embedder.dim), dtype=np.float32)
     try:
-        batches = iter_batches(paths, geometry=embedder.geometry, min_side=embedder.input_size,
-                               batch_size=reader_batch, workers=workers, pin_memory=on_gpu,
-                               encoded_jpegs=decode_on_device, capture=capture_requested())
-        decoded = (decode_read_batch(embedder, paths, batch) for batch in batches)
-        for positions, pixels, skipped, ignored, facts in _regroup(decoded, batch_size):
-            vectors = embedder.encode_pixels(pixels) if pixels is not None else empty
-            bar.update(len(positions) + len(skipped) + len(ignored))
-            yield EmbeddedBatch(positions, vectors, skipped, ignored, facts)
+        if decode_on_device:
+            yield from _embed_with_threads(embedder, paths, batch_size, workers, decoder, stats, bar)
+        else:
+            yield from _embed_with_processes(embedder, paths, batch_size, workers, bar)
     finally:
         bar.close()
+
+
+def _embed_with_processes(embedder: Embedder, paths: Sequence[str], batch_size: int, workers: int | None, bar):
+    on_gpu = embedder.device.startswith("cuda")
+    workers = default_workers(embedder.device) if workers is None else max(0, workers)
+    empty = np.zeros((0, embedder.dim), dtype=np.float32)
+    batches = iter_batches(paths, geometry=embedder.geometry, min_side=embedder.input_size,
+                           batch_size=reader_batch_size(embedder, batch_size), workers=workers, pin_memory=on_gpu,
+                           capture=capture_requested())
+    decoded = (decode_read_batch(embedder, paths, batch) for batch in batches)
+    for positions, pixels, skipped, ignored, facts in _regroup(decoded, batch_size):
+        vectors = embedder.encode_pixels(pixels) if pixels is not None else empty
+        bar.update(len(positions) + len(skipped) + len(ignored))
+        yield EmbeddedBatch(positions, vectors, skipped, ignored, facts)
+
+
+def _embed_with_threads(embedder: Embedder, paths: Sequence[str], batch_size: int, workers: int | None,
+                        decoder: str | None, stats: ReaderStats | None, bar):
+    empty = np.zeros((0, embedder.dim), dtype=np.float32)
+    reader = ThreadReader(paths, geometry=embedder.geometry, min_side=embedder.input_size, device=embedder.device,
+                          decoder=choose_decoder(embedder.device, decoder or gpu_decoder_setting()),
+                          threads=default_workers(embedder.device) if workers is None else max(1, workers),
+                          capture=capture_requested(), stats=stats)
+    chunks = ((c.positions, c.pixels, c.skipped, c.ignored, c.facts) for c in reader)
+    for positions, pixels, skipped, ignored, facts in _regroup(chunks, batch_size):
+        started = time.perf_counter()
+        vectors = embedder.encode_pixels(pixels) if pixels is not None else empty
+        if stats is not None:
+            stats.add("model", time.perf_counter() - started, len(positions))
+        bar.update(len(positions) + len(skipped) + len(ignored))
+        yield EmbeddedBatch(positions, vectors, skipped, ignored, facts)
 
 
 def decode_read_batch(embedder: Embedder, paths: Sequence[str], batch):

@@ -17,7 +17,6 @@ import hashlib
 import io
 import math
 import re
-import warnings
 from datetime import datetime
 
 from ..store.records import ImageFacts
@@ -46,9 +45,7 @@ def facts_from_bytes(data: bytes, image=None) -> ImageFacts:
         try:
             from PIL import Image
 
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                image = opened_here = Image.open(io.BytesIO(data))  # parses the header only
+            image = opened_here = Image.open(io.BytesIO(data))  # parses the header only
         except Exception:  # noqa: BLE001 - a file Pillow cannot open still has its hashes
             image = None
     try:
@@ -64,17 +61,24 @@ def facts_from_bytes(data: bytes, image=None) -> ImageFacts:
 
 def exif_fields(image) -> dict:
     """The EXIF fields of ImageFacts that the image has, each None when absent or malformed."""
+    try:
+        exif = image.getexif()  # Pillow's warnings about EXIF quirks are filtered in pipeline/__init__.py
+    except Exception:  # noqa: BLE001 - malformed EXIF: no EXIF
+        return fields_from_tags({}, {}, {})
+    return fields_from_tags(_safe(lambda: dict(exif)) or {}, _safe(lambda: dict(exif.get_ifd(_EXIF_IFD))) or {},
+                            _safe(lambda: dict(exif.get_ifd(_GPS_IFD))) or {})
+
+
+# The tags fields_from_tags reads, per IFD (0: IFD0), for readers that parse EXIF themselves (exif_tags.py).
+WANTED_TAGS = {0: frozenset({_MAKE, _MODEL, _ORIENTATION}),
+               _EXIF_IFD: frozenset({_DATE_TIME_ORIGINAL, _OFFSET_TIME_ORIGINAL, _LENS_MODEL}),
+               _GPS_IFD: frozenset({_GPS_LATITUDE_REF, _GPS_LATITUDE, _GPS_LONGITUDE_REF, _GPS_LONGITUDE})}
+
+
+def fields_from_tags(base: dict, detail: dict, gps: dict) -> dict:
+    """The EXIF fields of ImageFacts from the tags of IFD0, the EXIF IFD and the GPS IFD."""
     fields = dict(taken_at=None, taken_offset=None, camera_make=None, camera_model=None, lens=None, gps_lat=None,
                   gps_lon=None, orientation=None)
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # Pillow warns about EXIF quirks; they are not errors here
-            exif = image.getexif()
-    except Exception:  # noqa: BLE001 - malformed EXIF: no EXIF
-        return fields
-    base = _safe(lambda: dict(exif)) or {}
-    detail = _safe(lambda: dict(exif.get_ifd(_EXIF_IFD))) or {}
-    gps = _safe(lambda: dict(exif.get_ifd(_GPS_IFD))) or {}
     fields["camera_make"] = _text(base.get(_MAKE))
     fields["camera_model"] = _text(base.get(_MODEL))
     fields["lens"] = _text(detail.get(_LENS_MODEL))
@@ -87,6 +91,17 @@ def exif_fields(image) -> dict:
     if latitude is not None and longitude is not None:  # half a position is no position
         fields["gps_lat"], fields["gps_lon"] = latitude, longitude
     return fields
+
+
+def jpeg_facts(data: bytes, header) -> ImageFacts:
+    """facts_from_bytes for a JPEG whose header jpeg_header.py has read, without Pillow (the GPU path never opens
+    it with Pillow): the same facts, from the same bytes. Never raises."""
+    from .exif_tags import read_tags
+
+    sha256, md5 = hashes_of(data)
+    tags = read_tags(data, *header.exif_block, WANTED_TAGS) if header.exif_block else {}
+    return ImageFacts(sha256=sha256, md5=md5, width=header.width, height=header.height, format="JPEG",
+                      **fields_from_tags(tags.get(0, {}), tags.get(_EXIF_IFD, {}), tags.get(_GPS_IFD, {})))
 
 
 def _safe(compute):

@@ -47,9 +47,11 @@ def check_report_path(path) -> str:
     return absolute
 
 
-def write_atomically(path: str, write: Callable, *, binary: bool = False) -> None:
-    """Call write(handle) on a temporary file beside path, then rename it to path. An OSError becomes one
-    sentence, and the temporary file is removed whatever happens."""
+def write_atomically(path: str, write: Callable, *, binary: bool = False, what: str = "the report",
+                     fix: str = "choose a file in a folder you can write to, on a disk with free space") -> None:
+    """Call write(handle) on a temporary file beside path, then rename it to path, so a reader (or a crash) never
+    sees half a file. An OSError becomes one sentence ("Cannot write {what} ...; {fix}."), and the temporary file
+    is removed whatever happens. Every file the tools write for people goes through here (reports, --json FILE)."""
     folder = os.path.dirname(os.path.abspath(path))
     temporary = None
     try:
@@ -62,8 +64,7 @@ def write_atomically(path: str, write: Callable, *, binary: bool = False) -> Non
         os.replace(temporary, path)
         temporary = None
     except OSError as error:
-        raise InvalidInputError(f"Cannot write the report {printable(path)} ({error.strerror or error}); choose a "
-                                "file in a folder you can write to, on a disk with free space.") from None
+        raise InvalidInputError(f"Cannot write {what} {printable(path)} ({error.strerror or error}); {fix}.") from None
     finally:
         if temporary is not None and os.path.exists(temporary):
             os.unlink(temporary)
