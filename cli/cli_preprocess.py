@@ -24,6 +24,10 @@ def build_parser() -> argparse.ArgumentParser:
                         help="embed everything again from scratch (also to switch model or folder)")
     parser.add_argument("--follow-symlinks", action="store_true",
                         help="follow symbolic links that stay inside the folder (default: not followed)")
+    parser.add_argument("--verify", action="store_true",
+                        help="read every unchanged file and compare its SHA-256 with the one recorded when it was "
+                             "ingested; files whose content changed under the same size and times are embedded "
+                             "again (reads every file: as slow as reading the folder)")
     parser.add_argument("--no-progress", action="store_true", help="do not show a progress bar")
     parser.add_argument("--ray", nargs="?", const=True, default=False, metavar="ADDRESS",
                         help="embed on a Ray cluster: join the one at ADDRESS (host:port as 'ray start --head' "
@@ -39,7 +43,7 @@ def main(argv=None) -> int:
     report = open_from_flags(args).ingest(args.input_dir, args.name, model=args.model, batch_size=args.batch_size,
                                           workers=args.workers, rebuild=args.rebuild,
                                           follow_symlinks=args.follow_symlinks, progress=not args.no_progress,
-                                          ray=args.ray)
+                                          ray=args.ray, verify=args.verify)
     print_result(args, lambda: "\n".join(report.lines(fixes=CLI_FIXES)), report.to_dict())
     return 0
 

@@ -68,7 +68,8 @@ class ImageSearch:
     # -- ingest and search ------------------------------------------------------------------------------------
     def ingest(self, folder, name: str, *, model: str | None = None, batch_size: int | None = None,
                workers: int | None = None, rebuild: bool = False, follow_symlinks: bool = False,
-               progress: bool = True, own_thread: bool = False, ray: bool | str = False) -> IngestReport:
+               progress: bool = True, own_thread: bool = False, ray: bool | str = False,
+               verify: bool = False) -> IngestReport:
         """Ingest the images under folder (recursively) as dataset name: created, or updated incrementally.
 
         model: for a new dataset (default: the settings'); an existing one keeps its own unless rebuilt.
@@ -76,13 +77,16 @@ class ImageSearch:
         the ingest, so that the model's OpenMP workers end too (for a process whose threads live on, such as a
         server's request threads: image_search/cpu_threads.py). ray: embed on a Ray cluster (ingest/ray_embed.py):
         True joins the settings' cluster (IMAGE_SEARCH_RAY_ADDRESS) or, without one, starts Ray on this machine;
-        a string is the address of the cluster to join ("local" starts one here).
+        a string is the address of the cluster to join ("local" starts one here). verify: read every unchanged
+        file and compare its SHA-256 with the one recorded at its ingest; files whose content changed under the
+        same size and times are embedded again (ingest/verify.py).
         """
         from .ingest import check_input_folder, embed_locally, ingest_folder
 
         def run() -> IngestReport:
             ingest = partial(ingest_folder, self, folder, name, model_name=model, batch_size=batch_size,
-                             workers=workers, rebuild=rebuild, follow_symlinks=follow_symlinks, progress=progress)
+                             workers=workers, rebuild=rebuild, follow_symlinks=follow_symlinks, progress=progress,
+                             verify=verify)
             if not ray:
                 return ingest(embed=embed_locally)
             from .ingest.ray_embed import RayEmbedding, import_ray

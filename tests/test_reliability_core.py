@@ -6,6 +6,7 @@ tmpfs), content changed under the same size and time, and SQLite locked, read-on
 from __future__ import annotations
 
 import errno
+import json
 import os
 import pwd
 import shutil
@@ -243,18 +244,28 @@ def _write_with_unsealed_code(tmp_path: Path, folder: Path, name: str, env: dict
     assert result.returncode == 0, result.stderr
 
 
-def _as_before_schema_3(engine) -> None:
-    """Drop the tables this process made, so that the old code makes its own (schema 2) and this one migrates them
-    as it would a user's: the fixture's store was made at the current schema, which the old code refuses."""
-    with engine.store._cursor(write=True) as cursor:
-        for table in ("images", "datasets", "schema_info"):
-            cursor.execute(f"DROP TABLE IF EXISTS {table}")
-    engine.store._schema_ready = False
+@pytest.fixture
+def own_database(backend):
+    """For a test that needs a PostgreSQL database of its own (None on SQLite), dropped at the end."""
+    if backend[1] is None:
+        yield None
+        return
+    import psycopg2
+
+    settings = replace(backend[1], name=f"i17_core_{uuid.uuid4().hex[:10]}")
+    yield settings
+    admin = psycopg2.connect(host=settings.host, port=settings.port, user=settings.user, password=settings.password,
+                             dbname="postgres")
+    admin.autocommit = True
+    with admin.cursor() as cursor:
+        cursor.execute(f'DROP DATABASE IF EXISTS "{settings.name}" WITH (FORCE)')
+    admin.close()
 
 
-def test_data_written_before_seals_keeps_working_and_is_sealed(engine, case, tmp_path, cli_env):
-    _as_before_schema_3(engine)
-    _write_with_unsealed_code(tmp_path, case, "old", cli_env)
+def test_data_written_before_seals_keeps_working_and_is_sealed(own_database, data_home, case, tmp_path):
+    database = own_database  # not the session's: the old code refuses a store that newer tests have upgraded
+    engine = ImageSearch(Settings(data_home, TEST_MODEL, "cpu", database), models=shared_models)
+    _write_with_unsealed_code(tmp_path, case, "old", tool_env(data_home, database))
     path = index_path(engine, "old")
     assert not seal_of(path).exists()
     rows = engine.store.image_records(engine.dataset("old").id)
@@ -431,12 +442,8 @@ def leftovers(home: Path) -> list[str]:
                   if ".tmp" in p.name or p.parent.name == "journal")
 
 
-@pytest.mark.parametrize("database", ["sqlite", "postgres"])
-def test_a_full_disk_is_one_sentence_and_the_old_datasets_stay(database, small_disk, case, tmp_path, photos,
-                                                              request):
-    settings = request.getfixturevalue("postgres_database") if database == "postgres" else None
-    if settings is not None:
-        settings = replace(settings, name=f"i17_full_{uuid.uuid4().hex[:8]}")
+def test_a_full_disk_is_one_sentence_and_the_old_datasets_stay(own_database, small_disk, case, tmp_path, photos):
+    settings = own_database
     engine = ImageSearch(Settings(small_disk, TEST_MODEL, "cpu", settings), models=shared_models)
     ingest_folder(engine, case, "kept", progress=False)
     more = tmp_path / "more"
@@ -560,3 +567,59 @@ def test_a_damaged_sqlite_page_is_one_sentence(sqlite_engine, case):
         lines = result.stderr.strip().splitlines()
         assert result.returncode == 2 and len(lines) == 1, result.stderr
         assert f"The SQLite database {database} is damaged" in lines[0] and "restore it from a backup" in lines[0]
+
+
+@pytest.fixture
+def ext4_image(tmp_path):
+    """A small ext4 file system in a file, mounted, that a test can edit offline (as a disk image is)."""
+    image, mount = tmp_path / "disk.img", tmp_path / "disk"
+    mount.mkdir()
+    with open(image, "wb") as handle:
+        handle.truncate(16 * 1024 * 1024)
+    made = subprocess.run(["mkfs.ext4", "-q", "-F", "-b", "1024", str(image)], capture_output=True, text=True)
+    mounted = made.returncode == 0 and subprocess.run(["mount", "-o", "loop", str(image), str(mount)],
+                                                      capture_output=True).returncode == 0
+    if not mounted:
+        pytest.skip(f"cannot make and loop-mount an ext4 image here ({made.stderr.strip()})")
+    try:
+        yield image, mount
+    finally:
+        subprocess.run(["umount", "-l", str(mount)], check=False)
+
+
+def edit_offline(image: Path, mount: Path, name: str, data: bytes) -> None:
+    """Overwrite bytes inside a file's data blocks with the file system unmounted: size, times and inode stay."""
+    subprocess.run(["umount", str(mount)], check=True)
+    blocks = subprocess.run(["debugfs", "-R", f"blocks /{name}", str(image)], capture_output=True, text=True,
+                            check=True).stdout.split()
+    with open(image, "r+b") as handle:
+        handle.seek(int(blocks[len(blocks) // 2]) * 1024)
+        handle.write(data)
+    subprocess.run(["mount", "-o", "loop", str(image), str(mount)], check=True)
+
+
+def test_verify_finds_content_changed_under_identical_size_times_and_inode(engine, ext4_image, cli_env):
+    image, mount = ext4_image
+    rng = np.random.default_rng(2)
+    for i in range(4):
+        Image.fromarray(rng.integers(0, 255, (48, 64, 3), dtype=np.uint8)).save(mount / f"{i}.bmp")
+    ingest_folder(engine, mount, "disk", progress=False)
+    target = mount / "2.bmp"
+    before = os.stat(target)
+    edit_offline(image, mount, "2.bmp", rng.integers(0, 255, 1024, dtype=np.uint8).tobytes())
+    after = os.stat(target)
+    assert (after.st_size, after.st_mtime_ns, after.st_ctime_ns, after.st_ino) == (
+        before.st_size, before.st_mtime_ns, before.st_ctime_ns, before.st_ino)
+    plain = ingest_folder(fresh(engine), mount, "disk", progress=False)
+    assert (plain.reused, plain.indexed) == (4, 0)  # nothing but the bytes tells it
+    result = run_tool("cli.cli_preprocess", "-i", mount, "-n", "disk", "--verify", "--no-progress", "--json",
+                      env=cli_env)
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    assert report["content_changed"] == [str(target)] and (report["reused"], report["indexed"]) == (3, 1)
+    assert any("Verified 4 unchanged files against their recorded SHA-256: 1 had new content" in note
+               for note in report["notes"])
+    best = search_by_image(fresh(engine), "disk", target, 1)[0]
+    assert best.path == str(target) and best.score > 0.999  # the vector is the new content's
+    again = ingest_folder(fresh(engine), mount, "disk", progress=False, verify=True)
+    assert again.content_changed == [] and again.indexed == 0

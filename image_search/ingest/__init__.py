@@ -35,7 +35,7 @@ __all__ = ["EmbedFiles", "IngestReport", "Plan", "check_input_folder", "embed_lo
 
 def ingest_folder(service: ImageSearch, input_dir, name: str, *, model_name: str | None = None,
                   batch_size: int | None = None, workers: int | None = None, rebuild: bool = False,
-                  follow_symlinks: bool = False, progress: bool = True,
+                  follow_symlinks: bool = False, progress: bool = True, verify: bool = False,
                   embed: EmbedFiles = embed_locally) -> IngestReport:
     name = validate_dataset_name(name)
     root = check_input_folder(input_dir, service.settings.allowed_roots)
@@ -45,7 +45,7 @@ def ingest_folder(service: ImageSearch, input_dir, name: str, *, model_name: str
     started = time.perf_counter()
     with service.lock(name, "ingest"):
         plan = make_plan(service, root, name, model_name=requested_model, rebuild=rebuild,
-                         follow_symlinks=follow_symlinks)
+                         follow_symlinks=follow_symlinks, verify=verify)
         report = IngestReport(dataset=name, root=root, model=plan.embedder.name, recovered=plan.recovered,
                               model_seconds=plan.model_seconds, skipped=list(plan.scan.problems),
                               symlinks_skipped=plan.scan.symlinks_skipped, reused=plan.reused,
@@ -54,6 +54,9 @@ def ingest_folder(service: ImageSearch, input_dir, name: str, *, model_name: str
         if plan.repair:
             report.notes.append(f"{plan.repair.rstrip('.')}; repaired it by embedding all {len(plan.to_embed)} "
                                 "files again.")
+        if plan.verification is not None:
+            report.notes.extend(plan.verification.lines())
+            report.content_changed = list(plan.verification.changed)
         generation = start_generation(service, plan)
         # the readers open each file where the scan found it (links resolved), and refuse what replaced it since
         paths = [entry.read_path for entry in plan.to_embed]

@@ -30,6 +30,7 @@ from ..vectors import VectorIndex
 from . import kept
 from .checkpoint import SavedWork, checkpoint_folder, discard_checkpoints, read_saved_work
 from .commit import recover_interrupted
+from .verify import Verification, verify_unchanged
 
 if TYPE_CHECKING:
     from ..service import ImageSearch
@@ -55,6 +56,7 @@ class Plan:
     repair: str | None = None  # why the committed index cannot be used (then every file is embedded again)
     refreshed: list[tuple[int, int, int]] = field(default_factory=list)  # (vector_id, ctime_ns, inode) to fill
     #                                                                      in for kept rows that lack them
+    verification: Verification | None = None  # what --verify found among the unchanged files
 
     @property
     def incremental(self) -> bool:
@@ -130,7 +132,9 @@ def choose_model(service: ImageSearch, root: str, existing: DatasetRecord | None
 
 
 def make_plan(service: ImageSearch, root: str, name: str, *, model_name: str | None, rebuild: bool,
-              follow_symlinks: bool) -> Plan:
+              follow_symlinks: bool, verify: bool = False) -> Plan:
+    """verify: compare the SHA-256 of every unchanged file with the recorded one (verify.py); those that differ
+    are embedded again."""
     existing = service.store.get_dataset(name)  # the one read of the dataset's row
     finished = kept.finish(service, name, existing)  # work an earlier ingest kept for a database that was down
     if finished is not None:
@@ -152,19 +156,23 @@ def make_plan(service: ImageSearch, root: str, name: str, *, model_name: str | N
             incremental, known, base_index = False, {}, None
     without_facts = service.store.vector_ids_without_facts(existing.id) if incremental and capture_requested() \
         else set()
-    keep_ids: set[int] = set()
-    refreshed = []
-    to_embed, facts_missing = [], []
+    same, to_embed = [], []  # (record, file) of the unchanged files; the files to embed
     for entry in scan.files:
         record = known.get(entry.path)
         if record is not None and unchanged(record, entry):
-            keep_ids.add(record.vector_id)
-            if record.vector_id in without_facts:
-                facts_missing.append((record.vector_id, entry))
-            if record.inode is None and entry.inode is not None:
-                refreshed.append((record.vector_id, entry.ctime_ns, entry.inode))
+            same.append((record, entry))
         else:
             to_embed.append(entry)
+    verification = verify_unchanged(same, service.store.recorded_sha256(existing.id)) if verify and same else None
+    if verification is not None and verification.changed_ids:
+        changed = verification.changed_ids
+        to_embed = sorted(to_embed + [entry for record, entry in same if record.vector_id in changed],
+                          key=lambda entry: os.fsencode(entry.path))
+        same = [(record, entry) for record, entry in same if record.vector_id not in changed]
+    keep_ids = {record.vector_id for record, _ in same}
+    facts_missing = [(record.vector_id, entry) for record, entry in same if record.vector_id in without_facts]
+    refreshed = [(record.vector_id, entry.ctime_ns, entry.inode) for record, entry in same
+                 if record.inode is None and entry.inode is not None]
     removed_ids = [r.vector_id for r in known.values() if r.vector_id not in keep_ids]
     if existing is not None and not incremental:
         removed_ids = service.store.vector_ids(existing.id)
@@ -175,7 +183,7 @@ def make_plan(service: ImageSearch, root: str, name: str, *, model_name: str | N
     return Plan(name=name, root=root, existing=existing, rebuild=rebuild, embedder=embedder,
                 model_seconds=model_seconds, recovered=recovered, scan=scan, to_embed=to_embed,
                 reused=len(keep_ids), removed_ids=removed_ids, facts_missing=facts_missing, saved=saved,
-                base_index=base_index, repair=repair, refreshed=refreshed)
+                base_index=base_index, repair=repair, refreshed=refreshed, verification=verification)
 
 
 def resume(service: ImageSearch, name: str, existing: DatasetRecord | None, rebuild: bool, embedder: Embedder,

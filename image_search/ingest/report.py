@@ -32,6 +32,8 @@ class IngestReport:
     recovered: str | None = None  # what was done about an interrupted earlier ingest
     notes: list[str] = field(default_factory=list)  # checkpoints discarded or damaged, or not written; an index repaired, a wait
     checkpoints_written: int = 0  # chunks this run saved (ingest/checkpoint.py)
+    content_changed: list[str] = field(default_factory=list)  # --verify: files whose SHA-256 differs from the one
+    #                                                           recorded, under the same size and times
     checkpoint_seconds: float = 0.0  # spent writing them, on a thread beside the embedding
 
     @property
@@ -93,4 +95,5 @@ class IngestReport:
             "recovered": self.recovered, "recovered_images": self.recovered_images, "notes": list(self.notes),
             "checkpoints_written": self.checkpoints_written,
             "checkpoint_seconds": round(self.checkpoint_seconds, 3),
+            "content_changed": [printable(p) for p in self.content_changed],
         }

@@ -203,6 +203,14 @@ class MetadataStore:
             return [int(row[0]) for row in cursor.fetchall()]
 
     @reconnecting
+    def recorded_sha256(self, dataset_id: int) -> dict[int, str]:
+        """vector id -> the SHA-256 recorded when the file was ingested, for the rows that have one (--verify)."""
+        with self._cursor() as cursor:
+            self._execute(cursor, "SELECT vector_id, sha256 FROM images WHERE dataset_id = ? AND sha256 IS NOT NULL",
+                          (dataset_id,))
+            return {int(v): str(h) for v, h in cursor.fetchall()}
+
+    @reconnecting
     def vector_ids_without_facts(self, dataset_id: int) -> set[int]:
         """The vector ids whose facts were never captured (rows written before schema 3)."""
         with self._cursor() as cursor:
