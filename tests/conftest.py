@@ -166,6 +166,30 @@ def run_tool(module: str, *args, env: dict, cwd=None, timeout: float = 300) -> s
                           capture_output=True, text=True, timeout=timeout)
 
 
+def release_code(folder: Path, commit: str) -> Path:
+    """The image_search and cli folders of an earlier commit, extracted into folder: the code that built the data
+    users already have, to write such data the old way in a test. Skips when this checkout lacks the commit."""
+    import io
+    import tarfile
+
+    archive = subprocess.run(["git", "-C", str(REPO), "archive", "--format=tar", commit, "image_search", "cli"],
+                             capture_output=True)
+    if archive.returncode != 0:
+        pytest.skip(f"this checkout does not have commit {commit} to run: {archive.stderr.decode().strip()}")
+    folder.mkdir(parents=True, exist_ok=True)
+    with tarfile.open(fileobj=io.BytesIO(archive.stdout)) as tar:
+        tar.extractall(folder)
+    return folder
+
+
+def ingest_with_release(code: Path, input_dir, name: str, env: dict, *flags: str) -> None:
+    """Run that release's cli_preprocess on input_dir as dataset `name` (env: tool_env's, for the place)."""
+    done = subprocess.run([sys.executable, "-m", "cli.cli_preprocess", "-i", str(input_dir), "-n", name, *flags],
+                          cwd=code, env={**env, "PYTHONPATH": str(code)}, capture_output=True, text=True,
+                          timeout=300)
+    assert done.returncode == 0, done.stderr
+
+
 @pytest.fixture(scope="session")
 def photos(tmp_path_factory) -> Path:
     """A folder of 12 distinct photo-like JPEGs (read-only for tests: copy before changing)."""

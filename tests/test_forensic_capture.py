@@ -12,10 +12,6 @@ import hashlib
 import io
 import json
 import os
-import shutil
-import subprocess
-import sys
-import tarfile
 from pathlib import Path
 
 import numpy as np
@@ -24,13 +20,12 @@ from PIL import Image
 
 from image_search import ImageFacts
 from image_search.ingest import ingest_folder
-from image_search.pipeline import decode
 from image_search.pipeline.batches import embed_files
 from image_search.pipeline.cpu_reader import _FileDataset
 from image_search.pipeline.facts import facts_from_bytes
 from image_search.search import search_by_image
 from image_search.store import open_store, schema
-from tests.conftest import REPO, TEST_MODEL, run_tool, tool_env
+from tests.conftest import TEST_MODEL, ingest_with_release, release_code, run_tool, tool_env
 from tests.test_store_migrations import make_place, new_engine  # noqa: F401 - make_place is a fixture
 
 MAIN_COMMIT = "28ccfca"  # the last commit before schema version 3: what users' datasets were built with
@@ -265,21 +260,11 @@ def test_search_results_carry_what_the_ingest_captured(engine, tmp_path):
 @pytest.fixture(scope="session")
 def main_release(tmp_path_factory) -> Path:
     """The image_search and cli folders of MAIN_COMMIT, the code that built users' datasets before schema 3."""
-    archive = subprocess.run(["git", "-C", str(REPO), "archive", "--format=tar", MAIN_COMMIT, "image_search", "cli"],
-                             capture_output=True)
-    if archive.returncode != 0:
-        pytest.skip(f"this checkout does not have commit {MAIN_COMMIT} to run: {archive.stderr.decode().strip()}")
-    folder = tmp_path_factory.mktemp(f"release-{MAIN_COMMIT}")
-    with tarfile.open(fileobj=io.BytesIO(archive.stdout)) as tar:
-        tar.extractall(folder)
-    return folder
+    return release_code(tmp_path_factory.mktemp(f"release-{MAIN_COMMIT}"), MAIN_COMMIT)
 
 
 def ingest_with_main(main_release: Path, folder: Path, name: str, home: Path, database) -> None:
-    env = dict(tool_env(home, database), PYTHONPATH=str(main_release))
-    done = subprocess.run([sys.executable, "-m", "cli.cli_preprocess", "-i", str(folder), "-n", name,
-                           "--no-progress"], cwd=main_release, env=env, capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0, done.stderr
+    ingest_with_release(main_release, folder, name, tool_env(home, database), "--no-progress")
 
 
 def stored_facts(engine, name: str) -> dict[str, tuple]:

@@ -31,7 +31,7 @@ from image_search.ingest import embed_locally, ingest_folder
 from image_search.models import shared_models
 from image_search.search import search_by_image, search_by_text
 from image_search.service import ImageSearch
-from tests.conftest import REPO, TEST_MODEL, run_tool, tool_env
+from tests.conftest import TEST_MODEL, ingest_with_release, release_code, run_tool, tool_env
 
 # The last commit of main that wrote index files without seals and rows without inode and change time: data it
 # writes must keep working (tests/test_store_migrations.py does the same for the store's version 1).
@@ -231,17 +231,7 @@ def test_an_old_generation_restored_is_detected_not_retried_for_ever(engine, cas
 
 def _write_with_unsealed_code(tmp_path: Path, folder: Path, name: str, env: dict) -> None:
     """Ingest with the code of UNSEALED_COMMIT (today's main when seals came), as a user's old data."""
-    shown = subprocess.run(["git", "-C", str(REPO), "archive", "--format=tar", UNSEALED_COMMIT, "image_search", "cli"],
-                           capture_output=True)
-    if shown.returncode != 0:
-        pytest.skip(f"this checkout does not have commit {UNSEALED_COMMIT} to write old data with")
-    old_code = tmp_path / "old-code"
-    old_code.mkdir()
-    subprocess.run(["tar", "-x", "-C", str(old_code)], input=shown.stdout, check=True)
-    result = subprocess.run([sys.executable, "-m", "cli.cli_preprocess", "-i", str(folder), "-n", name,
-                             "--no-progress"], cwd=old_code, env={**env, "PYTHONPATH": str(old_code)},
-                            capture_output=True, text=True, timeout=300)
-    assert result.returncode == 0, result.stderr
+    ingest_with_release(release_code(tmp_path / "old-code", UNSEALED_COMMIT), folder, name, env, "--no-progress")
 
 
 @pytest.fixture

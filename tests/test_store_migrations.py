@@ -9,12 +9,10 @@ ingest tool, when this checkout has the commit.
 from __future__ import annotations
 
 import importlib.util
-import io
 import os
 import shutil
 import subprocess
 import sys
-import tarfile
 import threading
 import time
 import uuid
@@ -30,7 +28,7 @@ from image_search.errors import StoreUnavailableError
 from image_search.ingest import ingest_folder
 from image_search.search import search_by_text
 from image_search.store import open_store, schema
-from tests.conftest import REPO, TEST_MODEL, run_tool, tool_env
+from tests.conftest import REPO, TEST_MODEL, ingest_with_release, release_code, run_tool, tool_env
 
 V1_COMMIT = "775b8ca"
 V1_CODE = Path(__file__).parent / "fixtures" / "store_v1_775b8ca.py"
@@ -404,14 +402,7 @@ def test_sqlite_users_never_import_psycopg2(tmp_path):
 @pytest.fixture(scope="session")
 def v1_release(tmp_path_factory) -> Path:
     """The image_search and cli folders of commit 775b8ca."""
-    archive = subprocess.run(["git", "-C", str(REPO), "archive", "--format=tar", V1_COMMIT, "image_search", "cli"],
-                             capture_output=True)
-    if archive.returncode != 0:
-        pytest.skip(f"this checkout does not have commit {V1_COMMIT} to run: {archive.stderr.decode().strip()}")
-    folder = tmp_path_factory.mktemp("release-775b8ca")
-    with tarfile.open(fileobj=io.BytesIO(archive.stdout)) as tar:
-        tar.extractall(folder)
-    return folder
+    return release_code(tmp_path_factory.mktemp("release-775b8ca"), V1_COMMIT)
 
 
 def test_a_dataset_ingested_by_the_version_1_release_keeps_working(make_place, v1_release, photos, tmp_path):
@@ -420,10 +411,7 @@ def test_a_dataset_ingested_by_the_version_1_release_keeps_working(make_place, v
     shutil.copytree(photos, folder)
     odd_name = os.fsdecode(os.fsencode(folder) + b"/caf\xe9 \xff.jpg")
     os.rename(folder / "photo_00003.jpg", odd_name)
-    env = dict(tool_env(*place), PYTHONPATH=str(v1_release))
-    done = subprocess.run([sys.executable, "-m", "cli.cli_preprocess", "-i", str(folder), "-n", "old-case"],
-                          cwd=v1_release, env=env, capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0, done.stderr
+    ingest_with_release(v1_release, folder, "old-case", tool_env(*place))
     old = v1_store(place)
     assert "schema_info" not in tables(old)  # really written by the version 1 code
     old.close()
