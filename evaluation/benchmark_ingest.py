@@ -436,8 +436,9 @@ def run_checkpoint_cost(args) -> dict:
             best = {"off": None, "on": None}
             for attempt in range(args.repeat):
                 for mode, checkpoints in (("off", None), ("on", every)):
+                    # the device's own reader (on a GPU, the threaded one): the fastest ingest shows the most cost
                     seconds, report = timed_ingest(folder, scratch / "home", f"cp-{mode}-{len(results)}-{attempt}",
-                                                   args, CPU_MODE, checkpoints=checkpoints)
+                                                   args, True, checkpoints=checkpoints)
                     if best[mode] is None or seconds < best[mode][0]:
                         best[mode] = (seconds, report)
             (off_seconds, off), (on_seconds, on) = best["off"], best["on"]
@@ -456,6 +457,44 @@ def run_checkpoint_cost(args) -> dict:
                          "workers": args.workers, "checkpoint_images": every.images,
                          "checkpoint_seconds": every.seconds, "repeat": args.repeat},
             "results": results}
+
+
+def _best_ingest(folder: Path, scratch: Path, name: str, args, embed):
+    """(seconds, report, dataset name) of the fastest of --repeat ingests of the folder, each into a new
+    dataset."""
+    best = None
+    for attempt in range(args.repeat):
+        dataset = f"{name}-{attempt}".replace(" ", "-")
+        seconds, report = timed_ingest(folder, scratch / "home", dataset, args, True, embed=embed)
+        if best is None or seconds < best[0]:
+            best = (seconds, report, dataset)
+    return best
+
+
+def _vectors_by_path(data_home: Path, name: str, args) -> dict:
+    from image_search.config import Settings
+    from image_search.models import shared_models
+    from image_search.service import ImageSearch
+
+    engine = ImageSearch(Settings(data_home=data_home, model_name=args.model, device=args.device, database=None),
+                         models=shared_models)
+    try:
+        loaded = engine.load_index(name)
+        vectors = {int(i): vector for ids, chunk in loaded.index.export() for i, vector in zip(ids, chunk)}
+        records, _ = engine.store.lookup_images(loaded.record.id, sorted(vectors))
+        return {record.path: vectors[vector_id] for vector_id, record in records.items()}
+    finally:
+        engine.close()
+
+
+def _least_cosine(data_home: Path, name: str, reference: dict, args) -> float | None:
+    """The smallest cosine between a file's vector in dataset `name` and in the reference (None: other paths)."""
+    import numpy as np
+
+    vectors = _vectors_by_path(data_home, name, args)
+    if sorted(vectors) != sorted(reference):
+        return None
+    return float(min(np.dot(vectors[path], reference[path]) for path in reference))
 
 
 # -- Ray's overhead on one machine -------------------------------------------------------------------------------
@@ -481,30 +520,47 @@ def run_ray_overhead(args) -> dict:
                 warm_up = link_folder([Path(p) for p in image_files(corpus[0][1])[:64]], scratch / "warm-up")
                 timed_ingest(warm_up, scratch / "home", "warmup", args, True)
                 timed_ingest(warm_up, scratch / "home", "warmup-ray", args, True, embed=ray_embed)
-            for label, folder in corpus:
-                best = {"local": None, "ray": None}
-                for attempt in range(args.repeat):
-                    for mode, embed in (("local", None), ("ray", ray_embed)):
-                        seconds, report = timed_ingest(folder, scratch / "home", f"ray-{mode}-{len(results)}-{attempt}",
-                                                       args, True, embed=embed)
-                        if best[mode] is None or seconds < best[mode][0]:
-                            best[mode] = (seconds, report)
-                (local_seconds, local), (ray_seconds, on_ray) = best["local"], best["ray"]
-                row = {"label": label, "images": on_ray.indexed,
-                       "local_images_per_second": round(local.indexed / local_seconds, 2),
-                       "ray_images_per_second": round(on_ray.indexed / ray_seconds, 2),
-                       "ray_share": round((on_ray.indexed / ray_seconds) / (local.indexed / local_seconds), 4),
-                       "same_count": on_ray.indexed == local.indexed}
-                results.append(row)
-                print(f"{label}: {row['local_images_per_second']:.1f} images/s local, "
-                      f"{row['ray_images_per_second']:.1f} through Ray ({100 * row['ray_share']:.1f}% of local)",
+                # what each ingest through Ray pays before its first vector (the actors start and load the model)
+                start_seconds, _ = timed_ingest(warm_up, scratch / "home", "start-ray", args, True, embed=ray_embed)
+                print(f"An ingest of {len(image_files(warm_up))} files through Ray takes {start_seconds:.1f} s.",
                       flush=True)
+            for label, folder in corpus:
+                local_seconds, local, local_name = _best_ingest(folder, scratch, f"ray-local-{label}", args, None)
+                local_rate = local.indexed / local_seconds
+                reference = _vectors_by_path(scratch / "home", local_name, args)
+                print(f"{label}: {local_rate:.1f} images/s local", flush=True)
+                variants = [(files, at_once) for files in args.ray_block_files or [None]
+                            for at_once in args.ray_blocks_at_once or [1]]
+                for block_files, at_once in variants:
+                    ray_embed.block_files, ray_embed.blocks_at_once = block_files, at_once
+                    ray_seconds, on_ray, ray_name = _best_ingest(folder, scratch, f"ray-{label}-{block_files}-{at_once}",
+                                                                 args, ray_embed)
+                    row = {"label": label, "images": on_ray.indexed, "block_files": block_files or "auto",
+                           "blocks_at_once": at_once,
+                           "small_ingest_seconds": round(start_seconds, 2),
+                           "local_images_per_second": round(local_rate, 2),
+                           "ray_images_per_second": round(on_ray.indexed / ray_seconds, 2),
+                           "ray_share": round((on_ray.indexed / ray_seconds) / local_rate, 4),
+                           "same_count": on_ray.indexed == local.indexed,
+                           # the same files and vectors as the local ingest's (each file's cosine to its own)
+                           "least_cosine_to_local": _least_cosine(scratch / "home", ray_name, reference, args)}
+                    results.append(row)
+                    print(f"{label}, blocks of {row['block_files']} files, {at_once} at once: "
+                          f"{row['ray_images_per_second']:.1f} "
+                          f"images/s through Ray ({100 * row['ray_share']:.1f}% of local; least cosine to the local "
+                          f"vectors {row['least_cosine_to_local']})", flush=True)
     finally:
         ray_embed.close()
     return {"benchmark": "ingest-ray-overhead", "machine": machine_info(),
             "settings": {"model": embedder.name, "device": embedder.device, "batch_size": args.batch_size,
-                         "workers": args.workers, "repeat": args.repeat},
+                         "workers": args.workers, "repeat": args.repeat, "ray": ray_version()},
             "results": results}
+
+
+def ray_version() -> str:
+    import ray
+
+    return ray.__version__
 
 
 # -- the run ----------------------------------------------------------------------------------------------------
@@ -802,6 +858,16 @@ def _positive(text: str) -> int:
     return value
 
 
+def _int_list(text: str) -> list[int]:
+    try:
+        values = [int(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected whole numbers separated by commas, got {text!r}") from None
+    if not values or min(values) < 1:
+        raise argparse.ArgumentTypeError(f"expected whole numbers of 1 or more, got {text!r}")
+    return values
+
+
 def parse_args(argv=None):
     from cli.common import ToolParser, add_json_flag
 
@@ -853,6 +919,12 @@ def parse_args(argv=None):
     parser.add_argument("--ray-overhead", action="store_true",
                         help="ingest the same files locally and through --ray (Ray started on this machine) and "
                              "report the share of the local speed that Ray keeps")
+    parser.add_argument("--ray-block-files", type=_int_list, default=None, metavar="N[,N...]",
+                        help="for --ray-overhead: a Ray row for each number of files per actor block (default: the "
+                             "ingest's own choice)")
+    parser.add_argument("--ray-blocks-at-once", type=_int_list, default=None, metavar="N[,N...]",
+                        help="for --ray-overhead: a Ray row for each number of blocks an actor embeds at once "
+                             "(default: 1)")
     parser.add_argument("--checkpoint-cost", action="store_true",
                         help="instead of speed, measure ingests with and without checkpoints")
     parser.add_argument("--checkpoint-images", type=_positive, default=None,

@@ -2,13 +2,20 @@
 
 Only embedding is distributed; the driver (this process) plans and commits as for a local ingest (ingest/), so
 the journal, the index, the locks, incremental re-ingests and the report of skipped files are the same. RayEmbedding
-is an EmbedFiles (embed.py): given the model and the files to embed, it yields EmbeddedBatch-es, computed by
-  read tasks      on every CPU of the cluster, reading the files from the path the driver sees (shared storage)
-                  with the local reader (ray_workers.read_blocks);
-  an actor pool   one model per GPU of the cluster (or, without GPUs, one CPU actor per machine) embedding what
-                  the readers read (ray_workers.EmbeddingActor).
-A worker that dies is restarted by Ray and its batch tried once more; the files of a batch that fails again are read
-once more, a file per task, and embedded by the driver's model; a file whose reading still kills its worker is
+is an EmbedFiles (embed.py): given the model and the files to embed, it yields EmbeddedBatch-es, computed by an
+actor pool of one model per GPU of the cluster (or, without GPUs, one CPU actor per machine). Each actor runs the
+local ingest's own embed step (pipeline/batches.embed_files) over blocks of files that it reads from the path the
+driver sees (shared storage): on a GPU the threaded reader with JPEGs decoded on the device, on the CPU the reader
+processes, with its share of its machine's cores (ray_workers.EmbeddingActor). So a file reads, decodes and embeds
+the same way on the cluster as on this machine, as fast.
+
+Why actors read their own files rather than Ray Data read tasks feeding them: that way (each file read by a task on
+any CPU, its pixels or undecoded bytes sent to the actor through the object store) an H200 with 16 cores embedded
+412 images/s of 2 MP photos against the local ingest's 1,331, because it left out the threaded GPU reader, which
+exists to keep file bytes from crossing processes (pipeline/thread_reader.py).
+
+A worker that dies is restarted by Ray and its block tried once more; the files of a block that fails again are
+read once more, a file per task, and embedded by the driver's model; a file whose reading still kills its worker is
 reported as skipped, not retried for ever.
 """
 
@@ -21,15 +28,15 @@ import os
 import pickle
 import socket
 import warnings
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Iterator, Sequence
 
 import numpy as np
 
-from ..config import capture_requested, device_decode_requested, ray_test_faults
+from ..config import capture_requested, ray_test_faults
 from ..errors import Fix, ImageSearchError, InvalidInputError, MissingPackageError
 from ..models import Embedder
-from ..pipeline.batches import EmbeddedBatch, batch_size_for_device, progress_bar, reader_batch_for_device
+from ..pipeline.batches import EmbeddedBatch, batch_size_for_device, progress_bar
 from ..pipeline.cpu_reader import IGNORED, OK, SKIPPED
 from . import ray_workers
 
@@ -38,17 +45,27 @@ RAY_VERSION = "2.60.0"
 INSTALL_HINT = (f'install it with: pipenv sync --categories="packages ray" (or: pip install '
                 f'"ray[data]=={RAY_VERSION}")')
 
-# The most files of one input block: 10 million files make 39,000 blocks (64 KB of paths each, cheap to hand
-# out), and a block lost to a crash is read again a file at a time, so it must stay small.
-MAX_BLOCK_FILES = 256
-# A batch whose worker dies is run once more on the restarted worker; failing again, its files are read once more
-# one by one (each file 3 tries in all): a lost machine costs a retry, a file that crashes every reader is skipped.
-BATCH_RETRIES = 1
+# An actor runs the embed step over a block of files per call, and each block costs a start and a drain of its
+# reader (the GPU waits for the first decoding batch and for the model's last one). So blocks are large, and a GPU
+# actor embeds two at once, one starting while the other drains. Measured on the H200 (16 cores, 60,000 2 MP
+# files, evaluation/results/ingest-ray-h200.json; the whole run less the seconds a 64-file ingest through Ray
+# takes, the actor's start): blocks of 8,192 one at a time ran at
+# about 1,234 images/s, of 20,000 one at a time 1,333, of 20,000 two at a time 1,456 (the local ingest: 1,446).
+# Each actor still gets at least BLOCKS_PER_ACTOR blocks, so that the files spread over the actors and one lost
+# actor's block is a small part of the work. On the CPU one block at a time: two would mean two sets of reader
+# processes.
+BLOCKS_PER_ACTOR = 4
+MAX_BLOCK_FILES = 20_000
+BLOCKS_AT_ONCE_ON_GPU = 2
+# A block whose worker dies is run once more on the restarted worker; failing again, its files not yet embedded are
+# read once more one by one: a lost machine costs a retry, a file that crashes every reader is skipped.
+BLOCK_RETRIES = 1
 CONNECT_SECONDS = 5
-CRASH_REASON = "reading it crashed a Ray worker, each of 3 times"
+CRASH_REASON = "reading it crashed a Ray worker each time it was tried"
 # What a worker on another machine must see as the driver does (it has no .env): the model's number format and
 # where weights come from.
-FORWARDED_VARIABLES = ("IMAGE_SEARCH_CPU_PRECISION", "HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_ENDPOINT",
+FORWARDED_VARIABLES = ("IMAGE_SEARCH_CPU_PRECISION", "IMAGE_SEARCH_GPU_DECODE", "IMAGE_SEARCH_GPU_DECODER",
+                       "IMAGE_SEARCH_CAPTURE_FACTS", "HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_ENDPOINT",
                        "HTTPS_PROXY", "HTTP_PROXY", "ALL_PROXY", "NO_PROXY", "https_proxy", "http_proxy",
                        "all_proxy", "no_proxy")
 
@@ -69,22 +86,25 @@ class _Work:
     paths: Sequence[str]
     on_gpu: bool
     actors: int
-    workers: int | None  # the most read tasks at once (None: Ray Data's choice, one per free CPU)
-    encoded_jpegs: bool  # readers leave the JPEGs that the GPU decodes undecoded
-    reading: dict  # ray_workers.read_blocks's other settings
+    reading: dict  # ray_workers.read_blocks's other settings (the one-by-one pass)
     actor_arguments: dict  # ray_workers.EmbeddingActor's
 
 
 class RayEmbedding:
     """The embed step on a Ray cluster: joined (or started here) on creation, left by close()."""
 
-    def __init__(self, address: str | None = None, *, device: str | None = None) -> None:
+    def __init__(self, address: str | None = None, *, device: str | None = None,
+                 block_files: int | None = None, blocks_at_once: int | None = None) -> None:
         """address: a running cluster's (host:port, ray://host:port or auto); None starts a Ray on this machine
         with all its CPUs and GPUs. device: None uses the cluster's GPUs where it has any, else its CPUs; cpu or
-        cuda insist."""
+        cuda insist. block_files: files per block an actor takes (None: see MAX_BLOCK_FILES); blocks_at_once:
+        blocks an actor embeds at the same time, each with its own reader (None: see BLOCKS_AT_ONCE). These two
+        are for benchmarks."""
         self.ray = import_ray()
         self.address = address or LOCAL
         self.device = device
+        self.block_files = block_files
+        self.blocks_at_once = blocks_at_once
         self.owns_connection = not self.ray.is_initialized()  # a program (a test) that joined already keeps it
         # Ray Data's advice on its own settings (an actor pool's size against the blocks it was given so far) is
         # not the user's to act on
@@ -108,8 +128,8 @@ class RayEmbedding:
     # -- EmbedFiles -------------------------------------------------------------------------------------------
     def __call__(self, embedder: Embedder, paths: Sequence[str], *, batch_size: int | None = None,
                  workers: int | None = None, progress: bool = True) -> Iterator[EmbeddedBatch]:
-        """batch_size: images per model batch on each actor; workers: the most read tasks at once (None: one per
-        CPU of the cluster)."""
+        """batch_size: images per model batch on each actor; workers: reader processes (CPU) or threads (GPU) of
+        each actor (None: its machine's cores, shared by the machine's actors)."""
         if not paths:
             return
         gpus, cpu_nodes = self._cluster()
@@ -119,31 +139,29 @@ class RayEmbedding:
         actors = gpus if on_gpu else max(1, cpu_nodes)
         faults = ray_test_faults()
         environment = {name: os.environ[name] for name in FORWARDED_VARIABLES if name in os.environ}
-        work = _Work(paths=paths, on_gpu=on_gpu, actors=actors, workers=workers,
-                     encoded_jpegs=on_gpu and device_decode_requested(),
+        work = _Work(paths=paths, on_gpu=on_gpu, actors=actors,
                      reading={"geometry": pickle.dumps(embedder.geometry), "min_side": embedder.input_size,
                               "capture": capture_requested(), "crash_on": faults.crash_on},
                      actor_arguments={"model_name": embedder.name, "device": device, "environment": environment,
-                                      "kill_marker": faults.kill_marker})
-        cpus = int(self.ray.cluster_resources().get("CPU", 1))
-        block_files = max(1, min(MAX_BLOCK_FILES, math.ceil(len(paths) / cpus)))
+                                      "batch_size": batch_size, "workers": workers,
+                                      "kill_marker": faults.kill_marker, "crash_on": faults.crash_on})
+        block_files = self.block_files or max(1, min(MAX_BLOCK_FILES,
+                                                     math.ceil(len(paths) / (actors * BLOCKS_PER_ACTOR))))
         label = f"Embedding on Ray ({actors} {'GPU' if on_gpu else 'CPU'} worker{'s' if actors > 1 else ''})"
         bar = progress_bar(len(paths), progress, label)
         done = np.zeros(len(paths), dtype=bool)
         try:
-            every_file = self._reading(work, range(len(paths)), block_files=block_files,
-                                       chunk=reader_batch_for_device(device, batch_size), retries=BATCH_RETRIES)
-            embedded = self._embedding(work, every_file, batch_size)
+            embedded = self._embedding(work, range(len(paths)), block_files)
             for batch in self._results(embedded.iter_batches(batch_size=None, batch_format="numpy"), done):
                 bar.update(len(batch.positions) + len(batch.skipped) + len(batch.ignored))
                 yield batch
             missing = np.flatnonzero(~done).tolist()
             if missing:
-                # The files of batches that failed twice: read once more a file per task and no retry, then embedded
-                # here, by the driver's model (for a few files, starting the actors again would cost more). The
-                # readers decode every file themselves, so nothing a file holds reaches this process undecoded.
-                one_by_one = self._reading(replace(work, encoded_jpegs=False), missing, block_files=1, chunk=1,
-                                           retries=0)
+                # The files of blocks that failed twice and were not embedded: read once more a file per task and
+                # no retry, then embedded here, by the driver's model (for a few files, starting the actors again
+                # would cost more). The readers decode every file themselves, so nothing a file holds reaches
+                # this process undecoded.
+                one_by_one = self._reading(work, missing)
                 read = one_by_one.iter_batches(batch_size=batch_size, batch_format="numpy")
                 for batch in self._results((ray_workers.embed_read_results(embedder, columns) for columns in read),
                                            done):
@@ -173,37 +191,38 @@ class RayEmbedding:
                                     fix=Fix.USE_CPU)
         return "cuda"  # each GPU actor sees its own GPU as the only one (Ray sets CUDA_VISIBLE_DEVICES)
 
-    def _reading(self, work: _Work, files, *, block_files: int, chunk: int, retries: int):
-        """The read results of these files (positions in work.paths): blocks of block_files files, read by
-        tasks that are tried 1 + retries times."""
-        from ray.data import TaskPoolStrategy
-
-        # one item per block of files: the list stays small (10 million files: 39,000 items), and each read task
-        # takes one block
-        files = list(files)
-        blocks = [{"position": files[start:start + block_files],
-                   "path": [os.fsencode(work.paths[i]) for i in files[start:start + block_files]]}
-                  for start in range(0, len(files), block_files)]
+    def _embedding(self, work: _Work, files, block_files: int):
+        """These files (positions in work.paths) read and embedded by the actor pool, a block of block_files
+        files per actor call; a block whose actor dies is tried once more."""
         with _ray_data_settings():
-            dataset = self.ray.data.from_items(blocks, override_num_blocks=len(blocks))
+            dataset = self.ray.data.from_items(_blocks(work, files, block_files),
+                                               override_num_blocks=math.ceil(len(files) / block_files))
             dataset = dataset.map_batches(
-                ray_workers.read_blocks, batch_size=1, batch_format="numpy",
-                fn_kwargs={**work.reading, "encoded_jpegs": work.encoded_jpegs, "chunk": chunk},
-                compute=TaskPoolStrategy(size=work.workers) if work.workers else None, num_cpus=1,
-                max_retries=retries)
+                ray_workers.EmbeddingActor, fn_constructor_kwargs=work.actor_arguments, batch_size=1,
+                batch_format="numpy", compute=self._actor_pool(work),
+                # the actor's own reader threads or processes take its share of the machine's cores (EmbeddingActor)
+                num_gpus=1 if work.on_gpu else None, num_cpus=1,
+                max_restarts=-1, max_task_retries=BLOCK_RETRIES)
         return _configured(dataset)
 
-    def _embedding(self, work: _Work, read, batch_size: int):
-        """The read results embedded by the actor pool; a batch whose actor dies is retried once."""
+    def _actor_pool(self, work: _Work):
         from ray.data import ActorPoolStrategy
 
+        at_once = self.blocks_at_once or (BLOCKS_AT_ONCE_ON_GPU if work.on_gpu else 1)
+        if at_once == 1:
+            return ActorPoolStrategy(size=work.actors)
+        return ActorPoolStrategy(size=work.actors, max_tasks_in_flight_per_actor=at_once + 1,
+                                 max_concurrent_calls_per_actor=at_once, enable_true_multi_threading=True)
+
+    def _reading(self, work: _Work, files):
+        """The read results of these files (positions in work.paths), a file per read task and one try each."""
+        from ray.data import TaskPoolStrategy
+
         with _ray_data_settings():
-            dataset = read.map_batches(
-                ray_workers.EmbeddingActor, fn_constructor_kwargs=work.actor_arguments, batch_size=batch_size,
-                batch_format="numpy", compute=ActorPoolStrategy(size=work.actors),
-                # a GPU actor's one thread shares the cores with the readers, as the model's does in a local ingest
-                num_gpus=1 if work.on_gpu else None, num_cpus=0 if work.on_gpu else 1,
-                max_restarts=-1, max_task_retries=BATCH_RETRIES)
+            dataset = self.ray.data.from_items(_blocks(work, files, 1), override_num_blocks=len(files))
+            dataset = dataset.map_batches(
+                ray_workers.read_blocks, batch_size=1, batch_format="numpy", fn_kwargs=work.reading,
+                compute=TaskPoolStrategy(), num_cpus=1, max_retries=0)
         return _configured(dataset)
 
     def _results(self, embedded: Iterator[dict], done: np.ndarray) -> Iterator[EmbeddedBatch]:
@@ -233,9 +252,17 @@ def _ray_data_settings():
         yield
 
 
+def _blocks(work: _Work, files, block_files: int) -> list[dict]:
+    """One item per block of files, their positions and paths (bytes: os.fsencode, so any name survives)."""
+    files = list(files)
+    return [{"position": files[start:start + block_files],
+             "path": [os.fsencode(work.paths[i]) for i in files[start:start + block_files]]}
+            for start in range(0, len(files), block_files)]
+
+
 def _configured(dataset):
     context = dataset.context
-    context.max_errored_blocks = -1  # a batch that failed its retries is read again a file at a time (__call__)
+    context.max_errored_blocks = -1  # a block that failed its retries is read again a file at a time (__call__)
     context.enable_progress_bars = False  # the driver shows one bar, of images across the cluster
     context.print_on_execution_start = False
     context.enable_auto_log_stats = False

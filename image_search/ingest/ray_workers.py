@@ -1,13 +1,14 @@
-"""What a Ray cluster's workers run in a distributed ingest (ray_embed.py sets them to work): read tasks that read
-files with the local ingest's reader, and embedding actors, each holding one model, that embed what was read with
-the local ingest's code. So a file reads, decodes and embeds the same way on the cluster as on this machine.
+"""What a Ray cluster's workers run in a distributed ingest (ray_embed.py sets them to work): embedding actors, each
+holding one model, that read and embed blocks of files with the local ingest's own embed step; and, for the files
+of a block that failed twice, read tasks that read one file each with the local ingest's reader, for the driver to
+embed. So a file reads, decodes and embeds the same way on the cluster as on this machine.
 
 Batches travel between them, and back to the driver, as columns of plain values (Ray Data's numpy batches):
   blocks in:     position (the files' int64 positions in the ingest's list of paths), path (the files' paths as
                  bytes: os.fsencode, so any name survives); a row per block of files
-  read results:  position, path, status (cpu_reader's OK / ENCODED / SKIPPED / IGNORED), reason (a skipped file's),
-                 data (bytes: the uint8 pixels [3, S, S], or an undecoded JPEG's file), orientation, pixel_count,
-                 facts (the file's ImageFacts from the bytes read for it, pickled; b"" when none were captured)
+  read results:  position, path, status (cpu_reader's OK / SKIPPED / IGNORED), reason (a skipped file's), data
+                 (bytes: the uint8 pixels [3, S, S]), facts (the file's ImageFacts from the bytes read for it,
+                 pickled; b"" when none were captured)
   embedded:      position, status (OK / SKIPPED / IGNORED), reason, vector (float32 [dim]; zeros unless OK), facts
 """
 
@@ -22,81 +23,108 @@ from typing import Iterator
 import numpy as np
 
 from ..models import Embedder
-from ..pipeline.batches import decode_read_batch
-from ..pipeline.cpu_reader import ENCODED, IGNORED, OK, SKIPPED, collate, read_file
-from ..pipeline.encoded_jpeg import EncodedJpeg
+from ..pipeline.batches import EmbeddedBatch, decode_read_batch, embed_files
+from ..pipeline.cpu_reader import IGNORED, OK, SKIPPED, collate, read_file
 from ..store.records import ImageFacts
 
 
-def read_blocks(blocks: dict, *, chunk: int, geometry: bytes, min_side: int | None, encoded_jpegs: bool,
-                capture: bool, crash_on: str | None = None) -> Iterator[dict]:
-    """A read task: blocks of files (a row each: the files' positions and paths) -> read results, `chunk` files
-    at a time, so that the results flow on while the rest of the block is read. geometry: the model's resize and
-    crop, pickled (one object per process, whatever the number of tasks: decode.py caches its plan per object)."""
+def read_blocks(blocks: dict, *, geometry: bytes, min_side: int | None, capture: bool,
+                crash_on: str | None = None) -> Iterator[dict]:
+    """A read task: blocks of files (a row each: the files' positions and paths) -> read results, a batch per
+    block. geometry: the model's resize and crop, pickled (one object per process, whatever the number of tasks:
+    decode.py caches its plan per object)."""
     resize_and_crop = _unpickled(geometry)
     for positions, paths in zip(blocks["position"], blocks["path"]):
-        for start in range(0, len(positions), chunk):
-            yield _read_files(np.asarray(positions[start:start + chunk], dtype=np.int64),
-                              _objects(list(paths[start:start + chunk])), resize_and_crop, min_side,
-                              encoded_jpegs, capture, crash_on)
+        yield _read_files(np.asarray(positions, dtype=np.int64), _objects(list(paths)), resize_and_crop, min_side,
+                          capture, crash_on)
 
 
 def _read_files(positions: np.ndarray, raw_paths: np.ndarray, resize_and_crop, min_side: int | None,
-                encoded_jpegs: bool, capture: bool, crash_on: str | None) -> dict:
-    statuses, reasons, data, orientations, pixel_counts, facts = [], [], [], [], [], []
+                capture: bool, crash_on: str | None) -> dict:
+    statuses, reasons, data, facts = [], [], [], []
     for raw_path in raw_paths:
         path = os.fsdecode(raw_path)
         if crash_on is not None and os.path.basename(path) == crash_on:
             os.kill(os.getpid(), signal.SIGKILL)  # test hook (config.RayTestFaults): a file that crashes its reader
-        status, payload = read_file(path, resize_and_crop, min_side, encoded_jpegs, capture)
+        status, payload = read_file(path, resize_and_crop, min_side, capture=capture)
         statuses.append(status)
         reasons.append(_text(payload) if status == SKIPPED else "")
-        if status == OK:
-            data.append(payload[0].tobytes())
-            facts.append(_packed_facts(payload[1]))
-        elif status == ENCODED:
-            data.append(payload.data.tobytes())
-            facts.append(_packed_facts(payload.facts))
-        else:
-            data.append(b"")
-            facts.append(b"")
-        orientations.append(payload.orientation if status == ENCODED else 1)
-        pixel_counts.append(payload.pixels if status == ENCODED else 0)
-    return {"position": positions, "path": raw_paths, "status": _objects(statuses),
-            "reason": _objects(reasons), "data": _objects(data), "orientation": np.array(orientations, np.int64),
-            "pixel_count": np.array(pixel_counts, np.int64), "facts": _objects(facts)}
+        data.append(payload[0].tobytes() if status == OK else b"")
+        facts.append(_packed_facts(payload[1]) if status == OK else b"")
+    return {"position": positions, "path": raw_paths, "status": _objects(statuses), "reason": _objects(reasons),
+            "data": _objects(data), "facts": _objects(facts)}
 
 
 class EmbeddingActor:
-    """One model on one GPU (or on the CPU), loaded once by name; called with batches of read results."""
+    """One model on one GPU (or on the CPU), loaded once by name, that reads and embeds blocks of files with the
+    local ingest's embed step: on a GPU the threaded reader (JPEGs decoded on the device), on the CPU reader
+    processes; with `workers` threads or processes, by default its share of its machine's cores."""
 
-    def __init__(self, model_name: str, device: str, environment: dict[str, str],
-                 kill_marker: str | None = None) -> None:
-        # the driver's settings that shape the model (IMAGE_SEARCH_CPU_PRECISION, the hub's HF_* variables): a
-        # worker on another machine has no .env of its own
+    def __init__(self, model_name: str, device: str, environment: dict[str, str], batch_size: int,
+                 workers: int | None = None, kill_marker: str | None = None, crash_on: str | None = None) -> None:
+        # the driver's settings that shape the model and the reading (IMAGE_SEARCH_CPU_PRECISION, GPU decoding,
+        # the hub's HF_* variables): a worker on another machine has no .env of its own
         os.environ.update(environment)
         import torch  # imported here for start-up time (see pipeline/__init__.py)
 
+        cores = _cores_of_this_actor(device)
         if device == "cpu":
             # Ray starts a 1-CPU worker with OMP_NUM_THREADS=1; the model takes every core, as in a local ingest
             # (whose readers share them with it: the measured best on the CPU, pipeline/cpu_reader.py)
-            torch.set_num_threads(len(os.sched_getaffinity(0)))
+            torch.set_num_threads(cores)
         from ..models.loading import load_model
 
         self.embedder = load_model(model_name, device)
+        self.batch_size = batch_size
+        self.workers = cores if workers is None else workers
         self.kill_marker = kill_marker
+        self.crash_on = crash_on
         self.calls = 0
 
-    def __call__(self, read: dict) -> dict:
+    def __call__(self, blocks: dict) -> Iterator[dict]:
         self.calls += 1
         if self.kill_marker is not None and self.calls == 2:
             _die_once(self.kill_marker)
-        return embed_read_results(self.embedder, read)
+        for positions, raw_paths in zip(blocks["position"], blocks["path"]):
+            paths = [os.fsdecode(raw_path) for raw_path in raw_paths]
+            if self.crash_on is not None and self.crash_on in map(os.path.basename, paths):
+                os.kill(os.getpid(), signal.SIGKILL)  # test hook (config.RayTestFaults): reading it kills the actor
+            positions = np.asarray(positions, dtype=np.int64)
+            for batch in embed_files(self.embedder, paths, batch_size=self.batch_size, workers=self.workers):
+                rows = _embedded_rows(batch, positions, self.embedder.dim)
+                if len(rows["position"]):
+                    yield rows
+
+
+def _cores_of_this_actor(device: str) -> int:
+    """This actor's share of its machine's CPUs: all of them for a CPU actor (one per machine), the machine's CPUs
+    over its GPUs for a GPU actor (one per GPU)."""
+    import ray
+
+    node = ray.get_runtime_context().get_node_id()
+    resources = next((entry["Resources"] for entry in ray.nodes() if entry.get("NodeID") == node), {})
+    cpus = int(resources.get("CPU", 0)) or os.cpu_count() or 1
+    gpus = int(resources.get("GPU", 0))
+    return max(1, cpus // gpus) if device != "cpu" and gpus else max(1, cpus)
+
+
+def _embedded_rows(batch: EmbeddedBatch, positions: np.ndarray, dim: int) -> dict:
+    """An EmbeddedBatch of a block (positions in the block) -> embedded rows (positions in the ingest's paths)."""
+    embedded, skipped = list(batch.positions), [i for i, _ in batch.skipped]
+    count = len(embedded) + len(skipped) + len(batch.ignored)
+    vectors = np.zeros((count, dim), dtype=np.float32)
+    vectors[:len(embedded)] = batch.vectors
+    facts = batch.facts if len(batch.facts) == len(embedded) else [None] * len(embedded)
+    return {"position": positions[embedded + skipped + list(batch.ignored)],
+            "status": _objects([OK] * len(embedded) + [SKIPPED] * len(skipped) + [IGNORED] * len(batch.ignored)),
+            "reason": _objects([""] * len(embedded) + [_text(reason) for _, reason in batch.skipped]
+                               + [""] * len(batch.ignored)),
+            "vector": vectors,
+            "facts": _objects([_packed_facts(f) for f in facts] + [b""] * (len(skipped) + len(batch.ignored)))}
 
 
 def embed_read_results(embedder: Embedder, read: dict) -> dict:
-    """Read results -> embedded rows, decoded (undecoded JPEGs on the model's device) and embedded as a local
-    ingest does (pipeline/batches.decode_read_batch)."""
+    """Read results -> embedded rows, embedded as a local ingest does (pipeline/batches.decode_read_batch)."""
     paths = [os.fsdecode(raw_path) for raw_path in read["path"]]
     side = embedder.input_size
     items = []
@@ -104,24 +132,12 @@ def embed_read_results(embedder: Embedder, read: dict) -> dict:
                                                           read["facts"])):
         if status == OK:
             items.append((i, OK, (np.frombuffer(data, np.uint8).reshape(3, side, side), unpacked_facts(facts))))
-        elif status == ENCODED:
-            items.append((i, ENCODED, EncodedJpeg(np.frombuffer(data, np.uint8), int(read["orientation"][i]),
-                                                  int(read["pixel_count"][i]), unpacked_facts(facts))))
         else:
             items.append((i, status, reason or None))
-    positions, pixels, skipped, _, facts_of_rows = decode_read_batch(embedder, paths, collate(items))
-    statuses = [IGNORED] * len(paths)
-    reasons = [""] * len(paths)
-    for i, reason in skipped:
-        statuses[i], reasons[i] = SKIPPED, _text(reason)
-    vectors = np.zeros((len(paths), embedder.dim), dtype=np.float32)
-    facts = [b""] * len(paths)
-    if positions:
-        vectors[positions] = embedder.encode_pixels(pixels)
-        for i, file_facts in zip(positions, facts_of_rows):
-            statuses[i], facts[i] = OK, _packed_facts(file_facts)
-    return {"position": read["position"], "status": _objects(statuses), "reason": _objects(reasons),
-            "vector": vectors, "facts": _objects(facts)}
+    positions, pixels, skipped, ignored, facts_of_rows = decode_read_batch(embedder, paths, collate(items))
+    vectors = embedder.encode_pixels(pixels) if positions else np.zeros((0, embedder.dim), np.float32)
+    batch = EmbeddedBatch(positions, vectors, skipped, ignored, facts_of_rows)
+    return _embedded_rows(batch, np.asarray(read["position"], dtype=np.int64), embedder.dim)
 
 
 @functools.lru_cache(maxsize=4)

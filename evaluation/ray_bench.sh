@@ -1,0 +1,33 @@
+#!/usr/bin/env bash
+# Ray's overhead on one GPU machine without network access (issue 15), and what checkpoints cost there (issue 17):
+# the same files ingested locally and through --ray, then with and without checkpoints.
+#
+# Needs python with torch, torchvision, numpy, Pillow, pandas and pyarrow installed, a folder of wheels for the rest
+# (see gpu_bench.sh) and Ray unpacked from its wheel (ray-site.tar.xz: the wheel's files without the Java jars,
+# which keeps it under the device tool's 64 MiB).
+#
+# Usage: evaluation/ray_bench.sh WHEEL_DIR RAY_SITE_TAR
+# Environment: PYTHON (python3), OUT (bench-out), COUNT (60000 files: each Ray ingest starts actors and loads the
+#              model, seconds that tens of thousands of files make small), BLOCKS (Ray block sizes to compare),
+#              AT_ONCE (blocks an actor embeds at once, to compare), CHECKPOINT_COUNT (40000)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+WHEELS="$1"
+RAY_SITE="$2"
+PYTHON="${PYTHON:-python3}"
+OUT="${OUT:-bench-out}"
+CORES="$(nproc)"
+mkdir -p "$OUT" /tmp/site
+"$PYTHON" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site "$WHEELS"/*.whl
+tar -xJf "$RAY_SITE" -C /tmp/site
+export PYTHONPATH="/tmp/site${PYTHONPATH:+:$PYTHONPATH}"
+"$PYTHON" -c "import ray, torch; print('ray', ray.__version__, torch.cuda.get_device_name(0))"
+
+"$PYTHON" -m evaluation.benchmark_ingest --ray-overhead --device cuda --sizes 2 --count "${COUNT:-60000}" \
+  --distinct 200 --batch-size 256 --workers "$CORES" --ray-block-files "${BLOCKS:-8192}" \
+  --ray-blocks-at-once "${AT_ONCE:-1}" --corpus /tmp/corpus --json "$OUT/ingest-ray-h200.json" 2>&1 \
+  | grep -v -E "authentication_token|core_worker.cc" | tee "$OUT/ray-h200.log"
+
+"$PYTHON" -m evaluation.benchmark_ingest --checkpoint-cost --device cuda --sizes 2 --count "${CHECKPOINT_COUNT:-40000}" \
+  --distinct 200 --batch-size 256 --workers "$CORES" --corpus /tmp/corpus --json "$OUT/checkpoint-cost-h200.json" \
+  2>&1 | tee "$OUT/checkpoint-cost-h200.log"
