@@ -7,9 +7,10 @@
 # which keeps it under the device tool's 64 MiB).
 #
 # Usage: evaluation/ray_bench.sh WHEEL_DIR RAY_SITE_TAR
-# Environment: PYTHON (python3), OUT (bench-out), COUNT (60000 files: each Ray ingest starts actors and loads the
+# Environment: PYTHON (python3), OUT (bench-out), COUNT (120000 files: each Ray ingest starts actors and loads the
 #              model, seconds that tens of thousands of files make small), BLOCKS (Ray block sizes to compare),
-#              AT_ONCE (blocks an actor embeds at once, to compare), CHECKPOINT_COUNT (40000)
+#              AT_ONCE (blocks an actor embeds at once, to compare), CHECKPOINT_COUNT (30000), CHECKPOINT_REPEAT (2),
+#              RAY_SECONDS / CHECKPOINT_SECONDS / PROFILE_SECONDS (each step's time limit)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 WHEELS="$1"
@@ -23,11 +24,15 @@ tar -xJf "$RAY_SITE" -C /tmp/site
 export PYTHONPATH="/tmp/site${PYTHONPATH:+:$PYTHONPATH}"
 "$PYTHON" -c "import ray, torch; print('ray', ray.__version__, torch.cuda.get_device_name(0))"
 
-"$PYTHON" -m evaluation.benchmark_ingest --ray-overhead --device cuda --sizes 2 --count "${COUNT:-60000}" \
-  --distinct 200 --batch-size 256 --workers "$CORES" --ray-block-files "${BLOCKS:-8192}" \
-  --ray-blocks-at-once "${AT_ONCE:-1}" --corpus /tmp/corpus --json "$OUT/ingest-ray-h200.json" 2>&1 \
-  | grep -v -E "authentication_token|core_worker.cc" | tee "$OUT/ray-h200.log"
+timeout "${RAY_SECONDS:-330}" "$PYTHON" -m evaluation.benchmark_ingest --ray-overhead --device cuda --sizes 2 --count "${COUNT:-120000}" \
+  --distinct 200 --batch-size 256 --workers "$CORES" ${BLOCKS:+--ray-block-files "$BLOCKS"} \
+  ${AT_ONCE:+--ray-blocks-at-once "$AT_ONCE"} --corpus /tmp/corpus --json "$OUT/ingest-ray-h200.json" 2>&1 \
+  | grep -v -E "authentication_token|core_worker.cc" | tee "$OUT/ray-h200.log" || echo "(the Ray step failed or ran out of time)"
 
-"$PYTHON" -m evaluation.benchmark_ingest --checkpoint-cost --device cuda --sizes 2 --count "${CHECKPOINT_COUNT:-40000}" \
-  --distinct 200 --batch-size 256 --workers "$CORES" --corpus /tmp/corpus --json "$OUT/checkpoint-cost-h200.json" \
-  2>&1 | tee "$OUT/checkpoint-cost-h200.log"
+timeout "${CHECKPOINT_SECONDS:-130}" "$PYTHON" -m evaluation.benchmark_ingest --checkpoint-cost --device cuda --sizes 2 \
+  --count "${CHECKPOINT_COUNT:-30000}" --repeat "${CHECKPOINT_REPEAT:-2}" --distinct 200 --batch-size 256 --workers "$CORES" --corpus /tmp/corpus --json "$OUT/checkpoint-cost-h200.json" \
+  2>&1 | tee "$OUT/checkpoint-cost-h200.log" || echo "(the checkpoint step failed or ran out of time)"
+
+# where the fixed start of each ingest through Ray goes (a new process: torch, CUDA, the model; Ray Data's start)
+timeout "${PROFILE_SECONDS:-100}" "$PYTHON" -m evaluation.profile_ray_start --device cuda --json "$OUT/ray-start-h200.json" \
+  2>&1 | grep -v -E "authentication_token|core_worker.cc|INFO" | tee "$OUT/ray-start-h200.log" || echo "(the profile failed or ran out of time)"
