@@ -48,7 +48,7 @@ INSTALL_HINT = (f'install it with: pipenv sync --categories="packages ray" (or: 
 # An actor runs the embed step over a block of files per call, and each block costs a start and a drain of its
 # reader (the GPU waits for the first decoding batch and for the model's last one). So blocks are large, and a GPU
 # actor embeds two at once, one starting while the other drains. Measured on the H200 (16 cores, 60,000 2 MP
-# files, evaluation/results/ingest-ray-h200.json; the whole run less the seconds a 64-file ingest through Ray
+# files, evaluation/results/ingest-ray-h200-60k.json; the whole run less the seconds a 64-file ingest through Ray
 # takes, the actor's start): blocks of 8,192 one at a time ran at
 # about 1,234 images/s, of 20,000 one at a time 1,333, of 20,000 two at a time 1,456 (the local ingest: 1,446).
 # Each actor still gets at least BLOCKS_PER_ACTOR blocks, so that the files spread over the actors and one lost

@@ -68,10 +68,11 @@ class EmbeddingActor:
         import torch  # imported here for start-up time (see pipeline/__init__.py)
 
         cores = _cores_of_this_actor(device)
-        if device == "cpu":
-            # Ray starts a 1-CPU worker with OMP_NUM_THREADS=1; the model takes every core, as in a local ingest
-            # (whose readers share them with it: the measured best on the CPU, pipeline/cpu_reader.py)
-            torch.set_num_threads(cores)
+        # Ray starts a 1-CPU worker with OMP_NUM_THREADS=1. On the CPU the model takes every core, as in a local
+        # ingest (whose readers share them with it: the measured best on the CPU, pipeline/cpu_reader.py); on a
+        # GPU the model is still built on the CPU first, and on one thread that took 9.3 s of a GPU actor's start
+        # on the H200 (ViT-B-32, evaluation/results/ray-start-h200.json), most of it.
+        torch.set_num_threads(cores)
         from ..models.loading import load_model
 
         self.embedder = load_model(model_name, device)
