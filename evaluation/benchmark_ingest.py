@@ -530,13 +530,13 @@ def run_ray_overhead(args) -> dict:
                 reference = _vectors_by_path(scratch / "home", local_name, args)
                 print(f"{label}: {local_rate:.1f} images/s local", flush=True)
                 variants = [(files, at_once) for files in args.ray_block_files or [None]
-                            for at_once in args.ray_blocks_at_once or [1]]
+                            for at_once in args.ray_blocks_at_once or [None]]
                 for block_files, at_once in variants:
                     ray_embed.block_files, ray_embed.blocks_at_once = block_files, at_once
                     ray_seconds, on_ray, ray_name = _best_ingest(folder, scratch, f"ray-{label}-{block_files}-{at_once}",
                                                                  args, ray_embed)
                     row = {"label": label, "images": on_ray.indexed, "block_files": block_files or "auto",
-                           "blocks_at_once": at_once,
+                           "blocks_at_once": at_once or "auto",
                            "small_ingest_seconds": round(start_seconds, 2),
                            "local_images_per_second": round(local_rate, 2),
                            "ray_images_per_second": round(on_ray.indexed / ray_seconds, 2),
@@ -545,7 +545,7 @@ def run_ray_overhead(args) -> dict:
                            # the same files and vectors as the local ingest's (each file's cosine to its own)
                            "least_cosine_to_local": _least_cosine(scratch / "home", ray_name, reference, args)}
                     results.append(row)
-                    print(f"{label}, blocks of {row['block_files']} files, {at_once} at once: "
+                    print(f"{label}, blocks of {row['block_files']} files, {row['blocks_at_once']} at once: "
                           f"{row['ray_images_per_second']:.1f} "
                           f"images/s through Ray ({100 * row['ray_share']:.1f}% of local; least cosine to the local "
                           f"vectors {row['least_cosine_to_local']})", flush=True)
@@ -924,7 +924,7 @@ def parse_args(argv=None):
                              "ingest's own choice)")
     parser.add_argument("--ray-blocks-at-once", type=_int_list, default=None, metavar="N[,N...]",
                         help="for --ray-overhead: a Ray row for each number of blocks an actor embeds at once "
-                             "(default: 1)")
+                             "(default: the ingest's own choice)")
     parser.add_argument("--checkpoint-cost", action="store_true",
                         help="instead of speed, measure ingests with and without checkpoints")
     parser.add_argument("--checkpoint-images", type=_positive, default=None,
