@@ -635,12 +635,15 @@ def create_server(engine: ImageSearch, gate: AccessGate | None = None) -> MLServ
                                   parameters=[dataset_parameter(engine, text_queries=text_queries),
                                               num_results_parameter(), *filter_parameters()])
 
+    # the query inputs, the same for a search and for its report
+    text_query = InputSchema(key="text_query", label="Describe the image", input_type=InputType.TEXT)
+    example_image = InputSchema(key="image_path", label="Example image", input_type=InputType.FILE)
     add_task("/dataset_processing", 0, INGEST_TITLE, ingest_schema, ingest_dataset)
     add_task("/search_by_text", 1, TEXT_SEARCH_TITLE,
-             search_schema(InputSchema(key="text_query", label="Describe the image", input_type=InputType.TEXT)),
+             search_schema(text_query),
              search_text)
     add_task("/search_by_image", 2, IMAGE_SEARCH_TITLE,
-             search_schema(InputSchema(key="image_path", label="Example image", input_type=InputType.FILE)),
+             search_schema(example_image),
              search_image)
     add_task("/list_datasets", 3, LIST_TITLE, lambda: TaskSchema(inputs=[], parameters=[]), list_datasets)
     add_task("/delete_dataset", 4, DELETE_TITLE,
@@ -648,10 +651,10 @@ def create_server(engine: ImageSearch, gate: AccessGate | None = None) -> MLServ
     add_task("/find_duplicates", 5, DUPLICATES_TITLE,
              lambda: TaskSchema(inputs=[], parameters=duplicates_parameters(engine)), find_duplicates)
     add_task("/report_text_search", 6, TEXT_REPORT_TITLE,
-             report_schema(InputSchema(key="text_query", label="Describe the image", input_type=InputType.TEXT)),
+             report_schema(text_query),
              write_text_report)
     add_task("/report_image_search", 7, IMAGE_REPORT_TITLE,
-             report_schema(InputSchema(key="image_path", label="Example image", input_type=InputType.FILE)),
+             report_schema(example_image),
              write_image_report)
     add_task("/report_duplicates", 8, DUPLICATES_REPORT_TITLE,
              lambda: TaskSchema(inputs=[report_folder_input()], parameters=duplicates_parameters(engine)),
