@@ -19,7 +19,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--batch-size", "--batch_size", type=int, default=None,
                         help="images per model batch (default: 32 on CPU, 256 on GPU)")
     parser.add_argument("--workers", type=int, default=None,
-                        help="image decoding processes (default: half the cores on CPU, all cores with a GPU)")
+                        help="image reading processes, or threads with a GPU (default: one per core; with --ray, each "
+                             "Ray worker's share of its machine's cores)")
     parser.add_argument("--rebuild", action="store_true",
                         help="embed everything again from scratch (also to switch model or folder)")
     parser.add_argument("--follow-symlinks", action="store_true",

@@ -197,3 +197,19 @@ def test_without_ray_installed_the_flag_names_the_install_command(tmp_path, monk
         cli_preprocess.main(["-i", str(folder), "-n", "photos", "--model", TEST_MODEL, "--ray"])
     message = cli_message(raised.value)
     assert 'pipenv sync --categories="packages ray"' in message and "\n" not in message
+
+
+def test_two_blocks_at_once_on_one_actor_make_the_same_dataset(cluster, folder, local, tmp_path):
+    """What a GPU actor does by default (two readers at once in one actor), here on the CPU: each file once."""
+    from image_search.ingest import ingest_folder
+    from image_search.ingest.ray_embed import RayEmbedding
+
+    engine = service(tmp_path / "home")
+    on_ray = RayEmbedding(cluster, device="cpu", block_files=7, blocks_at_once=2)
+    try:
+        report = ingest_folder(engine, folder, "photos", model_name=TEST_MODEL, progress=False, embed=on_ray)
+        assert report.indexed == PHOTOS and report.skipped == local[0].skipped
+        assert_same_dataset(dataset_vectors(engine, "photos"), local[1])
+    finally:
+        on_ray.close()
+        engine.close()

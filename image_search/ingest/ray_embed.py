@@ -98,8 +98,8 @@ class RayEmbedding:
         """address: a running cluster's (host:port, ray://host:port or auto); None starts a Ray on this machine
         with all its CPUs and GPUs. device: None uses the cluster's GPUs where it has any, else its CPUs; cpu or
         cuda insist. block_files: files per block an actor takes (None: see MAX_BLOCK_FILES); blocks_at_once:
-        blocks an actor embeds at the same time, each with its own reader (None: see BLOCKS_AT_ONCE). These two
-        are for benchmarks."""
+        blocks an actor embeds at the same time, each with its own reader (None: BLOCKS_AT_ONCE_ON_GPU on a GPU,
+        else one). These two are for benchmarks."""
         self.ray = import_ray()
         self.address = address or LOCAL
         self.device = device

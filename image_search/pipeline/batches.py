@@ -39,9 +39,8 @@ def batch_size_for_device(device: str) -> int:
 
 
 # Each reader worker fills whole batches, so model-sized GPU batches (256) would leave most workers idle unless
-# there are thousands of files; and undecoded JPEGs (a Ray cluster's GPU path) carry whole files (3 MB for a 12 MP
-# photo), so the batches queued between workers and the model must stay small. Workers read batches of this many files for a GPU, and
-# the batches are joined into model-sized ones on the device.
+# there are thousands of files. Workers read batches of this many files for a GPU, and the batches are joined into
+# model-sized ones on the device.
 GPU_READER_BATCH = 32
 
 
