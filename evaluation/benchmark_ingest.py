@@ -414,7 +414,8 @@ def timed_ingest(folder: Path, data_home: Path, name: str, args, mode, *, checkp
 
 # -- checkpoint cost --------------------------------------------------------------------------------------------
 def run_checkpoint_cost(args) -> dict:
-    """(d) without and with checkpoints, one right after the other, best of --repeat each."""
+    """(d) without and with checkpoints, best of --repeat each. The two alternate, and swap places each round (off
+    then on, on then off), so that a machine that warms up or slows down over the run favours neither."""
     from image_search.config import CheckpointSettings
     from image_search.models import load_model
 
@@ -429,29 +430,32 @@ def run_checkpoint_cost(args) -> dict:
     with tempfile.TemporaryDirectory(prefix="image-search-bench-") as scratch:
         scratch = Path(scratch)
         corpus = list(corpus_folders(args, scratch))
-        if corpus:  # one-time costs (creating the store, first imports) are not part of any row
-            warm_up = link_folder([Path(p) for p in image_files(corpus[0][1])[:2]], scratch / "warm-up")
-            timed_ingest(warm_up, scratch / "home", "warmup", args, CPU_MODE)
+        if corpus:  # one-time costs (creating the store, first imports, the reader's start) are in no row
+            warm_up = link_folder([Path(p) for p in image_files(corpus[0][1])[:64]], scratch / "warm-up")
+            timed_ingest(warm_up, scratch / "home", "warmup", args, True)
         for label, folder in corpus:
-            best = {"off": None, "on": None}
+            runs = {"off": [], "on": []}
             for attempt in range(args.repeat):
-                for mode, checkpoints in (("off", None), ("on", every)):
+                order = (("off", None), ("on", every))
+                for mode, checkpoints in (order if attempt % 2 == 0 else order[::-1]):
                     # the device's own reader (on a GPU, the threaded one): the fastest ingest shows the most cost
                     seconds, report = timed_ingest(folder, scratch / "home", f"cp-{mode}-{len(results)}-{attempt}",
                                                    args, True, checkpoints=checkpoints)
-                    if best[mode] is None or seconds < best[mode][0]:
-                        best[mode] = (seconds, report)
-            (off_seconds, off), (on_seconds, on) = best["off"], best["on"]
+                    runs[mode].append((seconds, report))
+            (off_seconds, off), (on_seconds, on) = (min(runs[mode], key=lambda run: run[0]) for mode in ("off", "on"))
             row = {"label": label, "images": on.indexed, "off_images_per_second": round(off.indexed / off_seconds, 2),
                    "on_images_per_second": round(on.indexed / on_seconds, 2),
                    "cost": round(on_seconds / off_seconds - 1, 4), "checkpoints_written": on.checkpoints_written,
                    "checkpoint_seconds": round(on.checkpoint_seconds, 3),
-                   "checkpoint_share": round(on.checkpoint_seconds / on_seconds, 4)}
+                   "checkpoint_share": round(on.checkpoint_seconds / on_seconds, 4),
+                   "off_seconds": [round(seconds, 3) for seconds, _ in runs["off"]],
+                   "on_seconds": [round(seconds, 3) for seconds, _ in runs["on"]]}
             results.append(row)
             print(f"{label}: {row['off_images_per_second']:.1f} images/s without checkpoints, "
                   f"{row['on_images_per_second']:.1f} with ({row['checkpoints_written']} written, "
                   f"{row['checkpoint_seconds']:.2f} s on their thread, {100 * row['checkpoint_share']:.1f}% of the "
-                  f"ingest): {100 * row['cost']:+.1f}% time", flush=True)
+                  f"ingest): {100 * row['cost']:+.1f}% time; every run's seconds: off {row['off_seconds']}, "
+                  f"on {row['on_seconds']}", flush=True)
     return {"benchmark": "ingest-checkpoint-cost", "machine": machine_info(),
             "settings": {"model": embedder.name, "device": embedder.device, "batch_size": args.batch_size,
                          "workers": args.workers, "checkpoint_images": every.images,

@@ -21,10 +21,12 @@ def fsync_folder(folder: Path) -> None:
         os.close(fd)
 
 
-def write_synced(path: Path, data: bytes) -> None:
-    """Write the file and flush its bytes to the disk (its name is durable once its folder is synced)."""
+def write_synced(path: Path, *parts: bytes | memoryview) -> None:
+    """Write the file, its bytes in these parts, and flush them to the disk (its name is durable once its folder
+    is synced)."""
     with open(path, "wb") as handle:
-        handle.write(data)
+        for part in parts:
+            handle.write(part)
         handle.flush()
         os.fsync(handle.fileno())
 

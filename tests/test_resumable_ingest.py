@@ -26,12 +26,13 @@ from image_search.models import shared_models
 from image_search.search import search_by_text
 from image_search.service import ImageSearch
 from image_search.store import ImageRecord
-from tests.conftest import REPO, TEST_MODEL, run_tool
+from tests.conftest import REPO, TEST_MODEL, release_code, run_tool
 
 BASE = 24  # photos in the dataset before the interrupted ingest
 NEW = 200  # photos that ingest adds
 BATCH = 8
 EVERY = 16  # images per checkpoint in these tests (the default is 10,000, or a minute)
+ROWS_COMMIT = "7821bfd"  # the last release whose checkpoints keep image records as rows (.jsonl)
 
 
 # -- helpers ---------------------------------------------------------------------------------------------------
@@ -175,13 +176,14 @@ def test_kill_9_at_random_points_resumes_to_the_clean_result(cli_env, tmp_path):
     assert_same_dataset(engine_for(cli_env), "case", clean)
 
 
-def test_a_new_dataset_killed_part_way_keeps_its_uid_and_resumes(cli_env, tmp_path):
-    folder = photo_folder(tmp_path, 64)
-    clean = clean_vectors(tmp_path, folder)
-    checkpoints = checkpoint_folder(Path(cli_env["IMAGE_SEARCH_HOME"]), "fresh")
-    slow = {**cli_env, "IMAGE_SEARCH_CHECKPOINT_IMAGES": str(EVERY), "IMAGE_SEARCH_TEST_BATCH_DELAY": "0.2"}
-    process = subprocess.Popen([sys.executable, "-m", "cli.cli_preprocess", "-i", str(folder), "-n", "fresh",
-                                "--no-progress", "--batch-size", str(BATCH)], cwd=REPO, env=slow,
+def kill_after_a_checkpoint(folder: Path, name: str, env: dict, code: Path = REPO) -> Path:
+    """Run the tool (of `code`: this checkout, or an earlier release's) on folder as dataset `name`, and kill -9 it
+    once it has sealed a checkpoint chunk; its checkpoint folder."""
+    checkpoints = checkpoint_folder(Path(env["IMAGE_SEARCH_HOME"]), name)
+    slow = {**env, "IMAGE_SEARCH_CHECKPOINT_IMAGES": str(EVERY), "IMAGE_SEARCH_TEST_BATCH_DELAY": "0.2",
+            "PYTHONPATH": str(code)}
+    process = subprocess.Popen([sys.executable, "-m", "cli.cli_preprocess", "-i", str(folder), "-n", name,
+                                "--no-progress", "--batch-size", str(BATCH)], cwd=code, env=slow,
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         deadline = time.monotonic() + 180
@@ -191,6 +193,13 @@ def test_a_new_dataset_killed_part_way_keeps_its_uid_and_resumes(cli_env, tmp_pa
     finally:
         process.send_signal(signal.SIGKILL)
         process.wait()
+    return checkpoints
+
+
+def test_a_new_dataset_killed_part_way_keeps_its_uid_and_resumes(cli_env, tmp_path):
+    folder = photo_folder(tmp_path, 64)
+    clean = clean_vectors(tmp_path, folder)
+    checkpoints = kill_after_a_checkpoint(folder, "fresh", cli_env)
     engine = engine_for(cli_env)
     assert engine.find_dataset("fresh") is None  # nothing committed, nothing to search
     owner = json.loads((checkpoints / "owner.json").read_text())
@@ -199,6 +208,25 @@ def test_a_new_dataset_killed_part_way_keeps_its_uid_and_resumes(cli_env, tmp_pa
     assert report.created and report.recovered_images == saved > 0 and report.indexed == 64 - saved
     assert engine.dataset("fresh").uid == owner["uid"]  # the index folder the checkpoints were made for
     assert_same_dataset(engine, "fresh", clean)
+
+
+def test_checkpoints_of_the_previous_release_resume_after_the_upgrade(cli_env, tmp_path):
+    """An ingest of the release that kept checkpoint records as rows (.jsonl), killed: this version takes its
+    checkpoints up, and goes on writing its own beside them."""
+    folder = photo_folder(tmp_path, 64)
+    clean = clean_vectors(tmp_path, folder)
+    checkpoints = kill_after_a_checkpoint(folder, "case", cli_env, release_code(tmp_path / "old-code", ROWS_COMMIT))
+    rows = sorted(path.name for path in checkpoints.glob("*.jsonl"))
+    assert rows and not list(checkpoints.glob("[0-9]*.json")), "the old release did not write rows"
+    saved = sum(sealed_chunks(checkpoints).values())
+    engine = engine_for(cli_env)
+    interrupt(engine, folder, "case", after_batches=(64 - saved) // BATCH - 2)  # then this version's, killed too
+    assert sorted(path.name for path in checkpoints.glob("*.jsonl")) == rows and list(checkpoints.glob("[0-9]*.json"))
+    mixed = sum(sealed_chunks(checkpoints).values())
+    assert mixed > saved
+    report = ingest_folder(engine, folder, "case", batch_size=BATCH, progress=False)
+    assert report.recovered_images == mixed and report.indexed == 64 - mixed
+    assert_same_dataset(engine, "case", clean)
 
 
 # -- damaged, unsuitable and discarded checkpoints (in-process: an ingest that dies) ---------------------------
@@ -213,7 +241,7 @@ def test_a_truncated_and_a_corrupted_chunk_are_each_redone(engine, tmp_path):
     assert chunks == {1: 16, 2: 16, 3: 16, 4: 16}
     vectors = checkpoints / "000002.npy"
     vectors.write_bytes(vectors.read_bytes()[:-100])  # truncated (as a power cut on a lying disk might)
-    records = checkpoints / "000003.jsonl"
+    records = checkpoints / "000003.json"
     damaged = bytearray(records.read_bytes())
     damaged[40] ^= 0x01  # one bit
     records.write_bytes(bytes(damaged))
@@ -235,9 +263,8 @@ def test_unchanged_files_only_are_taken_from_checkpoints(engine, tmp_path):
     folder = photo_folder(tmp_path, 40)
     engine = with_every(engine)
     interrupt(engine, folder, "case", after_batches=4)  # 32 images saved
-    saved = [ImageRecord(**json.loads(line)) for line in
-             (checkpoint_folder(engine.data_home, "case") / "000001.jsonl").read_text().splitlines()]
-    changed, gone = Path(saved[0].path), Path(saved[1].path)
+    saved = json.loads((checkpoint_folder(engine.data_home, "case") / "000001.json").read_text())["path"]
+    changed, gone = Path(saved[0]), Path(saved[1])
     shutil.copy(folder / "photo_00039.jpg", changed)  # new content, new size and time
     gone.unlink()
     clean = clean_vectors(tmp_path, folder)
