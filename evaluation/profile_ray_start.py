@@ -13,7 +13,11 @@ import json
 import time
 
 
-def _stages(model_name: str, device: str, submitted: float) -> dict:
+def _stages(model_name: str, device: str, submitted: float, threads: int | None = None,
+            profile_first_build: bool = False) -> dict:
+    """The start-up steps' seconds in this new process; threads: PyTorch's (None: as an ingest's actor sets
+    them). With them, where a build of the model spends its time (cProfile, on this thread): the first build
+    (profile_first_build, which then runs on this thread rather than load_model's), or a second one."""
     started = time.time()
     stages = {"process_start": started - submitted}
     clock = time.perf_counter()
@@ -31,10 +35,17 @@ def _stages(model_name: str, device: str, submitted: float) -> dict:
         torch.zeros(1, device=device)
         torch.cuda.synchronize()
         lap("cuda_init")
+    from image_search.ingest.ray_workers import cores_of_this_actor
     from image_search.models.loading import load_model
 
     lap("import_image_search")
-    embedder = load_model(model_name, device)
+    stages["threads"] = threads or cores_of_this_actor(device)  # Ray gives a worker one
+    torch.set_num_threads(stages["threads"])
+    first_profile = None
+    if profile_first_build:
+        embedder, first_profile = _build_profile(model_name, device, 40)
+    else:
+        embedder = load_model(model_name, device)
     lap("load_model")
     side = embedder.input_size
     pixels = torch.randint(0, 256, (256, 3, side, side), dtype=torch.uint8)
@@ -42,7 +53,52 @@ def _stages(model_name: str, device: str, submitted: float) -> dict:
     lap("first_batch_of_256")
     embedder.encode_pixels(pixels)
     lap("second_batch_of_256")
-    return {name: round(seconds, 3) for name, seconds in stages.items()}
+    result = {name: round(seconds, 3) for name, seconds in stages.items()}
+    if first_profile:
+        result["first_build_profile"] = first_profile
+    else:
+        result["second_build_profile"] = _build_profile(model_name, device)[1]
+    began = time.perf_counter()
+    with torch.device(device):  # parameters made (and randomly filled) on the device itself
+        _build_profile(model_name, device, 0)
+    result["build_with_device_default_seconds"] = round(time.perf_counter() - began, 3)
+    return result
+
+
+def _build_profile(model_name: str, device: str, lines: int = 25):
+    """A build of the model, and the functions it spends most time in (cumulative, then by their own time), as
+    pstats prints them."""
+    import cProfile
+    import io
+    import pstats
+
+    from image_search.models.loading import _build
+    from image_search.models.registry import parse_model_name
+
+    profiler = cProfile.Profile()
+    profiler.enable()
+    embedder = _build(parse_model_name(model_name), device)
+    profiler.disable()
+    found = []
+    for order in ("cumulative", "tottime"):
+        text = io.StringIO()
+        pstats.Stats(profiler, stream=text).sort_stats(order).print_stats(lines)
+        found += [line.rstrip() for line in text.getvalue().splitlines() if line.strip()][-lines - 1:]
+    return embedder, found
+
+
+def _outside_ray(model_name: str, device: str) -> dict:
+    """The same steps in a plain new process (no Ray), on every core, with the first build profiled."""
+    import os
+    import subprocess
+    import sys
+
+    code = ("import json, sys, time; from evaluation.profile_ray_start import _stages; "
+            f"print(json.dumps(_stages({model_name!r}, {device!r}, time.time(), {os.cpu_count()}, True)))")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    if done.returncode != 0:
+        return {"error": done.stderr.strip()[-2000:]}
+    return json.loads(done.stdout.strip().splitlines()[-1])
 
 
 class _Nothing:
@@ -58,9 +114,10 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     import ray
 
+    outside = _outside_ray(args.model, args.device)
     began = time.perf_counter()
     ray.init(include_dashboard=False, logging_level="warning")
-    result = {"ray_init": round(time.perf_counter() - began, 3)}
+    result = {"outside_ray": outside, "ray_init": round(time.perf_counter() - began, 3)}
     gpus = 1 if args.device.startswith("cuda") else 0
     # max_calls=1: each call in a new worker process, as an ingest's actor is
     stages = ray.remote(num_gpus=gpus, num_cpus=1, max_calls=1)(_stages)

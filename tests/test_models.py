@@ -250,3 +250,43 @@ def test_the_pretrained_table_falls_back_to_open_clip_when_it_cannot_be_read_alo
     table = weights._open_clip_pretrained()
     assert table.__name__ == "open_clip.pretrained"
     assert "laion2b_s34b_b79k" in table.list_pretrained_tags_by_model("ViT-B-32")
+
+
+FAKE_TRANSFORMERS = '''
+import os, pathlib
+pathlib.Path(os.environ["TRANSFORMERS_IMPORTED"]).write_text("imported")
+raise ImportError("this stand-in only records that it was imported")
+'''
+
+
+def _process_importing_open_clip(tmp_path, architecture: str) -> bool:
+    """In a new process with a transformers package installed (a stand-in that records its import), import
+    open_clip as a model load does for this architecture; whether transformers was imported."""
+    fake = tmp_path / "site"
+    (fake / "transformers").mkdir(parents=True, exist_ok=True)
+    (fake / "transformers" / "__init__.py").write_text(FAKE_TRANSFORMERS)
+    marker = tmp_path / f"imported-{architecture}"
+    code = ("from image_search.models.open_clip_import import import_open_clip; "
+            f"import_open_clip({architecture!r}).list_models()")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                          env={"PATH": "/usr/bin:/bin", "PYTHONPATH": f"{fake}:{REPO}",
+                               "TRANSFORMERS_IMPORTED": str(marker)})
+    assert done.returncode == 0, done.stderr
+    return marker.exists()
+
+
+def test_open_clip_is_imported_without_transformers_unless_the_text_tower_needs_it(tmp_path):
+    from image_search.models.open_clip_import import text_tower_from_transformers
+
+    assert not text_tower_from_transformers("ViT-B-32") and text_tower_from_transformers("roberta-ViT-B-32")
+    assert text_tower_from_transformers("no-such-architecture")  # unknown: open_clip's own way
+    assert not _process_importing_open_clip(tmp_path, "ViT-B-32")
+    assert _process_importing_open_clip(tmp_path, "roberta-ViT-B-32")  # an installed one is then used
+    # and a model load keeps out of it as well (test-tiny's config is ours)
+    fake_env_code = ("from image_search.models import load_model; load_model('test-tiny', 'cpu'); import sys; "
+                     "assert 'transformers' not in sys.modules")
+    done = subprocess.run([sys.executable, "-c", fake_env_code], capture_output=True, text=True, timeout=120,
+                          env={"PATH": "/usr/bin:/bin", "PYTHONPATH": f"{tmp_path / 'site'}:{REPO}",
+                               "TRANSFORMERS_IMPORTED": str(tmp_path / "by-load"), "HF_HUB_OFFLINE": "1"})
+    assert done.returncode == 0, done.stderr
+    assert not (tmp_path / "by-load").exists()

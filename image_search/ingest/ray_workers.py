@@ -67,7 +67,7 @@ class EmbeddingActor:
         os.environ.update(environment)
         import torch  # imported here for start-up time (see pipeline/__init__.py)
 
-        cores = _cores_of_this_actor(device)
+        cores = cores_of_this_actor(device)
         # Ray starts a 1-CPU worker with OMP_NUM_THREADS=1. On the CPU the model takes every core, as in a local
         # ingest (whose readers share them with it: the measured best on the CPU, pipeline/cpu_reader.py); on a
         # GPU the model is still built on the CPU first, and on one thread that took 9.3 s of a GPU actor's start
@@ -97,7 +97,7 @@ class EmbeddingActor:
                     yield rows
 
 
-def _cores_of_this_actor(device: str) -> int:
+def cores_of_this_actor(device: str) -> int:
     """This actor's share of its machine's CPUs: all of them for a CPU actor (one per machine), the machine's CPUs
     over its GPUs for a GPU actor (one per GPU)."""
     import ray
