@@ -188,7 +188,8 @@ def _build_clip(spec: ModelSpec, device: str, *, tuned_for_cpu: bool = True) -> 
     try:
         # On a GPU the parameters are made (and randomly filled, before any weights are loaded into them) on the
         # GPU itself: building ViT-B-32 there took 0.27 s instead of 1.7 s on the CPU and the copy over (H200,
-        # evaluation/results/ray-start-h200.json), seconds that every ingest's Ray actor pays at its start.
+        # evaluation/results/ray-start-h200-cpu-build.json, a second build in a process), seconds that every
+        # ingest's Ray actor pays at its start.
         # Random weights then come from the GPU's generator: the same on every GPU build, not the CPU's.
         rng_devices = [torch.device(device).index or 0] if device.startswith("cuda") else []
         with torch.random.fork_rng(devices=rng_devices), torch.device(device):
