@@ -4,6 +4,7 @@ checkpoints are redone, unsuitable ones discarded, and searches see the last com
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import random
@@ -397,7 +398,6 @@ def test_the_benchmark_measures_checkpoints_on_and_off(tmp_path):
 
 def test_what_was_captured_about_each_file_survives_the_checkpoints(engine, tmp_path):
     """Every field of ImageRecord goes through a checkpoint, the facts of issue 13 (ImageFacts) too."""
-    import hashlib
 
     from image_search.store import ImageFacts
 
@@ -430,3 +430,30 @@ def test_what_was_captured_about_each_file_survives_the_checkpoints(engine, tmp_
     assert len(found) == 24
     for image in found.values():
         assert image.facts == facts_of(image.path), image.path
+
+
+def test_intact_records_in_a_form_this_version_cannot_read_are_redone(tmp_path):
+    """A chunk whose checksums match but whose columns do not fit its image count (or lack a nested field's
+    flags) is dropped with a note, never misread."""
+    owner = CheckpointOwner("uid", 0, TEST_MODEL, 4, str(tmp_path))
+    folder = checkpoint_folder(tmp_path, "case")
+    records = [ImageRecord(i, f"/p/{i}.jpg", 10, 20) for i in range(1, 4)]
+    with CheckpointWriter(folder, owner, every_images=3, every_seconds=60) as writer:
+        writer.add(np.ones((3, 4), dtype=np.float32), records)
+        writer.add(np.ones((3, 4), dtype=np.float32), [replace(r, vector_id=r.vector_id + 3) for r in records])
+    for number, change in ((1, lambda columns: columns["path"].pop()),
+                           (2, lambda columns: columns["facts"].pop("present"))):
+        path = folder / f"{number:06d}.json"
+        columns = json.loads(path.read_text())
+        change(columns)
+        path.write_text(json.dumps(columns))
+        seal = json.loads((folder / f"{number:06d}.sum").read_text())
+        seal["json_sha256"] = hashlib.sha256(path.read_bytes()).hexdigest()
+        (folder / f"{number:06d}.sum").write_text(json.dumps(seal))
+    saved = read_saved_work(tmp_path, "case", None, model=TEST_MODEL, dim=4, root=str(tmp_path))
+    assert saved.records == []
+    assert saved.notes == [
+        "Checkpoint chunk 1 of 'case' is damaged (it was written in another form: 2 values of path for 3 images); "
+        "its 3 images are embedded again.",
+        "Checkpoint chunk 2 of 'case' is damaged (it was written in another form: 'present'); its 3 images are "
+        "embedded again."]

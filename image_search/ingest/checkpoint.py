@@ -367,7 +367,7 @@ def _read_chunk(folder: Path, number: int, files: list[Path], dim: int) -> tuple
         else:
             records = [_build(ImageRecord, json.loads(line)) for line in record_bytes.decode("ascii").splitlines()]
     except (ValueError, TypeError, KeyError, AttributeError) as error:  # intact, yet not what this version writes
-        raise _Damaged(f"it was written in another form: {error!r}", images) from None
+        raise _Damaged(f"it was written in another form: {error}", images) from None
     if vectors.shape != (len(records), dim) or len(records) != images:
         raise _Damaged(f"it holds {vectors.shape} vectors for {len(records)} records", images)
     return records, vectors
