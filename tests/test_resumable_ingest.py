@@ -398,7 +398,6 @@ def test_the_benchmark_measures_checkpoints_on_and_off(tmp_path):
 
 def test_what_was_captured_about_each_file_survives_the_checkpoints(engine, tmp_path):
     """Every field of ImageRecord goes through a checkpoint, the facts of issue 13 (ImageFacts) too."""
-
     from image_search.store import ImageFacts
 
     def facts_of(path: str) -> ImageFacts:
