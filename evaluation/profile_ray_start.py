@@ -58,10 +58,6 @@ def _stages(model_name: str, device: str, submitted: float, threads: int | None 
         result["first_build_profile"] = first_profile
     else:
         result["second_build_profile"] = _build_profile(model_name, device)[1]
-    began = time.perf_counter()
-    with torch.device(device):  # parameters made (and randomly filled) on the device itself
-        _build_profile(model_name, device, 0)
-    result["build_with_device_default_seconds"] = round(time.perf_counter() - began, 3)
     return result
 
 
