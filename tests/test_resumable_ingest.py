@@ -5,6 +5,7 @@ checkpoints are redone, unsuitable ones discarded, and searches see the last com
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import os
 import random
@@ -354,6 +355,9 @@ def test_a_checkpoint_every_n_images_or_every_interval(tmp_path):
     assert [r.vector_id for r in saved.records] == list(range(1, 15)) and saved.highest_id == 14
     assert saved.records[2] == ImageRecord(3, "/p/3\udce9.jpg", 10, 2**62 + 2)  # surrogate escapes, big numbers
     assert saved.vectors[13].tolist() == [14.0] * 4
+    written = io.BytesIO()
+    np.save(written, np.repeat(np.array([1, 7, 10], dtype=np.float32), [6, 3, 2])[:, None].repeat(4, axis=1))
+    assert (folder / "000001.npy").read_bytes() == written.getvalue()  # numpy's own format, byte for byte
 
 
 def test_the_app_says_how_many_images_were_recovered(sqlite_engine, tmp_path):
@@ -387,12 +391,14 @@ def test_the_benchmark_measures_checkpoints_on_and_off(tmp_path):
     env = {k: v for k, v in os.environ.items() if not k.startswith(("DB_", "IMAGE_SEARCH_"))}
     env.update(PYTHONPATH=str(REPO), HF_HUB_OFFLINE="1", XDG_CACHE_HOME=str(tmp_path / "cache"))
     done = run_tool("evaluation.benchmark_ingest", "--checkpoint-cost", "--count", 6, "--sizes", "0.05", "--model",
-                    "test-tiny", "--device", "cpu", "--batch-size", 2, "--checkpoint-images", 2, "--corpus",
-                    tmp_path / "corpus", "--json", output, env=env)
+                    "test-tiny", "--device", "cpu", "--batch-size", 2, "--checkpoint-images", 2, "--repeat", 2,
+                    "--corpus", tmp_path / "corpus", "--json", output, env=env)
     assert done.returncode == 0, done.stderr
     (row,) = json.loads(output.read_text())["results"]
     assert row["images"] == 6 and row["checkpoints_written"] == 3 and row["checkpoint_seconds"] > 0
     assert row["off_images_per_second"] > 0 and row["on_images_per_second"] > 0
+    assert len(row["off_seconds"]) == len(row["on_seconds"]) == 2  # every run is listed
+    assert row["on_images_per_second"] == pytest.approx(6 / min(row["on_seconds"]), rel=0.01)  # the best of them
     assert "without checkpoints" in done.stdout
 
 
