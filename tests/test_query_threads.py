@@ -386,3 +386,17 @@ def test_loading_a_model_leaves_no_openmp_workers_behind(thread_names):
     threads = thread_names["load"]
     assert threads["named"] == 1 and threads["passing"] == 0, threads
     assert threads["names"].get(QUERY_THREAD_NAME, 0) >= 1, threads
+
+
+def test_an_ingest_counts_only_the_cores_it_may_run_on():
+    """Under taskset (or a container's cpuset) the readers and hashing threads are one per allowed core, not per
+    core of the machine."""
+    if not hasattr(os, "sched_setaffinity") or len(os.sched_getaffinity(0)) < 2:
+        pytest.skip("needs two usable cores to restrict the process to one")
+    code = ("from image_search.pipeline.cpu_reader import default_workers; "
+            "from image_search.runtime.threads import usable_cores; print(default_workers('cpu'), usable_cores())")
+    one_core = min(os.sched_getaffinity(0))
+    done = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=60,
+                          preexec_fn=lambda: os.sched_setaffinity(0, {one_core}))
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["1", "1"]

@@ -8,7 +8,6 @@ threads: reading and hashing let go of the GIL, and parsing a header is a small 
 
 from __future__ import annotations
 
-import os
 from concurrent.futures import ThreadPoolExecutor
 from typing import Sequence
 
@@ -16,6 +15,7 @@ from ..pipeline.batches import progress_bar
 from ..pipeline.decode import NotAnImage, UnreadableImage, read_image_file
 from ..pipeline.facts import facts_from_bytes
 from ..pipeline.scan import FileEntry
+from ..runtime.threads import usable_cores
 from ..store import ImageFacts
 
 CHUNK = 256  # files in flight at once: bounds memory (their bytes) however many files need facts
@@ -38,7 +38,7 @@ def backfill_facts(missing: Sequence[tuple[int, FileEntry]], *, workers: int | N
     found: list[tuple[int, ImageFacts]] = []
     bar = progress_bar(len(missing), progress, "Recording hashes and EXIF")
     try:
-        with ThreadPoolExecutor(max_workers=workers or os.cpu_count() or 1,
+        with ThreadPoolExecutor(max_workers=workers or usable_cores(),
                                 thread_name_prefix="facts") as pool:
             for start in range(0, len(missing), CHUNK):
                 chunk = missing[start:start + CHUNK]

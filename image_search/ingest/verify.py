@@ -11,13 +11,13 @@ read now, or has no recorded SHA-256 (ingested before hashes were kept, or with 
 from __future__ import annotations
 
 import hashlib
-import os
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Mapping, Sequence
 
 from ..pipeline.safe_open import open_scanned_file
 from ..pipeline.scan import FileEntry, printable
+from ..runtime.threads import usable_cores
 from ..store import ImageRecord
 
 _BLOCK = 1 << 20
@@ -72,7 +72,7 @@ def verify_unchanged(kept: Sequence[tuple[ImageRecord, FileEntry]], recorded: Ma
         except OSError as error:
             return record, entry, None, error.strerror or str(error)
 
-    with ThreadPoolExecutor(max_workers=max(1, min(_THREADS, os.cpu_count() or 1)),
+    with ThreadPoolExecutor(max_workers=min(_THREADS, usable_cores()),
                             thread_name_prefix="verify") as pool:
         for record, entry, sha256, problem in pool.map(outcome, to_hash):
             if problem is not None:

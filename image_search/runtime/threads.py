@@ -111,6 +111,19 @@ def _libgomp_setter():
 _omp_setter = False  # not looked up yet
 
 
+def usable_cpus() -> set[int]:
+    """The CPUs this process may run on: fewer than the machine has under taskset, or in a container given a
+    cpuset (os.cpu_count counts them all)."""
+    try:
+        return set(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return set(range(os.cpu_count() or 1))
+
+
+def usable_cores() -> int:
+    return max(1, len(usable_cpus()))
+
+
 def run_in_passing_thread(work, *args, **kwargs):
     """work(*args, **kwargs) on a new thread that ends when it returns, so that its OpenMP pool ends too."""
     outcome: dict = {}
@@ -172,18 +185,12 @@ class BusyMeter:
     TRANSIENT = 0.5  # a core counts as busy once other work took more than half of it
 
     def __init__(self) -> None:
-        self.cpus = self._usable_cpus()
+        self.cpus = usable_cpus()
         self._samples: deque[tuple[float, float, float]] = deque(maxlen=int(self.WINDOW / self.PERIOD) + 2)
         self._query_seconds = 0.0
         self._lock = threading.Lock()
         self._thread: threading.Thread | None = None
 
-    @staticmethod
-    def _usable_cpus() -> set[int]:
-        try:
-            return set(os.sched_getaffinity(0))
-        except (AttributeError, OSError):
-            return set(range(os.cpu_count() or 1))
 
     def start(self) -> None:
         with self._lock:
