@@ -284,6 +284,22 @@ def test_reader_stops_its_threads_when_the_caller_stops(tmp_path, tiny):
     assert not [t.name for t in threading.enumerate() if t.name.startswith("image-")]
 
 
+def test_the_reader_says_when_its_last_file_is_taken_before_its_last_pictures_arrive(tmp_path, tiny):
+    """What lets a Ray actor start its next block's reader while this one drains (ingest/ray_workers.py)."""
+    paths = [save_photo(tmp_path / f"p{i}.jpg", i, 320, 240) for i in range(3)] * 40
+    taken = threading.Event()
+    chunks = iter(ThreadReader(paths, geometry=tiny.geometry, min_side=tiny.input_size, device="cpu", decoder=None,
+                               threads=1, max_in_flight=4, all_taken=taken))
+    first = next(chunks)
+    assert not taken.is_set()  # at most 4 files between the reader and this thread: most are still to be taken
+    rest = list(chunks)
+    assert taken.is_set()
+    assert sorted(first.positions + [p for chunk in rest for p in chunk.positions]) == list(range(len(paths)))
+    nothing = threading.Event()
+    assert list(ThreadReader([], geometry=tiny.geometry, min_side=tiny.input_size, device="cpu", decoder=None,
+                             threads=1, all_taken=nothing)) == [] and nothing.is_set()
+
+
 def test_a_transform_that_only_knows_pil_images_runs_on_the_cpu(tmp_path, tiny):
     paths = [save_photo(tmp_path / f"p{i}.jpg", i, 320, 240) for i in range(3)]
 

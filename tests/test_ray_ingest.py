@@ -213,3 +213,28 @@ def test_two_blocks_at_once_on_one_actor_make_the_same_dataset(cluster, folder, 
     finally:
         on_ray.close()
         engine.close()
+
+
+def test_an_actor_starts_a_blocks_reader_once_the_block_before_has_taken_its_last_file(cluster, folder):
+    """Two blocks at once on one actor read one after the other, so the two readers never share the cores."""
+    import threading
+
+    from image_search.ingest.ray_workers import EmbeddingActor
+
+    actor = EmbeddingActor(TEST_MODEL, "cpu", {}, batch_size=2, workers=0)  # read in the calling thread
+    photos = sorted(folder.glob("photo_*.jpg"))[:8]
+
+    def block(start: int, count: int) -> dict:
+        return {"position": [np.arange(start, start + count)],
+                "path": [[os.fsencode(p) for p in photos[start:start + count]]]}
+
+    first, second = actor(block(0, 4)), actor(block(4, 4))
+    assert list(next(first)["position"]) == [0, 1]
+    arrived = []
+    waiting = threading.Thread(target=lambda: arrived.append(next(second)))
+    waiting.start()
+    waiting.join(1.0)
+    assert waiting.is_alive() and not arrived  # its turn comes when the first block's files are all taken
+    assert [list(rows["position"]) for rows in first] == [[2, 3]]
+    waiting.join(60)
+    assert list(arrived[0]["position"]) == [4, 5] and [list(rows["position"]) for rows in second] == [[6, 7]]

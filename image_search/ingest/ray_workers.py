@@ -18,6 +18,7 @@ import functools
 import os
 import pickle
 import signal
+import threading
 from typing import Iterator
 
 import numpy as np
@@ -81,6 +82,8 @@ class EmbeddingActor:
         self.kill_marker = kill_marker
         self.crash_on = crash_on
         self.calls = 0
+        self._turns = threading.Lock()
+        self._last_taken: threading.Event | None = None  # set once the latest block's reader took its last file
 
     def __call__(self, blocks: dict) -> Iterator[dict]:
         self.calls += 1
@@ -91,10 +94,26 @@ class EmbeddingActor:
             if self.crash_on is not None and self.crash_on in map(os.path.basename, paths):
                 os.kill(os.getpid(), signal.SIGKILL)  # test hook (config.RayTestFaults): reading it kills the actor
             positions = np.asarray(positions, dtype=np.int64)
-            for batch in embed_files(self.embedder, paths, batch_size=self.batch_size, workers=self.workers):
-                rows = _embedded_rows(batch, positions, self.embedder.dim)
-                if len(rows["position"]):
-                    yield rows
+            taken = self._wait_for_turn()
+            try:
+                for batch in embed_files(self.embedder, paths, batch_size=self.batch_size, workers=self.workers,
+                                         all_taken=taken):
+                    rows = _embedded_rows(batch, positions, self.embedder.dim)
+                    if len(rows["position"]):
+                        yield rows
+            finally:
+                taken.set()
+
+    def _wait_for_turn(self) -> threading.Event:
+        """Blocks embedded at the same time (ray_embed.BLOCKS_AT_ONCE_ON_GPU) read one after the other: a block's
+        reader starts once the one before has taken its last file, so the cores go to one reader at a time while
+        the earlier block's last files still decode and embed. Returns the event this block's reader sets."""
+        taken = threading.Event()
+        with self._turns:
+            before, self._last_taken = self._last_taken, taken
+        if before is not None:
+            before.wait()
+        return taken
 
 
 def cores_of_this_actor(device: str) -> int:

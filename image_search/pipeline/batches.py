@@ -4,6 +4,7 @@ decoding on a GPU) while the model works."""
 from __future__ import annotations
 
 import sys
+import threading
 import time
 from dataclasses import dataclass, field
 from typing import Iterator, Sequence
@@ -55,12 +56,15 @@ def reader_batch_for_device(device: str, batch_size: int) -> int:
 def embed_files(embedder: Embedder, paths: Sequence[str], *, batch_size: int | None = None,
                 workers: int | None = None, progress: bool = False, label: str = "Embedding",
                 decode_on_device: bool | None = None, decoder: str | None = None,
-                stats: ReaderStats | None = None) -> Iterator[EmbeddedBatch]:
+                stats: ReaderStats | None = None, all_taken: threading.Event | None = None
+                ) -> Iterator[EmbeddedBatch]:
     """decode_on_device: read files with threads and decode JPEGs where the model runs (thread_reader.py); None
     means on for CUDA (unless IMAGE_SEARCH_GPU_DECODE=0) and off on the CPU, which keeps its worker processes.
     decoder: which device decoder (device_decoders.py; None: IMAGE_SEARCH_GPU_DECODER, by default the best one
     that works here). workers: reader processes, or with decode_on_device reader threads (0 counts as 1).
-    stats: filled with the seconds each stage took (decode_on_device only)."""
+    stats: filled with the seconds each stage took (decode_on_device only). all_taken: set once every file is in a
+    reader's hands (the threaded reader: while the last ones still decode and embed; the reader processes: at the
+    end), so that a next embed_files may start reading then (ingest/ray_workers.py)."""
     on_gpu = embedder.device.startswith("cuda")
     batch_size = batch_size or default_batch_size(embedder)
     if decode_on_device is None:
@@ -68,10 +72,12 @@ def embed_files(embedder: Embedder, paths: Sequence[str], *, batch_size: int | N
     bar = progress_bar(len(paths), progress, label)
     try:
         if decode_on_device:
-            yield from _embed_with_threads(embedder, paths, batch_size, workers, decoder, stats, bar)
+            yield from _embed_with_threads(embedder, paths, batch_size, workers, decoder, stats, bar, all_taken)
         else:
             yield from _embed_with_processes(embedder, paths, batch_size, workers, bar)
     finally:
+        if all_taken is not None:
+            all_taken.set()
         bar.close()
 
 
@@ -90,12 +96,12 @@ def _embed_with_processes(embedder: Embedder, paths: Sequence[str], batch_size: 
 
 
 def _embed_with_threads(embedder: Embedder, paths: Sequence[str], batch_size: int, workers: int | None,
-                        decoder: str | None, stats: ReaderStats | None, bar):
+                        decoder: str | None, stats: ReaderStats | None, bar, all_taken: threading.Event | None):
     empty = np.zeros((0, embedder.dim), dtype=np.float32)
     reader = ThreadReader(paths, geometry=embedder.geometry, min_side=embedder.input_size, device=embedder.device,
                           decoder=choose_decoder(embedder.device, decoder or gpu_decoder_setting()),
                           threads=default_workers(embedder.device) if workers is None else max(1, workers),
-                          capture=capture_requested(), stats=stats)
+                          capture=capture_requested(), stats=stats, all_taken=all_taken)
     chunks = ((c.positions, c.pixels, c.skipped, c.ignored, c.facts) for c in reader)
     for positions, pixels, skipped, ignored, facts in _regroup(chunks, batch_size):
         started = time.perf_counter()

@@ -108,10 +108,13 @@ class ThreadReader:
     def __init__(self, paths: Sequence[str], *, geometry: Callable, min_side: int | None, device: str,
                  decoder: str | None, threads: int, capture: bool = False,
                  decode_batch: int = DECODE_BATCH, decoding_threads: int = DECODING_THREADS,
-                 max_in_flight: int | None = None, stats: ReaderStats | None = None) -> None:
+                 max_in_flight: int | None = None, stats: ReaderStats | None = None,
+                 all_taken: threading.Event | None = None) -> None:
         """decoder: a device_decoders name, or None to decode everything on the CPU threads. capture: compute each
         file's facts (facts.py) in the reader threads, from the bytes read. paths: files a scan found (their
-        FileEntry.read_path), opened safely (safe_open.py)."""
+        FileEntry.read_path), opened safely (safe_open.py). all_taken: set once a reader thread has taken the last
+        file (the threads only finish the files in hand, and what is queued decodes and embeds), or when the
+        reading ends otherwise: the moment another reader may start without the two sharing the cores."""
         self.paths = paths
         self.geometry = geometry
         self.min_side = min_side
@@ -124,6 +127,7 @@ class ThreadReader:
         self.decoding_threads = max(1, decoding_threads) if decoder else 0
         self.max_in_flight = max_in_flight or max(2048, 8 * self.decode_batch)
         self.stats = stats
+        self.all_taken = all_taken
         self._pixels_per_call = pixels_per_call(device) if decoder else 0
         # what the device queue may hold before reader threads decode JPEGs themselves: a batch for each decoding
         # thread to take next, beyond the ones being decoded
@@ -135,6 +139,8 @@ class ThreadReader:
 
         total = len(self.paths)
         if total == 0:
+            if self.all_taken is not None:
+                self.all_taken.set()
             return
         self._out: queue.SimpleQueue = queue.SimpleQueue()
         self._cv = threading.Condition()
@@ -194,6 +200,8 @@ class ThreadReader:
                 yield Chunk(positions, self._to_device(arrays), skipped, ignored, facts)
         finally:
             self._stop.set()
+            if self.all_taken is not None:
+                self.all_taken.set()
             with self._cv:
                 self._cv.notify_all()
             deadline = time.monotonic() + 10  # a thread in the middle of one file ends within its decode
@@ -234,6 +242,8 @@ class ThreadReader:
                 position = next(self._next)
                 if position >= len(self.paths):
                     reading = False
+                    if self.all_taken is not None:
+                        self.all_taken.set()
                     with self._cv:
                         self._readers_left -= 1
                         self._cv.notify_all()
