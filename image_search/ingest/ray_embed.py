@@ -51,6 +51,10 @@ INSTALL_HINT = (f'install it with: pipenv sync --categories="packages ray" (or: 
 # files, evaluation/results/ingest-ray-h200-60k.json; the whole run less the seconds a 64-file ingest through Ray
 # takes, the actor's start): blocks of 8,192 one at a time ran at
 # about 1,234 images/s, of 20,000 one at a time 1,333, of 20,000 two at a time 1,456 (the local ingest: 1,446).
+# The two do not read at the same time: the second block's reader starts once the first's has taken its last file
+# (ray_workers.EmbeddingActor), since two readers at once put 32 threads on 16 cores; at 240,000 files Ray kept
+# 86.6% of the local speed with both reading throughout, 96.6% and 107.5% (two runs) with one reader at a time
+# (evaluation/results/ingest-ray-h200-240k-lean-import.json, -240k-turns.json, -240k-turns-first.log).
 # Each actor still gets at least BLOCKS_PER_ACTOR blocks, so that the files spread over the actors and one lost
 # actor's block is a small part of the work. On the CPU one block at a time: two would mean two sets of reader
 # processes.
