@@ -4,7 +4,8 @@
 #
 # Needs python with torch, torchvision, numpy, Pillow, pandas and pyarrow installed, a folder of wheels for the rest
 # (see gpu_bench.sh) and Ray unpacked from its wheel (ray-site.tar.xz: the wheel's files without the Java jars,
-# which keeps it under the device tool's 64 MiB).
+# which keeps it under the device tool's 64 MiB; unpack it with unzip, which keeps the files' modes: Python's
+# zipfile drops the executable bits and Ray's gcs_server then cannot start).
 #
 # Usage: evaluation/ray_bench.sh WHEEL_DIR RAY_SITE_TAR
 # Environment: PYTHON (python3), OUT (bench-out), COUNT (120000 files: each Ray ingest starts actors and loads the
