@@ -102,7 +102,7 @@ class EmbeddingActor:
                     if len(rows["position"]):
                         yield rows
             finally:
-                taken.set()
+                taken.set()  # the reader processes never set it, and a failed block must not hold the next one
 
     def _wait_for_turn(self) -> threading.Event:
         """Blocks embedded at the same time (ray_embed.BLOCKS_AT_ONCE_ON_GPU) read one after the other: a block's

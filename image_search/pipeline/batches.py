@@ -62,9 +62,9 @@ def embed_files(embedder: Embedder, paths: Sequence[str], *, batch_size: int | N
     means on for CUDA (unless IMAGE_SEARCH_GPU_DECODE=0) and off on the CPU, which keeps its worker processes.
     decoder: which device decoder (device_decoders.py; None: IMAGE_SEARCH_GPU_DECODER, by default the best one
     that works here). workers: reader processes, or with decode_on_device reader threads (0 counts as 1).
-    stats: filled with the seconds each stage took (decode_on_device only). all_taken: set once every file is in a
-    reader's hands (the threaded reader: while the last ones still decode and embed; the reader processes: at the
-    end), so that a next embed_files may start reading then (ingest/ray_workers.py)."""
+    stats: filled with the seconds each stage took (decode_on_device only). all_taken: given to the threaded
+    reader, which sets it once every file is in a reader thread's hands, while the last ones still decode and
+    embed (ThreadReader); the reader processes leave it to the caller, who sees them end."""
     on_gpu = embedder.device.startswith("cuda")
     batch_size = batch_size or default_batch_size(embedder)
     if decode_on_device is None:
@@ -76,8 +76,6 @@ def embed_files(embedder: Embedder, paths: Sequence[str], *, batch_size: int | N
         else:
             yield from _embed_with_processes(embedder, paths, batch_size, workers, bar)
     finally:
-        if all_taken is not None:
-            all_taken.set()
         bar.close()
 
 
