@@ -295,9 +295,22 @@ def test_the_reader_says_when_its_last_file_is_taken_before_its_last_pictures_ar
     rest = list(chunks)
     assert taken.is_set()
     assert sorted(first.positions + [p for chunk in rest for p in chunk.positions]) == list(range(len(paths)))
+    ahead = threading.Event()
+    unbounded = iter(ThreadReader(paths, geometry=tiny.geometry, min_side=tiny.input_size, device="cpu", decoder=None,
+                                  threads=1, all_taken=ahead))
+    first = next(unbounded)
+    assert ahead.wait(60)  # every file read ahead of this thread, which has not yet taken their pictures
+    rest = list(unbounded)
+    assert rest and sorted(first.positions + [p for chunk in rest for p in chunk.positions]) == list(range(len(paths)))
     nothing = threading.Event()
     assert list(ThreadReader([], geometry=tiny.geometry, min_side=tiny.input_size, device="cpu", decoder=None,
                              threads=1, all_taken=nothing)) == [] and nothing.is_set()
+    stopped = threading.Event()
+    early = iter(ThreadReader(paths, geometry=tiny.geometry, min_side=tiny.input_size, device="cpu", decoder=None,
+                              threads=1, max_in_flight=4, all_taken=stopped))
+    next(early)
+    early.close()  # a caller that stops early frees the turn too
+    assert stopped.is_set()
 
 
 def test_a_transform_that_only_knows_pil_images_runs_on_the_cpu(tmp_path, tiny):
