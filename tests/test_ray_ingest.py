@@ -219,9 +219,15 @@ def test_an_actor_starts_a_blocks_reader_once_the_block_before_has_taken_its_las
     """Two blocks at once on one actor read one after the other, so the two readers never share the cores."""
     import threading
 
+    import torch
+
     from image_search.ingest.ray_workers import EmbeddingActor
 
-    actor = EmbeddingActor(TEST_MODEL, "cpu", {}, batch_size=2, workers=0)  # read in the calling thread
+    threads = torch.get_num_threads()
+    try:  # built here, in the tests' process, the actor sets PyTorch's thread count for the whole process
+        actor = EmbeddingActor(TEST_MODEL, "cpu", {}, batch_size=2, workers=0)  # read in the calling thread
+    finally:
+        torch.set_num_threads(threads)
     photos = sorted(folder.glob("photo_*.jpg"))[:8]
 
     def block(start: int, count: int) -> dict:
